@@ -1,0 +1,61 @@
+//! [`Conn`]: what the server knows about one connection, shared by its session, the topic table
+//! and every [`Ctx`](crate::Ctx) made for it.
+
+use crate::outbox::Outbox;
+use serde_json::Value;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One connection: its id, user, identity key and outbound queue.
+#[derive(Debug)]
+pub struct Conn {
+    /// Process-unique connection id.
+    pub id: u64,
+    /// The user returned by the upgrade hook (`None` for guests).
+    pub user: Option<Value>,
+    /// Identity key: `user.id`, else `user.user_id`, else `user.userId`, else `__guest_<n>`.
+    pub identity: Arc<str>,
+    /// Outbound frames.
+    pub outbox: Outbox,
+}
+
+impl Conn {
+    /// A new connection for `user` whose outbox holds at most `limit` bytes.
+    pub fn new(user: Option<Value>, limit: usize) -> Arc<Conn> {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let identity = identity_of(user.as_ref()).unwrap_or_else(|| format!("__guest_{id}"));
+        Arc::new(Conn {
+            id,
+            user,
+            identity: identity.into(),
+            outbox: Outbox::new(limit),
+        })
+    }
+
+    /// Whether the identity is a per-connection guest key.
+    pub fn is_guest(&self) -> bool {
+        self.identity.starts_with("__guest_")
+    }
+}
+
+/// The identity key rules of protocol.md section 5.
+///
+/// ```
+/// use serde_json::json;
+/// assert_eq!(liveroom::conn::identity_of(Some(&json!({"id": 7}))), Some("7".to_string()));
+/// assert_eq!(liveroom::conn::identity_of(Some(&json!({"userId": "u"}))), Some("u".to_string()));
+/// assert_eq!(liveroom::conn::identity_of(Some(&json!({"name": "x"}))), None);
+/// ```
+pub fn identity_of(user: Option<&Value>) -> Option<String> {
+    let user = user?;
+    ["id", "user_id", "userId"]
+        .iter()
+        .find_map(|k| match user.get(k)? {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        })
+}

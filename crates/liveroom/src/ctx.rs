@@ -1,0 +1,61 @@
+//! [`Ctx`]: what every handler, loader and guard is given about the call.
+
+use crate::conn::Conn;
+use crate::error::LiveError;
+use crate::hub::Hub;
+use serde::Serialize;
+use serde_json::Value;
+use std::sync::Arc;
+
+/// The context of one call: who is calling, on which connection, and a way to publish.
+///
+/// Cheap to clone (two `Arc`s).
+///
+/// ```no_run
+/// # use liveroom::{App, Ctx, LiveError};
+/// App::new().rpc("chat/send", |ctx: Ctx, (text,): (String,)| async move {
+///     let from = ctx.identity().to_string();
+///     ctx.publish("chat", "created", &serde_json::json!({ "id": text.len(), "from": from, "text": text }))?;
+///     Ok(())
+/// });
+/// ```
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub(crate) conn: Arc<Conn>,
+    pub(crate) hub: Arc<Hub>,
+}
+
+impl Ctx {
+    /// The user the upgrade hook returned, `None` for guests.
+    pub fn user(&self) -> Option<&Value> {
+        self.conn.user.as_ref()
+    }
+
+    /// The connection id, unique within this process.
+    pub fn conn_id(&self) -> u64 {
+        self.conn.id
+    }
+
+    /// The identity key (protocol.md section 5): `user.id`, `user_id`, `userId`, or a guest key.
+    pub fn identity(&self) -> &str {
+        &self.conn.identity
+    }
+
+    /// Whether the caller has no user identity (a `__guest_<n>` key).
+    pub fn is_guest(&self) -> bool {
+        self.conn.is_guest()
+    }
+
+    /// Publishes `event` with `data` to every subscriber of `topic` (on every replica in
+    /// cluster mode). `data` is serialized once.
+    pub fn publish(
+        &self,
+        topic: &str,
+        event: &str,
+        data: &impl Serialize,
+    ) -> Result<(), LiveError> {
+        let raw = serde_json::value::to_raw_value(data)?;
+        self.hub.publish(topic, event, &raw);
+        Ok(())
+    }
+}

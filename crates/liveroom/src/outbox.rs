@@ -1,0 +1,438 @@
+//! The per-connection outbound queue: bounded in bytes, replies before broadcasts, held events
+//! for streams still loading, and conflated slots for state where only the newest value matters.
+//!
+//! Publishers only take a short mutex and push a shared `Bytes`; they never wait on a socket.
+//! The connection's single writer task takes everything queued at once ([`Outbox::drain`]) and
+//! turns it into one write, which is where the throughput comes from.
+
+use bytes::Bytes;
+use indexmap::IndexMap;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Notify;
+
+/// What the writer takes from the outbox in one go. Reuse it across calls: draining swaps the
+/// queues, so a steady connection allocates nothing.
+#[derive(Debug, Default)]
+pub struct Drain {
+    /// Payloads of pongs to send.
+    pub pongs: Vec<Bytes>,
+    /// Replies and acks, in order; they go before events.
+    pub replies: Vec<Bytes>,
+    /// Event envelopes, in order; may be sent as one `{"type":"batch"}` frame.
+    pub events: Vec<Out>,
+    /// Close the socket with this code after writing the rest.
+    pub close: Option<u16>,
+}
+
+impl Drain {
+    /// Nothing to write and no close.
+    pub fn is_empty(&self) -> bool {
+        self.pongs.is_empty()
+            && self.replies.is_empty()
+            && self.events.is_empty()
+            && self.close.is_none()
+    }
+
+    fn clear(&mut self) {
+        self.pongs.clear();
+        self.replies.clear();
+        self.events.clear();
+        self.close = None;
+    }
+}
+
+/// One queued event item: a single envelope, or several published together (a cursor tick),
+/// shared by every subscriber.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Out {
+    /// One event envelope.
+    One(Bytes),
+    /// Several event envelopes, in order.
+    Many(Arc<[Bytes]>),
+}
+
+impl Out {
+    /// Payload bytes held.
+    pub fn len(&self) -> usize {
+        match self {
+            Out::One(b) => b.len(),
+            Out::Many(v) => v.iter().map(Bytes::len).sum(),
+        }
+    }
+
+    /// Holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn each(&self, mut f: impl FnMut(&Bytes)) {
+        match self {
+            Out::One(b) => f(b),
+            Out::Many(v) => v.iter().for_each(f),
+        }
+    }
+}
+
+impl From<Bytes> for Out {
+    fn from(b: Bytes) -> Self {
+        Out::One(b)
+    }
+}
+
+impl Drain {
+    /// Every text message to send, in order: pongs are not included (see [`Drain::pongs`]).
+    /// With `batch`, two or more events become one `{"type":"batch","events":[...]}` message.
+    pub fn messages(&self, batch: bool) -> Vec<Bytes> {
+        let mut out = self.replies.clone();
+        let n: usize = self
+            .events
+            .iter()
+            .map(|e| match e {
+                Out::One(_) => 1,
+                Out::Many(v) => v.len(),
+            })
+            .sum();
+        if batch && n >= 2 {
+            let mut buf = bytes::BytesMut::new();
+            self.batch_into(&mut buf);
+            out.push(buf.freeze());
+        } else {
+            self.events
+                .iter()
+                .for_each(|e| e.each(|b| out.push(b.clone())));
+        }
+        out
+    }
+
+    fn batch_into(&self, buf: &mut bytes::BytesMut) {
+        use bytes::BufMut;
+        buf.put_slice(b"{\"type\":\"batch\",\"events\":[");
+        let mut first = true;
+        for e in &self.events {
+            e.each(|b| {
+                if !first {
+                    buf.put_u8(b',');
+                }
+                first = false;
+                buf.put_slice(b);
+            });
+        }
+        buf.put_slice(b"]}");
+    }
+
+    /// Appends everything as WebSocket frames to `buf` (pongs, replies, events, then the close
+    /// frame if one was requested), for one write.
+    pub fn encode_ws(&self, buf: &mut bytes::BytesMut, batch: bool) {
+        use crate::ws::{encode, Opcode};
+        for p in &self.pongs {
+            encode(buf, Opcode::Pong, p);
+        }
+        for r in &self.replies {
+            encode(buf, Opcode::Text, r);
+        }
+        let n: usize = self
+            .events
+            .iter()
+            .map(|e| match e {
+                Out::One(_) => 1,
+                Out::Many(v) => v.len(),
+            })
+            .sum();
+        if batch && n >= 2 {
+            let len = 30 + n + self.events.iter().map(Out::len).sum::<usize>();
+            let mut body = bytes::BytesMut::with_capacity(len);
+            self.batch_into(&mut body);
+            encode(buf, Opcode::Text, &body);
+        } else {
+            for e in &self.events {
+                e.each(|b| encode(buf, Opcode::Text, b));
+            }
+        }
+        if let Some(code) = self.close {
+            crate::ws::encode_close(buf, code);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    pongs: Vec<Bytes>,
+    replies: Vec<Bytes>,
+    events: Vec<Out>,
+    /// Topics whose stream reply is not queued yet, with the events that arrived meanwhile.
+    held: Vec<(Arc<str>, VecDeque<Out>)>,
+    /// Newest value per key, replacing older unsent ones.
+    latest: IndexMap<Arc<str>, Bytes>,
+    bytes: usize,
+    close: Option<u16>,
+}
+
+/// Outcome of pushing an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// Queued.
+    Queued,
+    /// The connection is closing; the frame was dropped.
+    Dropped,
+    /// This push overflowed the byte limit: the connection is now being cut off (1013).
+    Overflow,
+}
+
+/// A connection's outbound queue. See the module docs.
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    notify: Notify,
+    limit: usize,
+    batch: AtomicBool,
+}
+
+impl Outbox {
+    /// An outbox holding at most `limit` bytes of unsent frames.
+    pub fn new(limit: usize) -> Self {
+        Outbox {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            limit,
+            batch: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queues inconsistent in a way that
+        // matters more than losing the connection, so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The client sent `caps:["batch"]`.
+    pub fn set_batch(&self, on: bool) {
+        self.batch.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether events may be sent as `{"type":"batch"}` frames.
+    pub fn batch(&self) -> bool {
+        self.batch.load(Ordering::Relaxed)
+    }
+
+    /// Queues a reply or ack. Replies are never dropped for size (they answer the client's own
+    /// requests), but they count toward the limit.
+    pub fn reply(&self, frame: Bytes) {
+        let mut s = self.lock();
+        if s.close.is_some() {
+            return;
+        }
+        s.bytes += frame.len();
+        s.replies.push(frame);
+        drop(s);
+        self.notify.notify_one();
+    }
+
+    /// Queues a pong with the ping's payload.
+    pub fn pong(&self, payload: Bytes) {
+        let mut s = self.lock();
+        if s.close.is_some() {
+            return;
+        }
+        s.pongs.push(payload);
+        drop(s);
+        self.notify.notify_one();
+    }
+
+    /// Queues an event published on `topic`.
+    pub fn event(&self, topic: &str, frame: impl Into<Out>) -> Push {
+        let frame = frame.into();
+        let mut s = self.lock();
+        if s.close.is_some() {
+            return Push::Dropped;
+        }
+        if s.bytes + frame.len() > self.limit {
+            Self::cut(&mut s);
+            drop(s);
+            self.notify.notify_one();
+            return Push::Overflow;
+        }
+        s.bytes += frame.len();
+        if let Some((_, held)) = s.held.iter_mut().find(|(t, _)| &**t == topic) {
+            held.push_back(frame);
+            return Push::Queued;
+        }
+        let was_empty = s.events.is_empty() && s.replies.is_empty();
+        s.events.push(frame);
+        drop(s);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        Push::Queued
+    }
+
+    /// Queues `frame` under `key`, replacing an unsent frame with the same key: for state where
+    /// only the newest value matters (cursor snapshots), so a congested client never queues more
+    /// than one per key.
+    pub fn latest(&self, key: Arc<str>, frame: Bytes) {
+        let mut s = self.lock();
+        if s.close.is_some() {
+            return;
+        }
+        s.bytes += frame.len();
+        if let Some(old) = s.latest.insert(key, frame) {
+            s.bytes -= old.len();
+        }
+        drop(s);
+        self.notify.notify_one();
+    }
+
+    /// Whether an unsent frame is queued under `key`.
+    pub fn has_latest(&self, key: &str) -> bool {
+        self.lock().latest.contains_key(key)
+    }
+
+    /// More than a quarter of the limit is waiting: time to conflate rather than queue.
+    pub fn congested(&self) -> bool {
+        self.lock().bytes > self.limit / 4
+    }
+
+    /// Holds events of `topic` until [`release`](Self::release): a stream's reply must reach the
+    /// client before the events published on its topic while its initial data loads.
+    pub fn hold(&self, topic: Arc<str>) {
+        let mut s = self.lock();
+        if !s.held.iter().any(|(t, _)| *t == topic) {
+            s.held.push((topic, VecDeque::new()));
+        }
+    }
+
+    /// Queues `reply` (if any), then the events held for `topics`.
+    pub fn release(&self, topics: &[Arc<str>], reply: Option<Bytes>) {
+        let mut s = self.lock();
+        let mut held = Vec::new();
+        for topic in topics {
+            if let Some(i) = s.held.iter().position(|(t, _)| t == topic) {
+                held.push(s.held.swap_remove(i).1);
+            }
+        }
+        if s.close.is_some() {
+            return;
+        }
+        if let Some(reply) = reply {
+            s.bytes += reply.len();
+            s.replies.push(reply);
+        }
+        // Already counted in `bytes`. The writer sends replies before events, so these reach
+        // the client after the reply, as the ordering rule wants.
+        for h in held {
+            s.events.extend(h);
+        }
+        drop(s);
+        self.notify.notify_one();
+    }
+
+    /// Starts closing with `code` after what is queued is written (1001 shutdown, 4401, ...).
+    pub fn close(&self, code: u16) {
+        let mut s = self.lock();
+        if s.close.is_none() {
+            s.close = Some(code);
+        }
+        drop(s);
+        self.notify.notify_one();
+    }
+
+    /// The slow-consumer cut-off: drop what is queued, close with 1013.
+    fn cut(s: &mut State) {
+        s.events.clear();
+        s.held.clear();
+        s.latest.clear();
+        s.bytes = 0;
+        s.close = Some(crate::ws::close::TRY_AGAIN);
+    }
+
+    /// Whether a close was requested.
+    pub fn is_closing(&self) -> bool {
+        self.lock().close.is_some()
+    }
+
+    /// Takes everything queued into `into` (cleared first). Returns `false` if there was nothing.
+    pub fn drain(&self, into: &mut Drain) -> bool {
+        into.clear();
+        let mut s = self.lock();
+        std::mem::swap(&mut s.pongs, &mut into.pongs);
+        std::mem::swap(&mut s.replies, &mut into.replies);
+        std::mem::swap(&mut s.events, &mut into.events);
+        if !s.latest.is_empty() {
+            into.events
+                .extend(s.latest.drain(..).map(|(_, v)| Out::One(v)));
+        }
+        s.bytes = s
+            .held
+            .iter()
+            .flat_map(|(_, h)| h.iter())
+            .map(Out::len)
+            .sum();
+        into.close = s.close;
+        !into.is_empty()
+    }
+
+    /// Waits until something is queued or a close is requested, then drains it.
+    pub async fn next(&self, into: &mut Drain) {
+        loop {
+            if self.drain(into) {
+                return;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_go_first_and_holds_keep_order() {
+        let o = Outbox::new(1 << 20);
+        o.hold("t".into());
+        assert_eq!(o.event("t", Bytes::from_static(b"e1")), Push::Queued);
+        o.event("u", Bytes::from_static(b"u1"));
+        o.release(&["t".into()], Some(Bytes::from_static(b"r")));
+        let mut d = Drain::default();
+        assert!(o.drain(&mut d));
+        assert_eq!(d.replies, vec![Bytes::from_static(b"r")]);
+        assert_eq!(
+            d.messages(false),
+            vec![
+                Bytes::from_static(b"r"),
+                Bytes::from_static(b"u1"),
+                Bytes::from_static(b"e1")
+            ]
+        );
+        o.event("u", Bytes::from_static(b"{}"));
+        o.event("u", Bytes::from_static(b"[]"));
+        o.drain(&mut d);
+        assert_eq!(
+            d.messages(true),
+            vec![Bytes::from_static(br#"{"type":"batch","events":[{},[]]}"#)]
+        );
+    }
+
+    #[test]
+    fn overflow_cuts_the_connection() {
+        let o = Outbox::new(10);
+        assert_eq!(o.event("t", Bytes::from_static(b"123456")), Push::Queued);
+        assert_eq!(o.event("t", Bytes::from_static(b"123456")), Push::Overflow);
+        assert_eq!(o.event("t", Bytes::from_static(b"1")), Push::Dropped);
+        let mut d = Drain::default();
+        o.drain(&mut d);
+        assert!(d.events.is_empty());
+        assert_eq!(d.close, Some(1013));
+    }
+
+    #[test]
+    fn latest_replaces_unsent() {
+        let o = Outbox::new(1000);
+        o.latest("k".into(), Bytes::from_static(b"old"));
+        o.latest("k".into(), Bytes::from_static(b"new"));
+        let mut d = Drain::default();
+        o.drain(&mut d);
+        assert_eq!(d.messages(false), vec![Bytes::from_static(b"new")]);
+    }
+}
