@@ -18,7 +18,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// A boxed, sendable future.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type BuildHook = Box<dyn FnOnce(&Live) + Send>;
+type ShutdownHook = Arc<dyn Fn() -> BoxFuture<()> + Send + Sync>;
 pub(crate) type Reply = Result<Box<RawValue>, LiveError>;
 type RpcFn = Arc<dyn Fn(Ctx, Vec<Value>) -> BoxFuture<Reply> + Send + Sync>;
 type SubscribeFilter = Arc<dyn Fn(&Ctx, &str) -> bool + Send + Sync>;
@@ -101,6 +104,8 @@ pub struct App {
     allow_subscribe: Option<SubscribeFilter>,
     presence: Option<Arc<dyn PresenceStore>>,
     limits: Limits,
+    on_build: Vec<BuildHook>,
+    on_shutdown: Vec<ShutdownHook>,
 }
 
 impl Default for App {
@@ -119,6 +124,8 @@ impl App {
             allow_subscribe: None,
             presence: None,
             limits: Limits::default(),
+            on_build: Vec::new(),
+            on_shutdown: Vec::new(),
         }
     }
 
@@ -233,6 +240,18 @@ impl App {
         self
     }
 
+    /// Runs `hook` with the built registry (e.g. to start background tasks that publish).
+    pub fn on_build(mut self, hook: impl FnOnce(&Live) + Send + 'static) -> Self {
+        self.on_build.push(Box::new(hook));
+        self
+    }
+
+    /// Runs `hook` at graceful shutdown, after presence was released.
+    pub fn on_shutdown(mut self, hook: impl Fn() -> BoxFuture<()> + Send + Sync + 'static) -> Self {
+        self.on_shutdown.push(Arc::new(hook));
+        self
+    }
+
     /// Per-connection limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
@@ -248,7 +267,7 @@ impl App {
         for room in &self.rooms {
             room.attach(hub.clone(), presence.clone());
         }
-        Live {
+        let live = Live {
             inner: Arc::new(Inner {
                 entries: self.entries,
                 rooms: self.rooms,
@@ -257,8 +276,13 @@ impl App {
                 allow_subscribe: self.allow_subscribe,
                 presence,
                 limits: self.limits,
+                on_shutdown: self.on_shutdown,
             }),
+        };
+        for hook in self.on_build {
+            hook(&live);
         }
+        live
     }
 }
 
@@ -270,6 +294,7 @@ pub(crate) struct Inner {
     pub allow_subscribe: Option<SubscribeFilter>,
     pub presence: Arc<dyn PresenceStore>,
     pub limits: Limits,
+    pub on_shutdown: Vec<ShutdownHook>,
 }
 
 /// A built registry: cheap to clone, shared by every connection.
@@ -344,6 +369,22 @@ impl Live {
     pub async fn release_presence(&self) {
         for room in &self.inner.rooms {
             room.flush_leaves().await;
+        }
+        for hook in &self.inner.on_shutdown {
+            hook().await;
+        }
+    }
+
+    /// Applies a cursor event that another replica published, so `__cursors` snapshots here
+    /// include remote cursors.
+    pub(crate) fn mirror_cursor(&self, cursor_topic: &str, event: &str, data: &Value) {
+        let Some(topic) = cursor_topic.strip_suffix(":cursors") else {
+            return;
+        };
+        for room in &self.inner.rooms {
+            if let Some(table) = room.cursor_table() {
+                table.mirror(topic, event, data);
+            }
         }
     }
 

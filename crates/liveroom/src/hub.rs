@@ -21,6 +21,9 @@ pub trait Bus: Send + Sync + 'static {
     fn publish(&self, topic: &str, frame: &Bytes);
     /// This replica gained its first (`true`) or lost its last (`false`) local subscriber.
     fn interest(&self, topic: &str, interested: bool);
+    /// Resolves once events of `topic` from other replicas are flowing here (or at once if
+    /// the bus is down), so a stream's initial load cannot miss them.
+    fn ready(&self, topic: &str) -> crate::app::BoxFuture<()>;
 }
 
 type Shard = RwLock<HashMap<Arc<str>, Vec<Arc<Conn>>>>;
@@ -104,6 +107,27 @@ impl Hub {
             }
         }
         true
+    }
+
+    /// Waits (bounded) until remote events of `topic` reach this process.
+    pub async fn ready(&self, topic: &str) {
+        if let Some(bus) = self.bus.get() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), bus.ready(topic)).await;
+        }
+    }
+
+    /// Topics with local subscribers whose name ends with `suffix`.
+    pub fn topics_ending_with(&self, suffix: &str) -> Vec<Arc<str>> {
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                let s = s.read().unwrap_or_else(|p| p.into_inner());
+                s.keys()
+                    .filter(|t| t.ends_with(suffix))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// Number of local subscribers of `topic`.

@@ -347,6 +347,7 @@ impl Session {
             Entry::Stream(def) => {
                 let prepared = (def.prepare)(ctx, args).await?;
                 self.hold_and_subscribe(prepared.topic.clone());
+                self.remote_ready(&prepared.topic).await;
                 let merge = def.merge.clone();
                 Ok(Box::pin(async move {
                     Done {
@@ -432,6 +433,7 @@ impl Session {
             }
             RoomPart::Action(_) | RoomPart::Cursor => unreachable!("handled above"),
         };
+        self.remote_ready(&sub_topic).await;
         Ok(Box::pin(async move {
             Done {
                 id,
@@ -444,6 +446,12 @@ impl Session {
     fn hold_and_subscribe(&mut self, topic: Arc<str>) {
         self.conn.outbox.hold(topic.clone());
         self.subscribe(topic);
+    }
+
+    /// In cluster mode, waits until other replicas' events of `topic` flow here, so the
+    /// initial data loaded next cannot miss one.
+    async fn remote_ready(&self, topic: &str) {
+        self.live.hub().ready(topic).await;
     }
 }
 

@@ -1,0 +1,270 @@
+//! Events across replicas over Redis pub/sub.
+//!
+//! One channel per topic, `__live-bus:<topic>`, and each replica subscribes only to the topics
+//! it has local subscribers for: traffic scales with interest, not with the number of
+//! replicas (a pattern subscription would send every event to every replica). Payloads are
+//! `<replica id>|<envelope>`: the envelope is forwarded as is, and a replica skips its own echo.
+//! Publishes are queued (bounded) and sent as pipelines by one task.
+
+use super::{ClusterConfig, Redis};
+use crate::app::{BoxFuture, Live};
+use crate::hub::Bus;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// Channel prefix.
+pub const CHANNEL_PREFIX: &str = "__live-bus:";
+const QUEUE: usize = 65_536;
+const PIPELINE: usize = 256;
+
+enum Cmd {
+    Subscribe(String),
+    Unsubscribe(String),
+}
+
+type Rx<T> = Mutex<Option<mpsc::Receiver<T>>>;
+type URx<T> = Mutex<Option<mpsc::UnboundedReceiver<T>>>;
+
+/// The Redis event bus (see the module docs).
+pub struct RedisBus {
+    redis: Redis,
+    replica: Arc<str>,
+    publish_tx: mpsc::Sender<(String, Bytes)>,
+    publish_rx: Rx<(String, Bytes)>,
+    cmd_tx: mpsc::UnboundedSender<Cmd>,
+    cmd_rx: URx<Cmd>,
+    connected: AtomicBool,
+    subscribed: Mutex<HashSet<String>>,
+    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
+    idle: Notify,
+    reconnect: Duration,
+}
+
+impl RedisBus {
+    pub(crate) fn new(redis: Redis, replica: Arc<str>, config: &ClusterConfig) -> Arc<Self> {
+        let (publish_tx, publish_rx) = mpsc::channel(QUEUE);
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        Arc::new(RedisBus {
+            redis,
+            replica,
+            publish_tx,
+            publish_rx: Mutex::new(Some(publish_rx)),
+            cmd_tx,
+            cmd_rx: Mutex::new(Some(cmd_rx)),
+            connected: AtomicBool::new(false),
+            subscribed: Mutex::new(HashSet::new()),
+            waiters: Mutex::new(HashMap::new()),
+            idle: Notify::new(),
+            reconnect: config.heartbeat.min(Duration::from_millis(500)),
+        })
+    }
+
+    /// Starts the publisher and subscriber tasks.
+    pub(crate) fn start(self: &Arc<Self>, live: Live) {
+        let rx = self.publish_rx.lock().unwrap().take();
+        let cmds = self.cmd_rx.lock().unwrap().take();
+        if let (Some(rx), Some(cmds)) = (rx, cmds) {
+            tokio::spawn(self.clone().publisher(rx));
+            tokio::spawn(self.clone().subscriber(cmds, live));
+        }
+    }
+
+    /// Whether the subscriber connection is up.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Waits (bounded) until every queued publish was sent.
+    pub async fn flush(&self, within: Duration) {
+        let wait = async {
+            while self.publish_tx.capacity() < self.publish_tx.max_capacity() {
+                tokio::select! {
+                    _ = self.idle.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(within, wait).await;
+    }
+
+    async fn publisher(self: Arc<Self>, mut rx: mpsc::Receiver<(String, Bytes)>) {
+        let mut batch = Vec::with_capacity(PIPELINE);
+        while rx.recv_many(&mut batch, PIPELINE).await > 0 {
+            let n = batch.len() as u64;
+            let items = std::mem::take(&mut batch);
+            let sent = self
+                .redis
+                .run(|mut c| async move {
+                    let mut p = redis::pipe();
+                    for (channel, payload) in &items {
+                        p.publish(channel, payload.as_ref()).ignore();
+                    }
+                    p.query_async::<()>(&mut c).await
+                })
+                .await;
+            match sent {
+                Ok(()) => metrics::counter!("liveroom_redis_published_total").increment(n),
+                Err(_) => metrics::counter!("liveroom_redis_publish_dropped_total").increment(n),
+            }
+            if rx.is_empty() {
+                self.idle.notify_waiters();
+            }
+        }
+    }
+
+    fn release_waiters(&self, topic: Option<&str>) {
+        let mut w = self.waiters.lock().unwrap();
+        let list: Vec<oneshot::Sender<()>> = match topic {
+            Some(t) => w.remove(t).unwrap_or_default(),
+            None => w.drain().flat_map(|(_, v)| v).collect(),
+        };
+        for tx in list {
+            let _ = tx.send(());
+        }
+    }
+
+    async fn subscriber(self: Arc<Self>, mut cmds: mpsc::UnboundedReceiver<Cmd>, live: Live) {
+        let mut interests: HashSet<String> = HashSet::new();
+        loop {
+            let pubsub = if self.redis.available() {
+                tokio::time::timeout(
+                    Duration::from_secs(2),
+                    self.redis.client().get_async_pubsub(),
+                )
+                .await
+            } else {
+                Ok(Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "circuit open",
+                ))))
+            };
+            let Ok(Ok(pubsub)) = pubsub else {
+                self.connected.store(false, Ordering::Relaxed);
+                self.release_waiters(None); // never hold a subscription up on a dead Redis
+                let sleep = tokio::time::sleep(self.reconnect);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        _ = &mut sleep => break,
+                        cmd = cmds.recv() => match cmd {
+                            Some(Cmd::Subscribe(t)) => { interests.insert(t.clone()); self.release_waiters(Some(&t)); }
+                            Some(Cmd::Unsubscribe(t)) => { interests.remove(&t); }
+                            None => return,
+                        },
+                    }
+                }
+                continue;
+            };
+            let (mut sink, mut stream) = pubsub.split();
+            let channels: Vec<String> = interests
+                .iter()
+                .map(|t| format!("{CHANNEL_PREFIX}{t}"))
+                .collect();
+            if !channels.is_empty() && sink.subscribe(&channels).await.is_err() {
+                continue;
+            }
+            *self.subscribed.lock().unwrap() = interests.clone();
+            self.connected.store(true, Ordering::Relaxed);
+            self.release_waiters(None);
+            loop {
+                tokio::select! {
+                    cmd = cmds.recv() => match cmd {
+                        Some(Cmd::Subscribe(t)) => {
+                            interests.insert(t.clone());
+                            if sink.subscribe(format!("{CHANNEL_PREFIX}{t}")).await.is_err() {
+                                break;
+                            }
+                            self.subscribed.lock().unwrap().insert(t.clone());
+                            self.release_waiters(Some(&t));
+                        }
+                        Some(Cmd::Unsubscribe(t)) => {
+                            interests.remove(&t);
+                            self.subscribed.lock().unwrap().remove(&t);
+                            if sink.unsubscribe(format!("{CHANNEL_PREFIX}{t}")).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => return,
+                    },
+                    msg = stream.next() => match msg {
+                        Some(msg) => self.receive(&live, msg.get_channel_name(), msg.get_payload_bytes()),
+                        None => break,
+                    },
+                }
+            }
+            tracing::warn!("redis pub/sub connection lost; reconnecting");
+            self.connected.store(false, Ordering::Relaxed);
+            self.subscribed.lock().unwrap().clear();
+            tokio::time::sleep(self.reconnect).await;
+        }
+    }
+
+    fn receive(&self, live: &Live, channel: &str, payload: &[u8]) {
+        let Some(topic) = channel.strip_prefix(CHANNEL_PREFIX) else {
+            return;
+        };
+        let id = self.replica.as_bytes();
+        if payload.len() <= id.len() || payload[id.len()] != b'|' {
+            return;
+        }
+        if &payload[..id.len()] == id {
+            return; // our own echo
+        }
+        metrics::counter!("liveroom_redis_received_total").increment(1);
+        let frame = Bytes::copy_from_slice(&payload[id.len() + 1..]);
+        live.hub().deliver(topic, &frame);
+        if topic.ends_with(":cursors") {
+            if let Ok(env) = serde_json::from_slice::<serde_json::Value>(&frame) {
+                if let (Some(event), Some(data)) = (env["event"].as_str(), env.get("data")) {
+                    live.mirror_cursor(topic, event, data);
+                }
+            }
+        }
+    }
+}
+
+impl Bus for RedisBus {
+    fn publish(&self, topic: &str, frame: &Bytes) {
+        let mut payload = Vec::with_capacity(self.replica.len() + 1 + frame.len());
+        payload.extend_from_slice(self.replica.as_bytes());
+        payload.push(b'|');
+        payload.extend_from_slice(frame);
+        if self
+            .publish_tx
+            .try_send((format!("{CHANNEL_PREFIX}{topic}"), payload.into()))
+            .is_err()
+        {
+            metrics::counter!("liveroom_redis_publish_dropped_total").increment(1);
+        }
+    }
+
+    fn interest(&self, topic: &str, interested: bool) {
+        let cmd = if interested {
+            Cmd::Subscribe(topic.to_owned())
+        } else {
+            Cmd::Unsubscribe(topic.to_owned())
+        };
+        let _ = self.cmd_tx.send(cmd);
+    }
+
+    fn ready(&self, topic: &str) -> BoxFuture<()> {
+        if !self.connected() || self.subscribed.lock().unwrap().contains(topic) {
+            return Box::pin(async {});
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .unwrap()
+            .entry(topic.to_owned())
+            .or_default()
+            .push(tx);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}

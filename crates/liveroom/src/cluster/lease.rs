@@ -1,0 +1,289 @@
+//! The replica's lease, the reaper of dead replicas, and re-assertion after an outage.
+//!
+//! - `__live-replica:<id>`: the lease, a key with a TTL of `lease`, refreshed every
+//!   `heartbeat` with `SET .. XX` (so a lost lease is noticed).
+//! - `__live-replicas`: SET of replica ids, so survivors know whom to check.
+//!
+//! Every heartbeat a replica refreshes its lease and checks the others' leases. A missing lease
+//! means a dead (or cut-off) replica: one survivor's atomic script removes its contributions
+//! and returns the identities that left the cluster, for which that survivor publishes
+//! `leave` (and cursor `remove`). A replica that finds its own lease lost, or comes back from a
+//! Redis outage, re-asserts its in-memory truth and corrects its clients' rosters.
+
+use super::bus::RedisBus;
+use super::presence::{owned_key, scripts, RedisPresence, PRESENCE_PREFIX};
+use super::{ClusterConfig, Redis};
+use crate::app::Live;
+use crate::room::presence::PresenceStore;
+use serde_json::json;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+/// The set of live replica ids.
+pub const REPLICAS: &str = "__live-replicas";
+
+/// The lease key of a replica.
+pub fn lease_key(replica: &str) -> String {
+    format!("__live-replica:{replica}")
+}
+
+/// A fresh random replica id (16 hex digits).
+pub fn replica_id() -> Arc<str> {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish()).into()
+}
+
+/// One replica's membership in the cluster.
+pub struct Cluster {
+    config: ClusterConfig,
+    redis: Redis,
+    replica: Arc<str>,
+    store: Arc<RedisPresence>,
+    bus: Arc<RedisBus>,
+    live: Mutex<Option<Live>>,
+    stop: Notify,
+    stopped: AtomicBool,
+}
+
+impl Cluster {
+    pub(crate) fn new(
+        config: ClusterConfig,
+        redis: Redis,
+        replica: Arc<str>,
+        store: Arc<RedisPresence>,
+        bus: Arc<RedisBus>,
+    ) -> Self {
+        Cluster {
+            config,
+            redis,
+            replica,
+            store,
+            bus,
+            live: Mutex::new(None),
+            stop: Notify::new(),
+            stopped: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn start(self: &Arc<Self>, live: Live) {
+        *self.live.lock().unwrap() = Some(live.clone());
+        tokio::spawn(self.clone().heartbeat(live));
+    }
+
+    async fn heartbeat(self: Arc<Self>, live: Live) {
+        let mut tick = tokio::time::interval(self.config.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut registered = false;
+        let mut beats: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.stop.notified() => return,
+            }
+            if self.stopped.load(Ordering::Relaxed) {
+                return;
+            }
+            beats += 1;
+            let held = self.renew(registered).await;
+            let Ok(held) = held else {
+                continue; // Redis down: serve locally, the breaker keeps this cheap
+            };
+            if !held || !registered || self.store.dirty() {
+                if registered && !held {
+                    tracing::warn!(replica = %self.replica, "lease was lost; re-registering");
+                }
+                registered = self.register().await && self.reassert(&live).await;
+            }
+            self.reap(&live).await;
+            if beats % 30 == 0 {
+                self.store.refresh_ttl().await;
+            }
+        }
+    }
+
+    /// Refreshes the lease. `Ok(false)`: the lease had expired (or never existed).
+    async fn renew(&self, registered: bool) -> Result<bool, super::RedisDown> {
+        let key = lease_key(&self.replica);
+        let ms = self.config.lease.as_millis() as u64;
+        if !registered {
+            return Ok(false);
+        }
+        let set: Option<String> = self
+            .redis
+            .run(|mut c| async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(1)
+                    .arg("PX")
+                    .arg(ms)
+                    .arg("XX")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(set.is_some())
+    }
+
+    async fn register(&self) -> bool {
+        let key = lease_key(&self.replica);
+        let ms = self.config.lease.as_millis() as u64;
+        let id = self.replica.to_string();
+        self.redis
+            .run(|mut c| async move {
+                redis::pipe()
+                    .cmd("SET")
+                    .arg(key)
+                    .arg(1)
+                    .arg("PX")
+                    .arg(ms)
+                    .ignore()
+                    .sadd(REPLICAS, id)
+                    .ignore()
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await
+            .is_ok()
+    }
+
+    /// Re-asserts this replica's members and corrects local rosters. `false` if Redis failed.
+    async fn reassert(&self, live: &Live) -> bool {
+        let Ok(changes) = self.store.reassert().await else {
+            return false;
+        };
+        for (joined, topic, key, data) in changes {
+            if joined {
+                if let Some(data) = data {
+                    let _ = live.publish(
+                        &format!("{topic}:presence"),
+                        "join",
+                        &json!({ "key": key, "data": data }),
+                    );
+                }
+            } else {
+                self.publish_gone(live, &topic, &key);
+            }
+        }
+        // Whatever changed while Redis was away, local clients now get the truth.
+        for presence_topic in live.hub().topics_ending_with(":presence") {
+            let Some(topic) = presence_topic.strip_suffix(":presence") else {
+                continue;
+            };
+            let roster: Vec<_> = self
+                .store
+                .roster(topic)
+                .await
+                .into_iter()
+                .map(|(key, data)| json!({ "key": key, "data": data }))
+                .collect();
+            if let Ok(raw) = serde_json::value::to_raw_value(&roster) {
+                let frame = crate::protocol::envelope(&presence_topic, "set", &raw);
+                live.hub().deliver(&presence_topic, &frame);
+            }
+        }
+        true
+    }
+
+    fn publish_gone(&self, live: &Live, topic: &str, key: &str) {
+        let _ = live.publish(
+            &format!("{topic}:presence"),
+            "leave",
+            &json!({ "key": key }),
+        );
+        let cursors = format!("{topic}:cursors");
+        let remove = json!({ "key": key });
+        live.mirror_cursor(&cursors, "remove", &remove);
+        let _ = live.publish(&cursors, "remove", &remove);
+    }
+
+    /// Removes the contributions of replicas whose lease expired.
+    async fn reap(&self, live: &Live) {
+        let Ok(ids) = self
+            .redis
+            .run(|mut c| async move {
+                redis::AsyncCommands::smembers::<_, Vec<String>>(&mut c, REPLICAS).await
+            })
+            .await
+        else {
+            return;
+        };
+        let others: Vec<String> = ids.into_iter().filter(|id| **id != *self.replica).collect();
+        if others.is_empty() {
+            return;
+        }
+        let keys: Vec<String> = others.iter().map(|id| lease_key(id)).collect();
+        let Ok(alive) = self
+            .redis
+            .run(|mut c| async move {
+                let mut p = redis::pipe();
+                for k in &keys {
+                    p.exists(k);
+                }
+                p.query_async::<Vec<bool>>(&mut c).await
+            })
+            .await
+        else {
+            return;
+        };
+        for (id, alive) in others.iter().zip(alive) {
+            if alive {
+                continue;
+            }
+            let mut inv = scripts().reap.key(owned_key(id));
+            inv.key(lease_key(id))
+                .key(REPLICAS)
+                .arg(id)
+                .arg(PRESENCE_PREFIX);
+            let Ok(gone) = self
+                .redis
+                .run(|mut c| async move { inv.invoke_async::<Vec<String>>(&mut c).await })
+                .await
+            else {
+                continue;
+            };
+            if !gone.is_empty() {
+                tracing::warn!(replica = %id, left = gone.len() / 2, "reaped a dead replica's presence");
+            }
+            metrics::counter!("liveroom_cluster_reaped_total").increment((gone.len() / 2) as u64);
+            for pair in gone.chunks_exact(2) {
+                self.publish_gone(live, &pair[0], &pair[1]);
+            }
+        }
+    }
+
+    /// Graceful shutdown: presence was already released (leaves published); send what is
+    /// queued, then give up the lease so nobody needs to reap us.
+    pub(crate) async fn shutdown(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        self.stop.notify_waiters();
+        self.bus.flush(std::time::Duration::from_secs(2)).await;
+        let (lease, owned, id) = (
+            lease_key(&self.replica),
+            owned_key(&self.replica),
+            self.replica.to_string(),
+        );
+        let _ = self
+            .redis
+            .run(|mut c| async move {
+                redis::pipe()
+                    .del(lease)
+                    .ignore()
+                    .del(owned)
+                    .ignore()
+                    .srem(REPLICAS, id)
+                    .ignore()
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await;
+    }
+}
