@@ -72,3 +72,8 @@ pub use error::{Issue, LiveError};
 pub use room::{Cursors, Room, RoomCtx};
 pub use server::{Running, Server, ServerConfig};
 pub use stream::{Merge, Stream};
+
+/// The README's examples are compiled as doctests, so they keep working as written.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

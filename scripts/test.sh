@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The whole test suite: `bash scripts/test.sh`. Works on a fresh Debian machine: it installs
+# what it needs (apt: redis-server, chromium; npm packages per package-lock), builds, and runs
+# every suite. Each suite starts its own services (redis-server on free ports, servers on
+# port 0); nothing shared is touched.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+step() { printf '\n==> %s\n' "$*"; }
+
+need_apt=()
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v node >/dev/null || need_apt+=(nodejs npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  step "installing ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+step "format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "build"
+cargo build --workspace --quiet
+
+step "Rust tests (core, rooms, cluster, demo server)"
+cargo test --workspace 2>&1 | tee target/rust-tests.log
+
+step "JS client"
+(cd clients/js && npm ci --silent --no-audit --no-fund && npm test)
+
+step "demo front end: rebuild and check the committed bundle is fresh"
+(cd examples/board/web && npm ci --silent --no-audit --no-fund && npm run build --silent)
+if ! git diff --quiet -- examples/board/web/dist || [ -n "$(git status --porcelain -- examples/board/web/dist)" ]; then
+  git status --short -- examples/board/web/dist
+  echo "examples/board/web/dist is stale: run 'npm run build' in examples/board/web and commit it"; exit 1
+fi
+
+step "browser end-to-end tests (chromium)"
+(cd examples/board/e2e && npm ci --silent --no-audit --no-fund && BOARD_BIN="$ROOT/target/debug/board" npm test)
+
+step "benchmark smoke run"
+cargo run --quiet -p liveroom-bench -- suite --size smoke --server-bin "$ROOT/target/debug/liveroom-testserver"
+
+step "all suites passed"
