@@ -141,10 +141,11 @@ impl Drain {
             })
             .sum();
         if batch && n >= 2 {
-            let len = 30 + n + self.events.iter().map(Out::len).sum::<usize>();
-            let mut body = bytes::BytesMut::with_capacity(len);
-            self.batch_into(&mut body);
-            encode(buf, Opcode::Text, &body);
+            // One frame: header, then the pieces straight into `buf` (no second copy).
+            let prefix: &[u8] = b"{\"type\":\"batch\",\"events\":[";
+            let len = prefix.len() + 2 + (n - 1) + self.events.iter().map(Out::len).sum::<usize>();
+            crate::ws::encode_header(buf, Opcode::Text, len);
+            self.batch_into(buf);
         } else {
             for e in &self.events {
                 e.each(|b| encode(buf, Opcode::Text, b));
