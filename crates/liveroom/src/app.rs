@@ -28,6 +28,12 @@ type SubscribeFilter = Arc<dyn Fn(&Ctx, &str) -> bool + Send + Sync>;
 
 /// Deserializes a call's `args` array into the handler's argument type.
 pub(crate) fn args_from<A: DeserializeOwned>(args: Vec<Value>) -> Result<A, LiveError> {
+    // serde reads `()` from `null`, not from `[]`: an empty args list means "no args".
+    if args.is_empty() {
+        if let Ok(a) = serde_json::from_value(Value::Null) {
+            return Ok(a);
+        }
+    }
     serde_json::from_value(Value::Array(args))
         .map_err(|e| LiveError::invalid(format!("invalid args: {e}")))
 }

@@ -134,13 +134,16 @@ pub(crate) struct Scripts {
     pub reassert: redis::Script,
 }
 
+/// This replica's own contributions: (topic, identity) -> (count, data).
+type Contributions = HashMap<(String, String), (i64, Option<Value>)>;
+
 /// Presence counted in Redis (see the module docs). It also keeps this replica's own
 /// contributions in memory: they are the truth it re-asserts after an outage, and the roster
 /// it serves while Redis is unreachable.
 pub struct RedisPresence {
     redis: Redis,
     replica: Arc<str>,
-    local: Mutex<HashMap<(String, String), (i64, Option<Value>)>>,
+    local: Mutex<Contributions>,
     dirty: AtomicBool,
 }
 
@@ -154,7 +157,7 @@ impl RedisPresence {
         }
     }
 
-    fn local(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (i64, Option<Value>)>> {
+    fn local(&self) -> std::sync::MutexGuard<'_, Contributions> {
         self.local.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -292,6 +295,25 @@ impl PresenceStore for RedisPresence {
                     self.dirty.store(true, Ordering::Relaxed);
                     true
                 }
+            }
+        })
+    }
+
+    fn update<'a>(&'a self, topic: &'a str, key: &'a str, data: &'a Value) -> StoreFuture<'a, ()> {
+        if let Some(e) = self.local().get_mut(&(topic.to_owned(), key.to_owned())) {
+            e.1 = Some(data.clone());
+        }
+        Box::pin(async move {
+            let hash = format!("{PRESENCE_PREFIX}{topic}");
+            let (field, value) = (format!("d:{key}"), data.to_string());
+            let set = self
+                .redis
+                .run(|mut c| async move {
+                    redis::AsyncCommands::hset::<_, _, _, ()>(&mut c, hash, field, value).await
+                })
+                .await;
+            if set.is_err() {
+                self.dirty.store(true, Ordering::Relaxed);
             }
         })
     }

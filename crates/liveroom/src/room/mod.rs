@@ -343,6 +343,8 @@ impl<A: RoomArgs> Room<A> {
 
 type ErasedAction =
     Box<dyn Fn(RoomCtx, Vec<Value>) -> Result<BoxFuture<Reply>, LiveError> + Send + Sync>;
+type ErasedTopic = Box<dyn Fn(&Ctx, &[Value]) -> Result<Arc<str>, LiveError> + Send + Sync>;
+type ErasedGuard = Box<dyn Fn(Ctx, &[Value]) -> BoxFuture<Result<(), LiveError>> + Send + Sync>;
 
 /// Which room path a call is for.
 #[derive(Debug, Clone)]
@@ -364,8 +366,8 @@ pub(crate) struct RoomDef {
     pub module: String,
     pub name: String,
     topic_args: usize,
-    topic_fn: Box<dyn Fn(&Ctx, &[Value]) -> Result<Arc<str>, LiveError> + Send + Sync>,
-    guard_fn: Box<dyn Fn(Ctx, &[Value]) -> BoxFuture<Result<(), LiveError>> + Send + Sync>,
+    topic_fn: ErasedTopic,
+    guard_fn: ErasedGuard,
     init_fn: Box<dyn Fn(Ctx, Vec<Value>) -> BoxFuture<Reply> + Send + Sync>,
     actions: BTreeMap<String, ErasedAction>,
     action_names: BTreeMap<String, Vec<String>>,

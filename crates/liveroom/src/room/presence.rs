@@ -34,14 +34,19 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// Uncounts `key` in `topic`. Returns `true` if the identity is now gone everywhere
     /// (publish `leave`).
     fn leave<'a>(&'a self, topic: &'a str, key: &'a str) -> StoreFuture<'a, bool>;
+    /// Replaces the presence data of a member that is already counted.
+    fn update<'a>(&'a self, topic: &'a str, key: &'a str, data: &'a Value) -> StoreFuture<'a, ()>;
     /// The listed members of `topic`: `(key, data)` for every present identity with data.
     fn roster<'a>(&'a self, topic: &'a str) -> StoreFuture<'a, Vec<(String, Value)>>;
 }
 
+/// Members of one room: identity -> (count, data).
+type RoomCounts = HashMap<String, (usize, Option<Value>)>;
+
 /// The zero-config store: counts in this process's memory. Empty rooms are dropped.
 #[derive(Debug, Default)]
 pub struct MemoryPresence {
-    rooms: Mutex<HashMap<String, HashMap<String, (usize, Option<Value>)>>>,
+    rooms: Mutex<HashMap<String, RoomCounts>>,
 }
 
 impl PresenceStore for MemoryPresence {
@@ -81,6 +86,14 @@ impl PresenceStore for MemoryPresence {
         Box::pin(async move { last })
     }
 
+    fn update<'a>(&'a self, topic: &'a str, key: &'a str, data: &'a Value) -> StoreFuture<'a, ()> {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = rooms.get_mut(topic).and_then(|r| r.get_mut(key)) {
+            entry.1 = Some(data.clone());
+        }
+        Box::pin(async {})
+    }
+
     fn roster<'a>(&'a self, topic: &'a str) -> StoreFuture<'a, Vec<(String, Value)>> {
         let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         let mut list: Vec<(String, Value)> = rooms
@@ -116,6 +129,7 @@ pub(crate) type LeaveFn = Arc<dyn Fn(&Arc<str>, &Arc<str>) + Send + Sync>;
 struct Member {
     sockets: usize,
     listed: bool,
+    data: Option<Value>,
     /// Bumped on every transition so a stale grace timer knows it lost.
     generation: u64,
     leaving: bool,
@@ -129,8 +143,11 @@ pub(crate) struct Tracker {
     pub on_join: Option<PresenceHook>,
     pub on_leave: Option<PresenceHook>,
     pub left: Option<LeaveFn>,
-    members: Mutex<HashMap<(Arc<str>, Arc<str>), Member>>,
+    members: Mutex<Members>,
 }
+
+/// (room topic, identity) -> this process's record of that member.
+type Members = HashMap<(Arc<str>, Arc<str>), Member>;
 
 impl Tracker {
     pub fn new(hub: Arc<Hub>, store: Arc<dyn PresenceStore>, grace: Duration) -> Self {
@@ -145,13 +162,13 @@ impl Tracker {
         }
     }
 
-    fn members(&self) -> std::sync::MutexGuard<'_, HashMap<(Arc<str>, Arc<str>), Member>> {
+    fn members(&self) -> std::sync::MutexGuard<'_, Members> {
         self.members.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A socket of `key` subscribed to the room's data topic.
     pub async fn join(&self, topic: &Arc<str>, key: &Arc<str>, data: Option<Value>) {
-        {
+        let existing = {
             let mut members = self.members();
             if let Some(m) = members.get_mut(&(topic.clone(), key.clone())) {
                 m.sockets += 1;
@@ -160,17 +177,38 @@ impl Tracker {
                     m.leaving = false;
                     m.generation += 1;
                 }
-                return;
+                // A new tab or a reload with new presence data (a renamed user): others see
+                // the change as a `join` upsert, never as a leave and a join.
+                match &data {
+                    Some(d) if m.data.as_ref() != Some(d) => {
+                        m.data = data.clone();
+                        m.listed = true;
+                        Some(data.clone())
+                    }
+                    _ => Some(None),
+                }
+            } else {
+                members.insert(
+                    (topic.clone(), key.clone()),
+                    Member {
+                        sockets: 1,
+                        listed: data.is_some(),
+                        data: data.clone(),
+                        generation: 0,
+                        leaving: false,
+                    },
+                );
+                None
             }
-            members.insert(
-                (topic.clone(), key.clone()),
-                Member {
-                    sockets: 1,
-                    listed: data.is_some(),
-                    generation: 0,
-                    leaving: false,
-                },
-            );
+        };
+        // `Some(changed data)` for a member that was already here.
+        if let Some(changed) = existing {
+            if let Some(data) = changed {
+                self.store.update(topic, key, &data).await;
+                let payload = serde_json::json!({ "key": &**key, "data": data });
+                publish(&self.hub, &format!("{topic}:presence"), "join", &payload);
+            }
+            return;
         }
         let first = self.store.join(topic, key, data.as_ref()).await;
         if first {
@@ -339,6 +377,21 @@ mod tests {
         // Unlisted (no data): counted but not in the roster.
         t.join(&topic, &key, None).await;
         assert_eq!(t.roster("r").await, serde_json::json!([]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_data_on_reload_is_an_upsert_not_a_leave() {
+        let (t, joins, leaves) = tracker(5000);
+        let (topic, key): (Arc<str>, Arc<str>) = ("r".into(), "ann".into());
+        t.join(&topic, &key, Some(serde_json::json!({"name": "Ann"}))).await;
+        t.leave(&topic, &key);
+        t.join(&topic, &key, Some(serde_json::json!({"name": "Anna"}))).await;
+        tokio::time::sleep(Duration::from_millis(6000)).await;
+        assert_eq!((joins.load(Ordering::SeqCst), leaves.load(Ordering::SeqCst)), (1, 0));
+        assert_eq!(
+            t.roster("r").await,
+            serde_json::json!([{"key": "ann", "data": {"name": "Anna"}}])
+        );
     }
 
     #[tokio::test(start_paused = true)]
