@@ -24,6 +24,21 @@ pub trait Bus: Send + Sync + 'static {
     /// Resolves once events of `topic` from other replicas are flowing here (or at once if
     /// the bus is down), so a stream's initial load cannot miss them.
     fn ready(&self, topic: &str) -> crate::app::BoxFuture<()>;
+    /// Records a room's latest cursor changes (`None`: removed) where late joiners on other
+    /// replicas can read them.
+    fn store_cursors(
+        &self,
+        _cursor_topic: &str,
+        _changes: &[(Arc<str>, Option<serde_json::Value>)],
+    ) {
+    }
+    /// The cursor positions every replica recorded for `cursor_topic` (`None`: unknown).
+    fn load_cursors(
+        &self,
+        _cursor_topic: &str,
+    ) -> crate::app::BoxFuture<Option<Vec<serde_json::Value>>> {
+        Box::pin(async { None })
+    }
 }
 
 type Shard = RwLock<HashMap<Arc<str>, Vec<Arc<Conn>>>>;

@@ -19,6 +19,10 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 /// Channel prefix.
 pub const CHANNEL_PREFIX: &str = "__live-bus:";
+/// Prefix of the per-room cursor position hashes (`<identity>` -> position JSON).
+pub const CURSORS_PREFIX: &str = "__live-cursors:";
+/// Cursor hashes expire after a minute without moves.
+const CURSORS_TTL_MS: i64 = 60_000;
 const QUEUE: usize = 65_536;
 const PIPELINE: usize = 256;
 
@@ -250,6 +254,49 @@ impl Bus for RedisBus {
             Cmd::Unsubscribe(topic.to_owned())
         };
         let _ = self.cmd_tx.send(cmd);
+    }
+
+    fn store_cursors(&self, cursor_topic: &str, changes: &[(Arc<str>, Option<serde_json::Value>)]) {
+        if changes.is_empty() || !self.redis.available() {
+            return;
+        }
+        let hash = format!("{CURSORS_PREFIX}{cursor_topic}");
+        let changes: Vec<(String, Option<String>)> = changes
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_ref().map(|v| v.to_string())))
+            .collect();
+        let redis = self.redis.clone();
+        tokio::spawn(async move {
+            let _ = redis
+                .run(|mut c| async move {
+                    let mut p = redis::pipe();
+                    for (key, value) in &changes {
+                        match value {
+                            Some(v) => p.hset(&hash, key, v).ignore(),
+                            None => p.hdel(&hash, key).ignore(),
+                        };
+                    }
+                    p.pexpire(&hash, CURSORS_TTL_MS).ignore();
+                    p.query_async::<()>(&mut c).await
+                })
+                .await;
+        });
+    }
+
+    fn load_cursors(&self, cursor_topic: &str) -> BoxFuture<Option<Vec<serde_json::Value>>> {
+        let hash = format!("{CURSORS_PREFIX}{cursor_topic}");
+        let redis = self.redis.clone();
+        Box::pin(async move {
+            let all: HashMap<String, String> = redis
+                .run(|mut c| async move { redis::AsyncCommands::hgetall(&mut c, hash).await })
+                .await
+                .ok()?;
+            Some(
+                all.values()
+                    .filter_map(|v| serde_json::from_str(v).ok())
+                    .collect(),
+            )
+        })
     }
 
     fn ready(&self, topic: &str) -> BoxFuture<()> {

@@ -202,6 +202,7 @@ impl Cluster {
         let cursors = format!("{topic}:cursors");
         let remove = json!({ "key": key });
         live.mirror_cursor(&cursors, "remove", &remove);
+        crate::hub::Bus::store_cursors(&*self.bus, &cursors, &[(key.into(), None)]);
         let _ = live.publish(&cursors, "remove", &remove);
     }
 

@@ -129,7 +129,7 @@ impl CursorTable {
         interval.tick().await;
         loop {
             interval.tick().await;
-            let (frames, snapshot) = {
+            let (frames, snapshot, changes) = {
                 let mut rooms = self.rooms();
                 let Some(room) = rooms.get_mut(&topic) else {
                     return;
@@ -142,7 +142,9 @@ impl CursorTable {
                     return;
                 }
                 let mut frames = Vec::with_capacity(room.pending.len());
+                let mut changes = Vec::with_capacity(room.pending.len());
                 for (key, change) in room.pending.drain(..) {
+                    changes.push((key.clone(), change.clone()));
                     let (event, data) = match change {
                         Some(v) => {
                             room.positions.insert(key, v.clone());
@@ -158,8 +160,11 @@ impl CursorTable {
                     }
                 }
                 let snapshot: Vec<Value> = room.positions.values().cloned().collect();
-                (frames, snapshot)
+                (frames, snapshot, changes)
             };
+            if let Some(bus) = self.hub.bus() {
+                bus.store_cursors(&cursor_topic, &changes);
+            }
             self.deliver(&cursor_topic, frames, snapshot);
         }
     }

@@ -499,9 +499,33 @@ impl RoomDef {
         Box::pin(async move { to_raw(tracker.roster(&topic).await) })
     }
 
+    /// The current cursor positions of room `topic`: this replica's, plus in cluster mode
+    /// those other replicas recorded.
     pub fn cursor_snapshot(&self, topic: &str) -> BoxFuture<Reply> {
-        let snapshot = self.cursor_table().map_or(json!([]), |c| c.snapshot(topic));
-        Box::pin(async move { to_raw(snapshot) })
+        let local = self.cursor_table().map_or(json!([]), |c| c.snapshot(topic));
+        let remote = self
+            .runtime()
+            .tracker
+            .hub
+            .bus()
+            .map(|bus| bus.load_cursors(&format!("{topic}:cursors")));
+        Box::pin(async move {
+            let Some(remote) = remote else {
+                return to_raw(local);
+            };
+            let mut merged: indexmap::IndexMap<String, Value> = remote
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|v| Some((v.get("key")?.as_str()?.to_owned(), v)))
+                .collect();
+            for v in local.as_array().into_iter().flatten() {
+                if let Some(k) = v.get("key").and_then(Value::as_str) {
+                    merged.insert(k.to_owned(), v.clone());
+                }
+            }
+            to_raw(merged.into_values().collect::<Vec<_>>())
+        })
     }
 
     /// Splits `__cursor` args into the room topic and the position object.

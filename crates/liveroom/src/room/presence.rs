@@ -383,11 +383,16 @@ mod tests {
     async fn new_data_on_reload_is_an_upsert_not_a_leave() {
         let (t, joins, leaves) = tracker(5000);
         let (topic, key): (Arc<str>, Arc<str>) = ("r".into(), "ann".into());
-        t.join(&topic, &key, Some(serde_json::json!({"name": "Ann"}))).await;
+        t.join(&topic, &key, Some(serde_json::json!({"name": "Ann"})))
+            .await;
         t.leave(&topic, &key);
-        t.join(&topic, &key, Some(serde_json::json!({"name": "Anna"}))).await;
+        t.join(&topic, &key, Some(serde_json::json!({"name": "Anna"})))
+            .await;
         tokio::time::sleep(Duration::from_millis(6000)).await;
-        assert_eq!((joins.load(Ordering::SeqCst), leaves.load(Ordering::SeqCst)), (1, 0));
+        assert_eq!(
+            (joins.load(Ordering::SeqCst), leaves.load(Ordering::SeqCst)),
+            (1, 0)
+        );
         assert_eq!(
             t.roster("r").await,
             serde_json::json!([{"key": "ann", "data": {"name": "Anna"}}])
