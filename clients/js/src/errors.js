@@ -1,0 +1,38 @@
+/**
+ * Typed error for failed RPCs, actions and stream loads.
+ *
+ * `code` is the server's error code (`FORBIDDEN`, `VALIDATION`, `NOT_FOUND`, an app code such as
+ * `BOOM`, ...) or one of the client-side codes `TIMEOUT`, `DISCONNECTED`, `UNAUTHENTICATED` /
+ * `FORBIDDEN` / `POLICY_VIOLATION` (terminal close), `CONFIG`.
+ */
+export class LiveError extends Error {
+	/**
+	 * @param {string} code
+	 * @param {string} [message]
+	 * @param {Array<{ path: Array<string | number>, message: string }>} [issues] validation issues
+	 */
+	constructor(code, message, issues) {
+		super(message || code);
+		this.name = 'LiveError';
+		/** @type {string} */
+		this.code = code;
+		if (issues !== undefined) this.issues = issues;
+	}
+
+	/** Plain-object form, handy for logging and JSON. */
+	toJSON() {
+		/** @type {Record<string, unknown>} */
+		const out = { code: this.code, message: this.message };
+		if (this.issues !== undefined) out.issues = this.issues;
+		return out;
+	}
+}
+
+/**
+ * Build a LiveError from an `ok:false` reply object.
+ * @param {{ code?: string, error?: string, message?: string, issues?: any }} reply
+ * @returns {LiveError}
+ */
+export function errorFromReply(reply) {
+	return new LiveError(reply.code || 'UNKNOWN', reply.error || reply.message || 'Unknown error', reply.issues);
+}

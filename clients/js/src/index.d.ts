@@ -1,0 +1,178 @@
+/** Type declarations for `liveroom` (the JS client). */
+
+/** Svelte store contract: `subscribe` delivers the current value synchronously. */
+export interface Readable<T> {
+	subscribe(run: (value: T) => void, invalidate?: () => void): () => void;
+}
+
+export interface Writable<T> extends Readable<T> {
+	set(value: T): void;
+	update(fn: (value: T) => T): void;
+	/** Current value without subscribing. */
+	get(): T;
+}
+
+export function writable<T>(value: T, start?: () => void | (() => void)): Writable<T>;
+export function readonly<T>(store: Readable<T>): Readable<T>;
+/** Read a store's current value once. */
+export function get<T>(store: Readable<T>): T;
+
+/** Typed error of RPCs, actions and stream loads. */
+export class LiveError extends Error {
+	constructor(code: string, message?: string, issues?: ValidationIssue[]);
+	name: 'LiveError';
+	/** Server code (`FORBIDDEN`, `VALIDATION`, app codes, ...) or client code (`TIMEOUT`, `DISCONNECTED`, ...). */
+	code: string;
+	/** Present for `VALIDATION` errors. */
+	issues?: ValidationIssue[];
+	toJSON(): { code: string; message: string; issues?: ValidationIssue[] };
+}
+
+export interface ValidationIssue {
+	path: Array<string | number>;
+	message: string;
+}
+
+export type MergeMode = 'crud' | 'latest' | 'set' | 'presence' | 'cursor';
+
+export interface MergeOptions {
+	merge?: MergeMode;
+	/** Key field for `crud` (default `id`). */
+	key?: string;
+	prepend?: boolean;
+	max?: number;
+}
+
+/** Apply one live event to a value (pure; returns new arrays). */
+export function applyMerge(current: any, event: string, data: any, options?: MergeOptions): any;
+
+/** Store value: `undefined` while loading, the data, or `{ error }` when the first load failed. */
+export type StreamValue<T> = T | undefined | { error: LiveError };
+
+export type StreamStatus = 'idle' | 'loading' | 'ready' | 'refreshing' | 'error';
+
+export interface StreamStore<T> extends Readable<StreamValue<T>> {
+	/** Last error (`null` when healthy); set on later failures while the data is kept. */
+	readonly error: Readable<LiveError | null>;
+	readonly status: Readable<StreamStatus>;
+	readonly path: string;
+	readonly args: any[];
+	/** Reload from the server, keeping the current value visible meanwhile. */
+	refetch(): void;
+}
+
+/** `factory(...args)` -> store (same instance while in use). Itself a store for the no-arg stream. */
+export interface StreamFactory<A extends any[], T> extends Readable<StreamValue<T>> {
+	(...args: A): StreamStore<T>;
+	readonly error: Readable<LiveError | null>;
+	readonly status: Readable<StreamStatus>;
+	readonly path: string;
+}
+
+export interface RpcFunction<A extends any[] = any[], R = any> {
+	(...args: A): Promise<R>;
+	/** Same call, fire-and-forget (no id, no reply). */
+	fire(...args: A): void;
+	/** Alias of `fire` (svelte-realtime 0.5 spelling). */
+	fireAndForget(...args: A): void;
+	readonly path: string;
+}
+
+export interface PresenceEntry<D = any> {
+	key: string;
+	data: D;
+}
+
+export interface CursorPosition {
+	x: number;
+	y: number;
+	[field: string]: unknown;
+}
+
+export interface CursorEntry extends CursorPosition {
+	key: string;
+}
+
+export interface RoomOptions extends MergeOptions {
+	topicArgs?: number;
+	args?: string[];
+	/** Expose `presence(...)` (default true). */
+	presence?: boolean;
+	/** Expose `cursors(...)` and `moveCursor(...)` (default true). */
+	cursors?: boolean;
+	/** Action names, or the manifest's `{ name: { args } }` object. */
+	actions?: string[] | Record<string, unknown>;
+}
+
+export interface Room {
+	data(...roomArgs: any[]): StreamStore<any>;
+	presence(...roomArgs: any[]): StreamStore<PresenceEntry[]>;
+	cursors(...roomArgs: any[]): StreamStore<CursorEntry[]>;
+	/** `moveCursor(...roomArgs, position)`: fire-and-forget, at most once per animation frame. */
+	moveCursor(...roomArgsThenPosition: any[]): void;
+	/** Actions: `room.addCard(boardId, title)` -> Promise of the result. */
+	[action: string]: any;
+}
+
+export type ConnectionStatus = 'connecting' | 'open' | 'closed';
+
+export interface ReconnectOptions {
+	/** First retry delay, ms (default 500); doubles per attempt, with jitter. */
+	baseMs?: number;
+	/** Cap of the retry delay, ms (default 15000). */
+	maxMs?: number;
+	/** Minimum delay after a 4429 close, ms (default 30000). */
+	rateLimitedMs?: number;
+}
+
+export interface ClientOptions {
+	/** `ws(s)://...` URL; default `ws(s)://<location.host>/ws`. */
+	url?: string;
+	/** Path of the default URL (default `/ws`). */
+	path?: string;
+	/** WebSocket implementation (default `globalThis.WebSocket`; pass `ws` in Node < 22). */
+	WebSocket?: any;
+	/** RPC / stream-load timeout, ms (default 30000). */
+	rpcTimeoutMs?: number;
+	/** Reconnect when no frame arrived for this long, ms (default 150000). */
+	idleTimeoutMs?: number;
+	reconnect?: ReconnectOptions;
+	/** Log every frame with `console.debug`. */
+	debug?: boolean;
+}
+
+export interface Connection {
+	readonly status: Readable<ConnectionStatus>;
+	readonly url: string;
+	sessionId: string | null;
+	lastCloseCode: number | null;
+	/** Set after a 1008/4401/4403 close until `reconnect()`. */
+	terminalError: LiveError | null;
+	call(path: string, args: any[], options?: { timeout?: number }): Promise<any>;
+	fire(path: string, args: any[], options?: { dropIfClosed?: boolean }): void;
+}
+
+export class LiveClient {
+	constructor(options?: ClientOptions);
+	readonly connection: Connection;
+	readonly status: Readable<ConnectionStatus>;
+	configure(options: ClientOptions): this;
+	connect(): this;
+	reconnect(): void;
+	close(): void;
+	rpc<A extends any[] = any[], R = any>(path: string, options?: { timeout?: number }): RpcFunction<A, R>;
+	stream<A extends any[] = any[], T = any>(path: string, options?: MergeOptions): StreamFactory<A, T>;
+	room(path: string, options?: RoomOptions): Room;
+}
+
+export function createClient(options?: ClientOptions): LiveClient;
+
+/** The client behind the top-level exports and generated `$live/*` modules. */
+export const defaultClient: LiveClient;
+/** Connection status of the default client. */
+export const status: Readable<ConnectionStatus>;
+export function configure(options: ClientOptions): LiveClient;
+export function connect(options?: ClientOptions): LiveClient;
+export function __rpc<A extends any[] = any[], R = any>(path: string, options?: { timeout?: number }): RpcFunction<A, R>;
+export function __stream<A extends any[] = any[], T = any>(path: string, options?: MergeOptions): StreamFactory<A, T>;
+export function __room(path: string, options?: RoomOptions): Room;

@@ -1,0 +1,82 @@
+/**
+ * Room objects (protocol.md section 5): data / presence / cursors streams, one function per action,
+ * and a coalesced fire-and-forget `moveCursor`.
+ */
+
+/**
+ * @typedef {object} RoomOptions
+ * @property {number} [topicArgs] how many leading args select the room (informational)
+ * @property {string[]} [args] argument names (informational)
+ * @property {import('./merge.js').MergeMode} [merge] data stream merge (default `crud`)
+ * @property {string} [key] data stream key (default `id`)
+ * @property {boolean} [prepend]
+ * @property {number} [max]
+ * @property {boolean} [presence] expose `presence(...)` (default true)
+ * @property {boolean} [cursors] expose `cursors(...)` and `moveCursor(...)` (default true)
+ * @property {string[] | Record<string, unknown>} [actions] action names (array or manifest object)
+ */
+
+const RESERVED = new Set(['data', 'presence', 'cursors', 'moveCursor']);
+
+/** Schedule `fn` for the next animation frame, or in ~16 ms where there are no frames. */
+const nextFrame =
+	typeof requestAnimationFrame === 'function'
+		? (/** @type {() => void} */ fn) => requestAnimationFrame(fn)
+		: (/** @type {() => void} */ fn) => setTimeout(fn, 16);
+
+/**
+ * Build a room object.
+ * @param {import('./client.js').LiveClient} client
+ * @param {string} path `<module>/<room>`
+ * @param {RoomOptions} [options]
+ */
+export function createRoom(client, path, options = {}) {
+	/** @type {Record<string, any>} */
+	const room = {
+		data: client.stream(`${path}/__data`, {
+			merge: options.merge || 'crud',
+			key: options.key || 'id',
+			...(options.prepend !== undefined && { prepend: options.prepend }),
+			...(options.max !== undefined && { max: options.max })
+		})
+	};
+	if (options.presence !== false) room.presence = client.stream(`${path}/__presence`, { merge: 'presence', key: 'key' });
+	if (options.cursors !== false) {
+		room.cursors = client.stream(`${path}/__cursors`, { merge: 'cursor', key: 'key' });
+		room.moveCursor = cursorSender(client, `${path}/__cursor`);
+	}
+	const actions = Array.isArray(options.actions) ? options.actions : Object.keys(options.actions || {});
+	for (const name of actions) {
+		if (RESERVED.has(name)) {
+			console.warn(`[liveroom] room '${path}': action '${name}' clashes with a built-in member; call it via client.rpc('${path}/__action/${name}')`);
+			continue;
+		}
+		room[name] = client.rpc(`${path}/__action/${name}`);
+	}
+	return room;
+}
+
+/**
+ * `moveCursor(...roomArgs, position)`: fire-and-forget `<path>` calls, coalesced so that each room
+ * sends at most once per animation frame (latest position wins). Dropped while disconnected.
+ * @param {import('./client.js').LiveClient} client
+ * @param {string} path
+ */
+function cursorSender(client, path) {
+	/** @type {Map<string, any[]>} */
+	const latest = new Map();
+	let scheduled = false;
+	function flush() {
+		scheduled = false;
+		for (const args of latest.values()) client.connection.fire(path, args, { dropIfClosed: true });
+		latest.clear();
+	}
+	/** @param {...any} args room args, then the position object */
+	return function moveCursor(...args) {
+		latest.set(JSON.stringify(args.slice(0, -1)), args);
+		if (!scheduled) {
+			scheduled = true;
+			nextFrame(flush);
+		}
+	};
+}

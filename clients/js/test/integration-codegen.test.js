@@ -1,0 +1,123 @@
+// Codegen: run the CLI against the live manifest, import the generated modules, and drive the
+// seed example (`import { board } from '$live/collab'`) through them.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import WebSocket from 'ws';
+import { configure, defaultClient, get } from '../src/index.js';
+import { startServer, clientFor } from '../test-helpers/server.js';
+import { waitFor, until } from '../test-helpers/wait.js';
+
+const pkgRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const run = promisify(execFile);
+
+/** @type {import('../test-helpers/server.js').TestServer} */ let server;
+/** @type {string} */ let dir;
+
+before(async () => {
+	server = await startServer({ graceMs: 300 });
+	dir = await mkdtemp(join(tmpdir(), 'liveroom-codegen-'));
+	// Let generated files resolve the bare specifier 'liveroom' to this package.
+	await mkdir(join(dir, 'node_modules'), { recursive: true });
+	await symlink(pkgRoot, join(dir, 'node_modules', 'liveroom'), 'dir');
+});
+after(async () => {
+	defaultClient.close();
+	await server?.stop();
+	if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+test('CLI codegen from the manifest URL writes <module>.js and .d.ts', async () => {
+	const out = join(dir, 'live');
+	const { stdout } = await run(process.execPath, [join(pkgRoot, 'bin/liveroom.js'), 'codegen', '--manifest', `${server.http}/__live/manifest.json`, '--out', out]);
+	assert.match(stdout, /collab\.js/);
+	for (const f of ['collab.js', 'collab.d.ts', 'test.js', 'test.d.ts']) assert.ok(existsSync(join(out, f)), f);
+	const js = await readFile(join(out, 'collab.js'), 'utf8');
+	assert.match(js, /import \{ __room \} from "liveroom";/);
+	assert.match(js, /export const board = __room\("collab\/board", /);
+	const dts = await readFile(join(out, 'collab.d.ts'), 'utf8');
+	assert.match(dts, /addCard\(boardId: any, title: any\): Promise<any>;/);
+	assert.match(dts, /moveCursor\(boardId: any, position: CursorPosition\): void;/);
+});
+
+test('the seed example works through the generated $live/collab module', async () => {
+	const out = join(dir, 'live');
+	configure({ url: `${server.ws}?user=seed&name=Seed`, WebSocket, reconnect: { baseMs: 50, maxMs: 500 } });
+	const { board } = await import(pathToFileURL(join(out, 'collab.js')).href);
+	const { items, echo } = await import(pathToFileURL(join(out, 'test.js')).href);
+	const boardId = 'seed-board';
+
+	// <script> const data = board.data(boardId); const users = board.presence(boardId); const cursors = board.cursors(boardId);
+	const data = board.data(boardId);
+	const users = board.presence(boardId);
+	const cursors = board.cursors(boardId);
+	const subs = [data, users, cursors].map((s) => s.subscribe(() => {}));
+	assert.equal(get(data), undefined, '$data is undefined while loading');
+	await waitFor(data, Array.isArray);
+	await waitFor(users, (v) => Array.isArray(v) && v.some((/** @type {any} */ u) => u.key === 'seed'));
+
+	// <button onclick={() => board.addCard(boardId, 'New card')}>Add</button>
+	const card = await board.addCard(boardId, 'New card');
+	// {#each $data as card (card.id)}
+	await waitFor(data, (v) => v.some((/** @type {any} */ c) => c.id === card.id && c.title === 'New card'));
+
+	// Another user's cursor shows up in $cursors.
+	const other = clientFor(server, 'user=peer&name=Peer');
+	const peer = other.room('collab/board', { topicArgs: 1 });
+	const up = peer.data(boardId).subscribe(() => {});
+	await waitFor(peer.data(boardId), Array.isArray);
+	peer.moveCursor(boardId, { x: 3, y: 4 });
+	await waitFor(cursors, (v) => v.some((/** @type {any} */ c) => c.key === 'peer' && c.x === 3));
+	up();
+	other.close();
+
+	// Plain stream (store without args: `$items`) and RPC exports.
+	const seen = [];
+	const ui = items.subscribe((/** @type {any} */ v) => seen.push(v));
+	await waitFor(items, Array.isArray);
+	assert.deepEqual(await echo('a', 1), ['a', 1]);
+	ui();
+	subs.forEach((u) => u());
+});
+
+test('--client svelte-realtime generates stock svelte-realtime/client calls', async () => {
+	const out = join(dir, 'sr');
+	await run(process.execPath, [join(pkgRoot, 'bin/liveroom.js'), 'codegen', '--manifest', `${server.http}/__live/manifest.json`, '--out', out, '--client', 'svelte-realtime']);
+	// A stand-in for svelte-realtime/client (0.5 signatures) that records the calls.
+	const fake = join(out, 'node_modules', 'svelte-realtime');
+	await mkdir(fake, { recursive: true });
+	await writeFile(join(fake, 'package.json'), JSON.stringify({ name: 'svelte-realtime', type: 'module', exports: { './client': './client.js' } }));
+	await writeFile(
+		join(fake, 'client.js'),
+		`export const calls = [];
+export const sent = [];
+export function __stream(path, options, isDynamic) { calls.push(['stream', path, options, isDynamic]); return isDynamic ? (...args) => ({ path, args }) : { path }; }
+export function __rpc(path) {
+	calls.push(['rpc', path]);
+	const fn = (...args) => Promise.resolve({ path, args });
+	fn.fireAndForget = (...args) => sent.push({ rpc: path, args });
+	return fn;
+}`
+	);
+	const { board } = await import(pathToFileURL(join(out, 'collab.js')).href);
+	const { calls, sent } = await import(pathToFileURL(join(fake, 'client.js')).href);
+	const boardCalls = calls.filter((/** @type {any[]} */ c) => c[1].startsWith('collab/board/'));
+	assert.deepEqual(boardCalls.slice(0, 3), [
+		['stream', 'collab/board/__data', { merge: 'crud', key: 'id' }, true],
+		['stream', 'collab/board/__presence', { merge: 'presence' }, true],
+		['stream', 'collab/board/__cursors', { merge: 'cursor' }, true]
+	]);
+	assert.ok(boardCalls.some((/** @type {any[]} */ c) => c[0] === 'rpc' && c[1] === 'collab/board/__action/addCard'));
+	assert.deepEqual(board.data('b1'), { path: 'collab/board/__data', args: ['b1'] });
+	assert.deepEqual(await board.addCard('b1', 'x'), { path: 'collab/board/__action/addCard', args: ['b1', 'x'] });
+	board.moveCursor('b1', { x: 1, y: 2 });
+	board.moveCursor('b1', { x: 3, y: 4 });
+	await until(() => sent.length > 0, { label: 'coalesced cursor send' });
+	assert.deepEqual(sent, [{ rpc: 'collab/board/__cursor', args: ['b1', { x: 3, y: 4 }] }]);
+});

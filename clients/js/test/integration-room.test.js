@@ -1,0 +1,106 @@
+// A room end to end: two users on two connections (grace 300 ms).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { get } from '../src/index.js';
+import { startServer, clientFor } from '../test-helpers/server.js';
+import { waitFor } from '../test-helpers/wait.js';
+
+/** @type {import('../test-helpers/server.js').TestServer} */ let server;
+/** @type {any} */ let alice;
+/** @type {any} */ let bob;
+const BOARD = 'room-e2e';
+const ROOM = { topicArgs: 1, presence: true, cursors: true, actions: ['addCard', 'editCard', 'deleteCard', 'fail'] };
+
+before(async () => {
+	server = await startServer({ graceMs: 300 });
+	alice = clientFor(server, 'user=alice&name=Alice');
+	bob = clientFor(server, 'user=bob&name=Bob');
+});
+after(async () => {
+	alice?.close();
+	bob?.close();
+	await server?.stop();
+});
+
+const keys = (/** @type {any[]} */ v) => (Array.isArray(v) ? v.map((p) => p.key).sort() : []);
+
+test('cards, presence, cursors and leave between two users', async () => {
+	const a = alice.room('collab/board', ROOM);
+	const b = bob.room('collab/board', ROOM);
+	assert.equal(a.data(BOARD), a.data(BOARD), 'same args, same store');
+
+	const aSubs = [a.data(BOARD), a.presence(BOARD), a.cursors(BOARD)].map((s) => s.subscribe(() => {}));
+	const bSubs = [b.data(BOARD), b.presence(BOARD), b.cursors(BOARD)].map((s) => s.subscribe(() => {}));
+	await waitFor(a.data(BOARD), Array.isArray, { label: 'alice data' });
+	await waitFor(b.data(BOARD), Array.isArray, { label: 'bob data' });
+
+	// Presence shows both, with the presence data from the user.
+	const roster = await waitFor(a.presence(BOARD), (v) => keys(v).join() === 'alice,bob', { label: 'alice sees both' });
+	assert.deepEqual(roster.find((/** @type {any} */ p) => p.key === 'bob').data, { name: 'Bob' });
+	await waitFor(b.presence(BOARD), (v) => keys(v).join() === 'alice,bob', { label: 'bob sees both' });
+
+	// A card added by Alice appears at Bob's; edit and delete follow.
+	const card = await a.addCard(BOARD, 'New card');
+	assert.equal(card.title, 'New card');
+	assert.ok(card.id !== undefined);
+	await waitFor(b.data(BOARD), (v) => v.some((/** @type {any} */ x) => x.id === card.id && x.title === 'New card'), { label: 'bob gets card' });
+	await b.editCard(BOARD, card.id, 'Renamed');
+	await waitFor(a.data(BOARD), (v) => v.some((/** @type {any} */ x) => x.id === card.id && x.title === 'Renamed'), { label: 'alice gets edit' });
+	await a.deleteCard(BOARD, card.id);
+	await waitFor(b.data(BOARD), (v) => !v.some((/** @type {any} */ x) => x.id === card.id), { label: 'bob gets delete' });
+
+	// Action errors are typed.
+	await assert.rejects(a.fail(BOARD), (e) => /** @type {any} */ (e).code === 'BOOM');
+
+	// Cursors move (coalesced, latest wins).
+	a.moveCursor(BOARD, { x: 1, y: 1 });
+	a.moveCursor(BOARD, { x: 10, y: 20 });
+	const cur = await waitFor(b.cursors(BOARD), (v) => v.some((/** @type {any} */ c) => c.key === 'alice' && c.x === 10), { label: 'bob sees cursor' });
+	assert.deepEqual(cur.find((/** @type {any} */ c) => c.key === 'alice'), { key: 'alice', x: 10, y: 20 });
+	b.moveCursor(BOARD, { x: 5, y: 6 });
+	await waitFor(a.cursors(BOARD), (v) => v.some((/** @type {any} */ c) => c.key === 'bob' && c.x === 5), { label: 'alice sees bob cursor' });
+
+	// Bob leaves: after the grace, Alice sees him gone from presence and cursors.
+	const left = Date.now();
+	bSubs.forEach((u) => u());
+	await waitFor(a.presence(BOARD), (v) => keys(v).join() === 'alice', { label: 'bob left', timeout: 5000 });
+	assert.ok(Date.now() - left >= 250, `leave only after the grace (${Date.now() - left} ms)`);
+	await waitFor(a.cursors(BOARD), (v) => !v.some((/** @type {any} */ c) => c.key === 'bob'), { label: 'bob cursor removed' });
+	aSubs.forEach((u) => u());
+});
+
+test('a new subscription inside the grace cancels the leave (no flicker)', async () => {
+	const a = alice.room('collab/board', ROOM);
+	const b = bob.room('collab/board', ROOM);
+	const board = 'room-grace';
+	const ua = [a.data(board), a.presence(board)].map((s) => s.subscribe(() => {}));
+	let ub = b.data(board).subscribe(() => {});
+	await waitFor(a.presence(board), (v) => keys(v).join() === 'alice,bob');
+	/** @type {string[]} */
+	const seen = [];
+	const ur = a.presence(board).subscribe((v) => seen.push(keys(v).join()));
+	ub();
+	ub = b.data(board).subscribe(() => {}); // immediate re-subscribe, like a component remount
+	await waitFor(b.data(board), Array.isArray);
+	// Proving an absence needs a bounded wait: the grace is 300 ms, a leave would have arrived by now.
+	await new Promise((r) => setTimeout(r, 600));
+	assert.deepEqual(seen, ['alice,bob'], 'no leave, no second join');
+	assert.equal(keys(get(a.presence(board))).join(), 'alice,bob');
+	ub();
+	ua.forEach((u) => u());
+	ur();
+});
+
+test('two room args (collab/pair): note reaches the other user', async () => {
+	const a = alice.room('collab/pair', { topicArgs: 2, actions: ['note'] });
+	const b = bob.room('collab/pair', { topicArgs: 2, actions: ['note'] });
+	const ua = a.data('x', 'y').subscribe(() => {});
+	const ub = b.data('x', 'y').subscribe(() => {});
+	await waitFor(b.data('x', 'y'), Array.isArray);
+	await waitFor(a.data('x', 'y'), Array.isArray);
+	const note = await a.note('x', 'y', 'hello');
+	assert.equal(note.text, 'hello');
+	await waitFor(b.data('x', 'y'), (v) => v.some((/** @type {any} */ n) => n.text === 'hello'));
+	ua();
+	ub();
+});

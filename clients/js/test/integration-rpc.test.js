@@ -1,0 +1,79 @@
+// RPCs against the real server: results, typed errors, timeouts, fire-and-forget, auth close codes.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { LiveError, get } from '../src/index.js';
+import { startServer, clientFor } from '../test-helpers/server.js';
+import { waitFor } from '../test-helpers/wait.js';
+
+/** @type {import('../test-helpers/server.js').TestServer} */ let server;
+const clients = [];
+const client = (/** @type {string} */ q) => {
+	const c = clientFor(server, q);
+	clients.push(c);
+	return c;
+};
+
+before(async () => {
+	server = await startServer();
+});
+after(async () => {
+	for (const c of clients) c.close();
+	await server?.stop();
+});
+
+test('results: test/echo and test/add', async () => {
+	const c = client();
+	assert.deepEqual(await c.rpc('test/echo')(1, 'two', { three: [3] }), [1, 'two', { three: [3] }]);
+	assert.equal(await c.rpc('test/add')(2, 40), 42);
+});
+
+test('typed errors: app code + message from test/fail, INVALID_REQUEST, NOT_FOUND', async () => {
+	const c = client();
+	const err = await c.rpc('test/fail')('TEAPOT', 'I am a teapot').catch((e) => e);
+	assert.ok(err instanceof LiveError);
+	assert.equal(err.code, 'TEAPOT');
+	assert.equal(err.message, 'I am a teapot');
+	const v = await c.rpc('test/fail')('VALIDATION', 'Title must be 1-200 characters').catch((e) => e);
+	assert.equal(v.code, 'VALIDATION');
+	assert.equal(v.message, 'Title must be 1-200 characters');
+	assert.equal((await c.rpc('test/add')(1).catch((e) => e)).code, 'INVALID_REQUEST');
+	assert.equal((await c.rpc('test/add')('a', 'b').catch((e) => e)).code, 'INVALID_REQUEST');
+	assert.equal((await c.rpc('test/missing')().catch((e) => e)).code, 'NOT_FOUND');
+});
+
+test('timeout: rejects with TIMEOUT; the connection stays usable', async () => {
+	const c = client();
+	const err = await c.rpc('test/slow', { timeout: 100 })(2000).catch((e) => e);
+	assert.equal(err.code, 'TIMEOUT');
+	assert.equal(await c.rpc('test/slow')(10), 10);
+});
+
+test('concurrent calls are matched by id', async () => {
+	const c = client();
+	const results = await Promise.all([c.rpc('test/slow')(150), c.rpc('test/slow')(10), c.rpc('test/add')(1, 2)]);
+	assert.deepEqual(results, [150, 10, 3]);
+});
+
+test('fire-and-forget: test/publish.fire reaches a live stream', async () => {
+	const c = client();
+	const items = c.stream('test/items')();
+	const u = items.subscribe(() => {});
+	await waitFor(items, Array.isArray);
+	c.rpc('test/publish').fire('items', 'created', { id: 'fired' });
+	await waitFor(items, (v) => v.some((/** @type {any} */ x) => x.id === 'fired'));
+	u();
+});
+
+test('?reject=401 / 403: terminal UNAUTHENTICATED / FORBIDDEN, no retry', async () => {
+	for (const [q, code] of [['reject=401', 'UNAUTHENTICATED'], ['reject=403', 'FORBIDDEN']]) {
+		const c = client(q);
+		const store = c.stream('test/items')();
+		const u = store.subscribe(() => {});
+		const v = await waitFor(store, (x) => x !== undefined);
+		assert.equal(v.error.code, code);
+		assert.equal((await c.rpc('test/echo')().catch((e) => e)).code, code);
+		assert.equal(get(c.status), 'closed');
+		assert.equal(c.connection.lastCloseCode, code === 'UNAUTHENTICATED' ? 4401 : 4403);
+		u();
+	}
+});

@@ -1,0 +1,37 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { writable, get } from '../src/store.js';
+
+test('store contract: synchronous first value, unsubscribe function, start/stop', () => {
+	let started = 0;
+	let stopped = 0;
+	const s = writable(1, () => {
+		started++;
+		return () => stopped++;
+	});
+	const seen = [];
+	const u1 = s.subscribe((v) => seen.push(v));
+	assert.deepEqual(seen, [1], 'value delivered synchronously');
+	const u2 = s.subscribe(() => {});
+	assert.equal(started, 1);
+	s.set(2);
+	s.set(2); // same primitive: no notification
+	assert.deepEqual(seen, [1, 2]);
+	u1();
+	u1(); // idempotent
+	assert.equal(stopped, 0);
+	u2();
+	assert.equal(stopped, 1);
+	assert.equal(get(s), 2);
+	assert.equal(started, 2, 'get() subscribes and unsubscribes');
+});
+
+test('objects always notify (new arrays for keyed each blocks)', () => {
+	const s = writable([1]);
+	const seen = [];
+	s.subscribe((v) => seen.push(v));
+	const arr = [1, 2];
+	s.set(arr);
+	s.set(arr);
+	assert.equal(seen.length, 3);
+});
