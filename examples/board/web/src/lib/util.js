@@ -1,0 +1,37 @@
+const PALETTE = ['#e5484d', '#f76b15', '#ffb224', '#30a46c', '#12a594', '#0090ff', '#5b5bd6', '#8e4ec6', '#d6409f'];
+
+export function initials(name) {
+  const words = String(name || '?').trim().split(/\s+/).filter(Boolean);
+  if (words.length === 0) return '?';
+  if (words.length === 1) return Array.from(words[0]).slice(0, 1).join('').toUpperCase();
+  return (Array.from(words[0])[0] + Array.from(words[1])[0]).toUpperCase();
+}
+
+export function fallbackColor(key) {
+  let h = 0;
+  for (const ch of String(key ?? '')) h = (h * 31 + ch.codePointAt(0)) >>> 0;
+  return PALETTE[h % PALETTE.length];
+}
+
+export function safeColor(color, key) {
+  return typeof color === 'string' && /^#[0-9a-fA-F]{3,8}$|^(rgb|hsl)a?\([\d\s.,%]+\)$/.test(color)
+    ? color
+    : fallbackColor(key);
+}
+
+// Dark or light text for a background colour (#rgb / #rrggbb).
+export function textOn(color) {
+  const m = /^#([0-9a-f]{3}|[0-9a-f]{6})$/i.exec(color || '');
+  if (!m) return '#fff';
+  let hex = m[1];
+  if (hex.length === 3) hex = hex.split('').map((c) => c + c).join('');
+  const [r, g, b] = [0, 2, 4].map((i) => parseInt(hex.slice(i, i + 2), 16) / 255);
+  const lum = 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  return lum > 0.62 ? '#1c2024' : '#fff';
+}
+
+export { PALETTE };
+
+export function isError(v) {
+  return v != null && typeof v === 'object' && !Array.isArray(v) && 'error' in v && v.error != null;
+}
