@@ -12,7 +12,7 @@ use crate::hub::Bus;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -43,6 +43,10 @@ pub struct RedisBus {
     cmd_tx: mpsc::UnboundedSender<Cmd>,
     cmd_rx: URx<Cmd>,
     connected: AtomicBool,
+    /// Successful (re)connections of the subscriber.
+    connections: AtomicU64,
+    /// Signalled when the subscriber is back after a gap (events may have been missed).
+    reconnected: Notify,
     subscribed: Mutex<HashSet<String>>,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     idle: Notify,
@@ -61,6 +65,8 @@ impl RedisBus {
             cmd_tx,
             cmd_rx: Mutex::new(Some(cmd_rx)),
             connected: AtomicBool::new(false),
+            connections: AtomicU64::new(0),
+            reconnected: Notify::new(),
             subscribed: Mutex::new(HashSet::new()),
             waiters: Mutex::new(HashMap::new()),
             idle: Notify::new(),
@@ -81,6 +87,12 @@ impl RedisBus {
     /// Whether the subscriber connection is up.
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when the subscriber connection came back after a gap: events published in
+    /// the meantime were missed, so local rosters need a correction.
+    pub(crate) async fn reconnected(&self) {
+        self.reconnected.notified().await;
     }
 
     /// Waits (bounded) until every queued publish was sent.
@@ -175,6 +187,9 @@ impl RedisBus {
             *self.subscribed.lock().unwrap() = interests.clone();
             self.connected.store(true, Ordering::Relaxed);
             self.release_waiters(None);
+            if self.connections.fetch_add(1, Ordering::Relaxed) > 0 {
+                self.reconnected.notify_one(); // kept as a permit if nobody waits yet
+            }
             loop {
                 tokio::select! {
                     cmd = cmds.recv() => match cmd {

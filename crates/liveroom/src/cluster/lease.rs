@@ -14,7 +14,6 @@ use super::bus::RedisBus;
 use super::presence::{owned_key, scripts, RedisPresence, PRESENCE_PREFIX};
 use super::{ClusterConfig, Redis};
 use crate::app::Live;
-use crate::room::presence::PresenceStore;
 use serde_json::json;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,9 +83,13 @@ impl Cluster {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut registered = false;
         let mut beats: u64 = 0;
+        // The bus came back after a gap: local rosters may have missed joins and leaves that
+        // other replicas published meanwhile (e.g. their re-assertion after a Redis restart).
+        let mut resync = false;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                _ = self.bus.reconnected() => resync = true,
                 _ = self.stop.notified() => return,
             }
             if self.stopped.load(Ordering::Relaxed) {
@@ -102,6 +105,12 @@ impl Cluster {
                     tracing::warn!(replica = %self.replica, "lease was lost; re-registering");
                 }
                 registered = self.register().await && self.reassert(&live).await;
+                if registered {
+                    resync = false; // the re-assertion just sent every local roster
+                }
+            }
+            if resync && registered {
+                resync = !self.correct_rosters(&live).await;
             }
             self.reap(&live).await;
             if beats % 30 == 0 {
@@ -174,14 +183,22 @@ impl Cluster {
             }
         }
         // Whatever changed while Redis was away, local clients now get the truth.
+        self.correct_rosters(live).await;
+        true
+    }
+
+    /// Sends every local presence subscriber the cluster-wide roster as a `set`. Only a roster
+    /// read from Redis is sent (never the local fallback, which would hide other replicas'
+    /// members). `false` if Redis failed.
+    async fn correct_rosters(&self, live: &Live) -> bool {
         for presence_topic in live.hub().topics_ending_with(":presence") {
             let Some(topic) = presence_topic.strip_suffix(":presence") else {
                 continue;
             };
-            let roster: Vec<_> = self
-                .store
-                .roster(topic)
-                .await
+            let Ok(list) = self.store.cluster_roster(topic).await else {
+                return false;
+            };
+            let roster: Vec<_> = list
                 .into_iter()
                 .map(|(key, data)| json!({ "key": key, "data": data }))
                 .collect();

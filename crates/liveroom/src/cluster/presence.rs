@@ -213,6 +213,29 @@ impl RedisPresence {
             .collect())
     }
 
+    /// The cluster-wide roster of `topic`, from Redis only (no fallback to this replica's own
+    /// members: a correction must never shrink a roster to the local view).
+    pub async fn cluster_roster(&self, topic: &str) -> Result<Vec<(String, Value)>, RedisDown> {
+        let hash = format!("{PRESENCE_PREFIX}{topic}");
+        let all: HashMap<String, String> = self
+            .redis
+            .run(|mut c| async move { redis::AsyncCommands::hgetall(&mut c, hash).await })
+            .await?;
+        let mut list: Vec<(String, Value)> = all
+            .iter()
+            .filter_map(|(f, v)| {
+                let key = f.strip_prefix("c:")?;
+                if v.parse::<i64>().ok()? <= 0 {
+                    return None;
+                }
+                let data = all.get(&format!("d:{key}"))?;
+                Some((key.to_owned(), serde_json::from_str(data).ok()?))
+            })
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(list)
+    }
+
     /// Refreshes the expiry of the hashes this replica takes part in.
     pub async fn refresh_ttl(&self) {
         let topics = self.topics();
@@ -320,32 +343,19 @@ impl PresenceStore for RedisPresence {
 
     fn roster<'a>(&'a self, topic: &'a str) -> StoreFuture<'a, Vec<(String, Value)>> {
         Box::pin(async move {
-            let hash = format!("{PRESENCE_PREFIX}{topic}");
-            let all: Result<HashMap<String, String>, _> = self
-                .redis
-                .run(|mut c| async move { redis::AsyncCommands::hgetall(&mut c, hash).await })
-                .await;
-            let mut list: Vec<(String, Value)> = match all {
-                Ok(all) => all
-                    .iter()
-                    .filter_map(|(f, v)| {
-                        let key = f.strip_prefix("c:")?;
-                        if v.parse::<i64>().ok()? <= 0 {
-                            return None;
-                        }
-                        let data = all.get(&format!("d:{key}"))?;
-                        Some((key.to_owned(), serde_json::from_str(data).ok()?))
-                    })
-                    .collect(),
-                Err(_) => self
-                    .local()
-                    .iter()
-                    .filter(|((t, _), _)| t == topic)
-                    .filter_map(|((_, k), (_, d))| Some((k.clone(), d.clone()?)))
-                    .collect(),
-            };
-            list.sort_by(|a, b| a.0.cmp(&b.0));
-            list
+            match self.cluster_roster(topic).await {
+                Ok(list) => list,
+                Err(_) => {
+                    let mut list: Vec<(String, Value)> = self
+                        .local()
+                        .iter()
+                        .filter(|((t, _), _)| t == topic)
+                        .filter_map(|((_, k), (_, d))| Some((k.clone(), d.clone()?)))
+                        .collect();
+                    list.sort_by(|a, b| a.0.cmp(&b.0));
+                    list
+                }
+            }
         })
     }
 }
