@@ -84,6 +84,8 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>;
 pub struct Client {
     out: mpsc::UnboundedSender<Message>,
     frames: mpsc::UnboundedReceiver<Value>,
+    /// Frames [`Client::event_on`] skipped over, handed out by [`Client::next`] first.
+    backlog: std::collections::VecDeque<Value>,
     pending: Pending,
     next_id: AtomicU64,
     closed: Arc<Mutex<Option<Option<u16>>>>,
@@ -157,6 +159,7 @@ impl Client {
         let client = Client {
             out,
             frames,
+            backlog: Default::default(),
             pending,
             next_id: AtomicU64::new(1),
             closed,
