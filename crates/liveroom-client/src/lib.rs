@@ -265,36 +265,51 @@ impl Client {
     /// `{"type":"batch"}` frames, acks, errors. When the connection closes, one
     /// `{"type":"__closed","code":..}` frame, then `None`.
     pub async fn next(&mut self) -> Option<Value> {
-        self.frames.recv().await
+        match self.backlog.pop_front() {
+            Some(f) => Some(f),
+            None => self.frames.recv().await,
+        }
     }
 
     /// [`next`](Self::next) with a timeout.
     pub async fn next_within(&mut self, timeout: Duration) -> Option<Value> {
-        tokio::time::timeout(timeout, self.frames.recv())
+        tokio::time::timeout(timeout, self.next())
             .await
             .ok()
             .flatten()
     }
 
-    /// Waits for the next event on `topic` (unpacking batch frames), skipping other frames.
+    /// Waits for the next event on `topic` (unpacking batch frames). Other frames are kept,
+    /// in order, for [`next`](Self::next).
     pub async fn event_on(&mut self, topic: &str, timeout: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut queued: Vec<Value> = Vec::new();
-        loop {
-            if let Some(i) = queued.iter().position(|e| e["topic"] == topic) {
-                return Some(queued.remove(i));
-            }
-            let frame = tokio::time::timeout_at(deadline, self.frames.recv())
-                .await
-                .ok()??;
-            if frame["type"] == "batch" {
-                queued.extend(frame["events"].as_array().cloned().unwrap_or_default());
-            } else if frame["type"] == "__closed" {
-                return None;
+        let mut skipped = std::collections::VecDeque::new();
+        let mut found = None;
+        while found.is_none() {
+            let frame = match self.backlog.pop_front() {
+                Some(f) => f,
+                None => match tokio::time::timeout_at(deadline, self.frames.recv()).await {
+                    Ok(Some(f)) => f,
+                    _ => break,
+                },
+            };
+            let events = if frame["type"] == "batch" {
+                frame["events"].as_array().cloned().unwrap_or_default()
             } else {
-                queued.push(frame);
+                vec![frame]
+            };
+            for e in events {
+                if found.is_none() && e["topic"] == topic {
+                    found = Some(e);
+                } else {
+                    skipped.push_back(e);
+                }
             }
         }
+        // What was skipped goes back in front of what was not read yet.
+        skipped.extend(self.backlog.drain(..));
+        self.backlog = skipped;
+        found
     }
 
     /// The close code, once closed (`Some(None)`: closed without a code).
