@@ -1,0 +1,304 @@
+// Two people on one board, in a real browser: cards, presence, cursors, errors, persistence.
+//
+// Needs `target/debug/board` (or $BOARD_BIN) built with the front end in web/dist, and
+// Chromium at /usr/bin/chromium (or $CHROMIUM_PATH). Screenshots: target/e2e/{a,b,readme}.png.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { eventually, freePort, launchBrowser, outDir, startBoard, tempDir, watch } from './lib.js';
+
+const GRACE_MS = 1500;
+const VIEWPORT = { width: 1280, height: 800 };
+const BOARD_NAME = 'Launch plan';
+let boardId; // set when A creates the board
+
+let dir;
+let port;
+let server;
+let browser;
+const ctx = {};
+const page = {};
+const names = {};
+
+function boardUrl() {
+  return `${server.url}/#/b/${boardId}`;
+}
+
+async function cookieName(context) {
+  const c = (await context.cookies()).find((c) => c.name === 'lr_name');
+  assert.ok(c, 'the page load set lr_name');
+  return decodeURIComponent(c.value);
+}
+
+async function openUser(tag, url = boardUrl()) {
+  ctx[tag] = await browser.newContext({ viewport: VIEWPORT });
+  page[tag] = await ctx[tag].newPage();
+  watch(page[tag], tag);
+  await page[tag].goto(url);
+  names[tag] = await cookieName(ctx[tag]);
+  return page[tag];
+}
+
+const card = (p, title) => p.getByTestId('card').filter({ hasText: title });
+const inColumn = (p, column, title) => p.getByTestId(`column-${column}`).getByTestId('card').filter({ hasText: title });
+const online = (p) => p.getByTestId('online');
+const avatarOf = (p, name) => p.getByTestId('presence').locator(`[data-testid="avatar"][title="${name}"]`);
+
+async function addCard(p, title) {
+  await p.getByTestId('new-card-input').fill(title);
+  await p.getByTestId('add-card').click();
+}
+
+async function textIs(locator, text, timeout = 10_000) {
+  await eventually(async () => (await locator.textContent())?.trim() === text, {
+    timeout,
+    message: `text "${text}" (have "${await locator.textContent().catch(() => '?')}")`,
+  });
+}
+
+/** The centre-left of a locator's box relative to the board: fractions of the board's size. */
+async function relative(p, box) {
+  const b = await p.getByTestId('board').boundingBox();
+  return { x: (box.x - b.x) / b.width, y: (box.y - b.y) / b.height };
+}
+
+async function pointAt(p, fx, fy) {
+  const b = await p.getByTestId('board').boundingBox();
+  await p.mouse.move(b.x + b.width * fx, b.y + b.height * fy, { steps: 6 });
+}
+
+/** Runs `fn`; on failure saves a screenshot of every open page first. */
+function step(name, fn) {
+  test(name, async () => {
+    try {
+      await fn();
+    } catch (e) {
+      const slug = name.replace(/[^a-z0-9]+/gi, '-').toLowerCase();
+      for (const [tag, p] of Object.entries(page)) {
+        if (p && !p.isClosed()) await p.screenshot({ path: path.join(outDir, `fail-${slug}-${tag}.png`) }).catch(() => {});
+      }
+      throw e;
+    }
+  });
+}
+
+describe('board: two users', { timeout: 180_000 }, () => {
+  before(async () => {
+    dir = tempDir();
+    port = await freePort();
+    server = await startBoard({ dir, port, graceMs: GRACE_MS });
+    browser = await launchBrowser();
+  });
+
+  after(async () => {
+    await browser?.close();
+    await server?.stop();
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  step('A creates a board; B sees it in the list and opens it', async () => {
+    const a = await openUser('a', `${server.url}/`);
+    const b = await openUser('b', `${server.url}/`);
+    assert.ok(names.a && names.b);
+    await b.getByTestId('empty').waitFor(); // a fresh database: no boards yet
+    await a.getByTestId('new-board-input').fill(BOARD_NAME);
+    await a.getByTestId('create-board').click();
+    await a.getByTestId('board').waitFor();
+    boardId = decodeURIComponent(new URL(a.url()).hash.replace(/^#\/b\//, ''));
+    assert.match(boardId, /^launch-plan-[a-z0-9]+$/);
+    await textIs(a.getByTestId('board-name'), BOARD_NAME);
+
+    // B's list updates live; the link opens the same board.
+    const link = b.locator(`[data-testid="board-link"][data-board-id="${boardId}"]`);
+    await link.waitFor();
+    await link.click();
+    await b.getByTestId('board').waitFor();
+    await textIs(b.getByTestId('board-name'), BOARD_NAME);
+  });
+
+  step('both users are on the board and see each other', async () => {
+    const { a, b } = page;
+    for (const p of [a, b]) {
+      await textIs(p.getByTestId('status'), 'Connected');
+      await textIs(online(p), '2 online');
+    }
+    await avatarOf(a, names.b).first().waitFor();
+    await avatarOf(b, names.a).first().waitFor();
+  });
+
+  step('A adds a card and B sees it', async () => {
+    const { a, b } = page;
+    await addCard(a, 'Write the e2e tests');
+    await inColumn(b, 'todo', 'Write the e2e tests').waitFor();
+    await inColumn(a, 'todo', 'Write the e2e tests').waitFor();
+    await addCard(a, 'Ship the demo');
+    await addCard(b, 'Draw the cursors');
+    for (const p of [a, b]) {
+      await eventually(async () => (await p.getByTestId('column-todo').getByTestId('card').count()) === 3, {
+        message: 'three cards in todo',
+      });
+    }
+  });
+
+  step('A edits and moves a card and B sees it', async () => {
+    const { a, b } = page;
+    const c = card(a, 'Write the e2e tests');
+    await c.hover();
+    await c.getByTestId('edit-card').click();
+    const input = a.getByTestId('edit-card-input');
+    await input.fill('Write the browser tests');
+    await input.press('Enter');
+    await inColumn(b, 'todo', 'Write the browser tests').waitFor();
+    assert.equal(await card(b, 'Write the e2e tests').count(), 0);
+
+    // Keyboard: Alt+ArrowRight moves the focused card one column right.
+    await card(a, 'Write the browser tests').focus();
+    await a.keyboard.press('Alt+ArrowRight');
+    await inColumn(b, 'doing', 'Write the browser tests').waitFor();
+
+    // Drag and drop into "done".
+    await card(a, 'Ship the demo').dragTo(a.getByTestId('column-done'));
+    await inColumn(b, 'done', 'Ship the demo').waitFor();
+    await inColumn(a, 'done', 'Ship the demo').waitFor();
+    assert.equal(await b.getByTestId('column-todo').getByTestId('card').count(), 1);
+  });
+
+  step("B sees A's cursor where A points", async () => {
+    const { a, b } = page;
+    await pointAt(a, 0.62, 0.45);
+    const cursor = b.getByTestId('cursor').filter({ hasText: names.a });
+    await cursor.waitFor();
+    assert.equal((await cursor.textContent()).trim(), names.a);
+    const near = async (fx, fy) => {
+      const box = await cursor.boundingBox();
+      if (!box) return false;
+      const r = await relative(b, box);
+      return Math.abs(r.x - fx) < 0.05 && Math.abs(r.y - fy) < 0.08 ? r : false;
+    };
+    await eventually(() => near(0.62, 0.45), { message: "A's cursor near (0.62, 0.45) on B's board" });
+    // It follows.
+    await pointAt(a, 0.3, 0.7);
+    await eventually(() => near(0.3, 0.7), { message: "A's cursor near (0.30, 0.70) on B's board" });
+    // A does not see its own cursor.
+    assert.equal(await a.getByTestId('cursor').filter({ hasText: names.a }).count(), 0);
+  });
+
+  step('validation errors are shown', async () => {
+    const { a } = page;
+    const before = await a.getByTestId('card').count();
+    const message = a.getByTestId('error').filter({ hasText: 'Title must be 1-200 characters' });
+
+    await a.getByTestId('new-card-input').fill('');
+    await a.getByTestId('add-card').click();
+    await message.first().waitFor();
+    await a.getByRole('button', { name: 'Dismiss' }).first().click();
+    await eventually(async () => (await message.count()) === 0, { message: 'the toast to go' });
+
+    await addCard(a, 'x'.repeat(201));
+    await message.first().waitFor();
+    assert.equal(await a.getByTestId('card').count(), before);
+  });
+
+  step('screenshots', async () => {
+    const { a, b } = page;
+    // A fuller board for the pictures.
+    for (const title of ['Pick a colour palette', 'Record the demo video', 'Write the release notes']) {
+      await addCard(b, title);
+      await inColumn(a, 'todo', title).waitFor();
+    }
+    await card(b, 'Pick a colour palette').focus();
+    await b.keyboard.press('Alt+ArrowRight');
+    await b.keyboard.press('Alt+ArrowRight');
+    await inColumn(a, 'done', 'Pick a colour palette').waitFor();
+    await card(b, 'Record the demo video').focus();
+    await b.keyboard.press('Alt+ArrowRight');
+    await inColumn(a, 'doing', 'Record the demo video').waitFor();
+    // Both point somewhere, so each page shows the other's cursor.
+    await pointAt(a, 0.55, 0.35);
+    await pointAt(b, 0.2, 0.62);
+    await b.getByTestId('cursor').filter({ hasText: names.a }).waitFor();
+    await a.getByTestId('cursor').filter({ hasText: names.b }).waitFor();
+    await a.screenshot({ path: path.join(outDir, 'a.png') });
+    await b.screenshot({ path: path.join(outDir, 'b.png') });
+
+    // The README picture: a third person watching A and B work, both cursors visible.
+    const c = await openUser('c');
+    await textIs(online(c), '3 online');
+    await pointAt(a, 0.58, 0.3);
+    await pointAt(b, 0.24, 0.6);
+    await c.getByTestId('cursor').filter({ hasText: names.a }).waitFor();
+    await c.getByTestId('cursor').filter({ hasText: names.b }).waitFor();
+    await c.mouse.move(0, 0);
+    await c.waitForTimeout(300); // let the cursor transitions settle
+    const area = await c.getByTestId('board').boundingBox();
+    await c.screenshot({
+      path: path.join(outDir, 'readme.png'),
+      clip: { x: 0, y: 0, width: VIEWPORT.width, height: Math.min(VIEWPORT.height, Math.ceil(area.y + area.height + 24)) },
+    });
+    await ctx.c.close();
+    delete page.c;
+    await textIs(online(a), '2 online', GRACE_MS + 8000);
+  });
+
+  step('B leaves: A shows 1 online after the grace', async () => {
+    const { a } = page;
+    const left = Date.now();
+    await ctx.b.close();
+    delete page.b;
+    await textIs(online(a), '1 online', GRACE_MS + 8000);
+    const took = Date.now() - left;
+    assert.ok(took >= GRACE_MS - 500, `B left after ${took} ms, before the ${GRACE_MS} ms grace`);
+    assert.equal(await avatarOf(a, names.b).count(), 0);
+  });
+
+  step('cards persist across a reload and a server restart', async () => {
+    const { a } = page;
+    const expected = {
+      todo: ['Draw the cursors', 'Write the release notes'],
+      doing: ['Write the browser tests', 'Record the demo video'],
+      done: ['Ship the demo', 'Pick a colour palette'],
+    };
+    const check = async () => {
+      for (const [column, titles] of Object.entries(expected)) {
+        await eventually(
+          async () =>
+            JSON.stringify(await a.getByTestId(`column-${column}`).getByTestId('card-title').allTextContents()) ===
+            JSON.stringify(titles),
+          { message: `${column} = ${titles}` },
+        );
+      }
+    };
+    await a.reload();
+    await a.getByTestId('board').waitFor();
+    await check();
+
+    await server.stop();
+    server = await startBoard({ dir, port, graceMs: GRACE_MS });
+    await a.reload();
+    await a.getByTestId('board').waitFor();
+    await textIs(a.getByTestId('status'), 'Connected');
+    await check();
+  });
+
+  step('a guest (no cookies) is refused with a message', async () => {
+    const context = await browser.newContext({ viewport: VIEWPORT });
+    // A browser that keeps no cookies: drop the identity before the page's scripts run.
+    await context.addInitScript(() => {
+      for (const name of ['lr_user', 'lr_name', 'lr_color']) {
+        document.cookie = `${name}=; Path=/; Max-Age=0`;
+      }
+    });
+    const g = await context.newPage();
+    page.guest = g;
+    watch(g, 'guest');
+    await g.goto(boardUrl());
+    const error = g.getByTestId('error').filter({ hasText: 'No identity' });
+    await error.first().waitFor();
+    assert.equal(await g.getByTestId('board').count(), 0);
+    assert.equal(await g.getByTestId('card').count(), 0);
+    await g.screenshot({ path: path.join(outDir, 'guest.png') });
+    await context.close();
+    delete page.guest;
+  });
+});
