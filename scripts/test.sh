@@ -33,7 +33,9 @@ cargo test --workspace 2>&1 | tee target/rust-tests.log
 step "JS client"
 (cd clients/js && npm ci --silent --no-audit --no-fund && npm test)
 
-step "demo front end: rebuild and check the committed bundle is fresh"
+step "demo front end: rebuild and check the committed manifest and bundle are fresh"
+./target/debug/board manifest | diff -u examples/board/web/src/live/manifest.json - \
+  || { echo "examples/board/web/src/live/manifest.json is stale: regenerate it with 'cargo run -p board -- manifest'"; exit 1; }
 (cd examples/board/web && npm ci --silent --no-audit --no-fund && npm run build --silent)
 if ! git diff --quiet -- examples/board/web/dist || [ -n "$(git status --porcelain -- examples/board/web/dist)" ]; then
   git status --short -- examples/board/web/dist

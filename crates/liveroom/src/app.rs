@@ -175,6 +175,25 @@ impl App {
         self
     }
 
+    /// Names the args of the RPC or stream at `path`, for the manifest and generated clients
+    /// (`.rpc("boards/create", ..).arg_names("boards/create", ["name"])`).
+    ///
+    /// # Panics
+    /// If no RPC or stream is registered at `path`.
+    pub fn arg_names<S: Into<String>>(
+        mut self,
+        path: &str,
+        names: impl IntoIterator<Item = S>,
+    ) -> Self {
+        let names = names.into_iter().map(Into::into).collect();
+        match self.entries.get_mut(path) {
+            Some(Entry::Rpc(def)) => def.arg_names = names,
+            Some(Entry::Stream(def)) => def.arg_names = names,
+            _ => panic!("no RPC or stream at `{path}`"),
+        }
+        self
+    }
+
     /// Registers a [`Stream`] at `path`.
     ///
     /// # Panics

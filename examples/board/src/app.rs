@@ -3,7 +3,6 @@
 use crate::db::{Board, Store, COLUMNS};
 use crate::identity::{self, clean_name, valid_color, valid_id};
 use liveroom::{App, Ctx, LiveError, Merge, Room, RoomCtx, Stream};
-use serde::de::{Deserialize, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -32,33 +31,6 @@ impl Default for Options {
             grace: Duration::from_secs(5),
             cursor_throttle: Duration::from_millis(50),
         }
-    }
-}
-
-/// The args of a call that takes none: `[]` (or `null`). (`()` only accepts `null`, and the
-/// clients send `[]`.)
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoArgs;
-
-impl<'de> Deserialize<'de> for NoArgs {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = NoArgs;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("no arguments")
-            }
-            fn visit_unit<E: serde::de::Error>(self) -> Result<NoArgs, E> {
-                Ok(NoArgs)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NoArgs, A::Error> {
-                match seq.next_element::<IgnoredAny>()? {
-                    None => Ok(NoArgs),
-                    Some(_) => Err(serde::de::Error::invalid_length(1, &self)),
-                }
-            }
-        }
-        d.deserialize_any(V)
     }
 }
 
@@ -250,8 +222,8 @@ pub fn app(store: Store, options: &Options) -> App {
         .room("collab", "board", board_room(store, options))
         .stream(
             "boards/list",
-            Stream::with_topic(|_ctx, _: &NoArgs| "boards".to_owned())
-                .init(move |_ctx: Ctx, NoArgs| {
+            Stream::new("boards")
+                .init(move |_ctx: Ctx, ()| {
                     let db = list_db.clone();
                     async move { Ok::<_, LiveError>(db.boards(LIST_MAX as i64).await?) }
                 })
@@ -279,7 +251,8 @@ pub fn app(store: Store, options: &Options) -> App {
                 Err(LiveError::internal())
             }
         })
-        .rpc("me/get", |ctx: Ctx, NoArgs| async move {
+        .arg_names("boards/create", ["name"])
+        .rpc("me/get", |ctx: Ctx, ()| async move {
             Ok::<_, LiveError>(ctx.user().cloned())
         })
         .rpc(
@@ -307,37 +280,17 @@ pub fn app(store: Store, options: &Options) -> App {
                 }))
             },
         )
+        .arg_names("me/update", ["name", "color"])
 }
 
-/// Argument names of the RPCs (the manifest has no place for them on the `App` yet).
-const RPC_ARGS: &[(&str, &str, &[&str])] = &[
-    ("boards", "create", &["name"]),
-    ("me", "get", &[]),
-    ("me", "update", &["name", "color"]),
-];
-
-/// The registry manifest, for the front end's code generator, with RPC argument names.
+/// The registry manifest, for the front end's code generator.
 pub fn manifest(store: Store, options: &Options) -> Value {
-    let mut manifest = app(store, options).build().manifest();
-    for (module, rpc, args) in RPC_ARGS {
-        if let Some(entry) = manifest["modules"][module]["rpcs"].get_mut(*rpc) {
-            entry["args"] = json!(args);
-        }
-    }
-    manifest
+    app(store, options).build().manifest()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn no_args_is_an_empty_list_or_null() {
-        assert!(serde_json::from_value::<NoArgs>(json!([])).is_ok());
-        assert!(serde_json::from_value::<NoArgs>(json!(null)).is_ok());
-        assert!(serde_json::from_value::<NoArgs>(json!([1])).is_err());
-        assert!(serde_json::from_value::<NoArgs>(json!({})).is_err());
-    }
 
     #[test]
     fn titles_are_trimmed_and_bounded() {
