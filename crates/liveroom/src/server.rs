@@ -534,7 +534,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(conn: Arc<crate::conn::Conn>, mut wri
             continue;
         }
         drain.encode_ws(&mut buf, conn.outbox.batch());
-        if writer.write_all(&buf).await.is_err() {
+        if !write_unless_stalled(&conn, &mut writer, &buf).await {
             return;
         }
         if drain.close.is_some() {
@@ -544,6 +544,41 @@ async fn write_loop<W: AsyncWrite + Unpin>(conn: Arc<crate::conn::Conn>, mut wri
         buf.clear();
         if buf.capacity() > 64 * 1024 {
             buf = BytesMut::new();
+        }
+    }
+}
+
+/// How long a write may stay blocked while the connection is closing (a slow consumer cut off
+/// with 1013, shutdown) before the peer is given up on.
+const STALLED_WRITE: Duration = Duration::from_secs(2);
+
+/// Writes `buf`, unless the peer stopped reading and the connection is closing: a peer that
+/// never reads again must not hold its session (subscriptions, room memberships) forever.
+/// `false` if the write failed or was abandoned.
+async fn write_unless_stalled<W: AsyncWrite + Unpin>(
+    conn: &crate::conn::Conn,
+    writer: &mut W,
+    buf: &[u8],
+) -> bool {
+    let mut write = std::pin::pin!(writer.write_all(buf));
+    // Most writes complete at once: no timer for them.
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::future::Future::poll(write.as_mut(), cx))
+    })
+    .await;
+    if let std::task::Poll::Ready(r) = first {
+        return r.is_ok();
+    }
+    let mut closing_seen = false;
+    loop {
+        tokio::select! {
+            r = write.as_mut() => return r.is_ok(),
+            () = tokio::time::sleep(STALLED_WRITE) => {
+                // Closing at two checks in a row: blocked for STALLED_WRITE since the close.
+                if conn.outbox.is_closing() && std::mem::replace(&mut closing_seen, true) {
+                    return false;
+                }
+            }
         }
     }
 }

@@ -77,6 +77,9 @@ pub struct Session {
     authorized: HashSet<Arc<str>>,
     /// Room data topics this socket is a presence member of.
     members: Vec<(Arc<str>, Arc<RoomDef>)>,
+    /// Rooms where this socket moved a cursor without being a member (cursors-only): no
+    /// presence leave removes that cursor, so closing or unsubscribing does.
+    cursor_only: Vec<(Arc<str>, Arc<RoomDef>)>,
 }
 
 /// Phase 2 of a call: the reply body and, for streams, the topic to release.
@@ -99,6 +102,7 @@ impl Session {
             subscribed: HashSet::new(),
             authorized: HashSet::new(),
             members: Vec::new(),
+            cursor_only: Vec::new(),
         }
     }
 
@@ -250,6 +254,14 @@ impl Session {
             let (topic, room) = self.members.swap_remove(i);
             room.leave(&topic, &self.conn).await;
         }
+        if let Some(i) = self
+            .cursor_only
+            .iter()
+            .position(|(t, room)| *room.cursors_topic(t) == *topic)
+        {
+            let (topic, room) = self.cursor_only.swap_remove(i);
+            room.drop_cursor_unless_member(&topic, &self.conn);
+        }
     }
 
     /// The socket closed: unsubscribe everything, end room memberships (their leave grace
@@ -260,6 +272,9 @@ impl Session {
         }
         for (topic, room) in std::mem::take(&mut self.members) {
             room.leave(&topic, &self.conn).await;
+        }
+        for (topic, room) in std::mem::take(&mut self.cursor_only) {
+            room.drop_cursor_unless_member(&topic, &self.conn);
         }
         self.conn.outbox.close(crate::ws::close::NORMAL);
     }
@@ -376,10 +391,12 @@ impl Session {
             // Fire-and-forget, hot: no guard (it ran when the socket subscribed), only the
             // subscription check.
             let (topic, position) = room.cursor_args(&ctx, args)?;
-            let member = self.members.iter().any(|(t, _)| *t == topic)
-                || self.subscribed.contains(&*room.cursors_topic(&topic));
-            if !member {
+            let member = self.members.iter().any(|(t, _)| *t == topic);
+            if !member && !self.subscribed.contains(&*room.cursors_topic(&topic)) {
                 return Err(LiveError::forbidden("not subscribed to this room"));
+            }
+            if !member && !self.cursor_only.iter().any(|(t, _)| *t == topic) {
+                self.cursor_only.push((topic.clone(), room.clone()));
             }
             room.cursor_move(&topic, &self.conn, position);
             return Ok(Box::pin(async move {

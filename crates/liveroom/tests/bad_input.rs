@@ -46,8 +46,18 @@ async fn malformed_frames_get_error_frames() {
     expect_error_frame(&mut p, r#"{"type":"subscribe"}"#, "topic").await;
     expect_error_frame(&mut p, r#"{"type":"subscribe","topic":5}"#, "topic").await;
     expect_error_frame(&mut p, r#"{"type":"unsubscribe","topic":[]}"#, "topic").await;
-    expect_error_frame(&mut p, r#"{"type":"subscribe-batch","topics":"a"}"#, "topics").await;
-    expect_error_frame(&mut p, r#"{"type":"subscribe-batch","topics":[1]}"#, "topics").await;
+    expect_error_frame(
+        &mut p,
+        r#"{"type":"subscribe-batch","topics":"a"}"#,
+        "topics",
+    )
+    .await;
+    expect_error_frame(
+        &mut p,
+        r#"{"type":"subscribe-batch","topics":[1]}"#,
+        "topics",
+    )
+    .await;
     let many: Vec<String> = (0..257).map(|i| format!("open:{i}")).collect();
     expect_error_frame(
         &mut p,
@@ -56,7 +66,12 @@ async fn malformed_frames_get_error_frames() {
     )
     .await;
     // An id that is an object cannot be echoed: the error comes as an error frame.
-    expect_error_frame(&mut p, r#"{"rpc":"test/add","id":{"x":1},"args":[1,2]}"#, "id").await;
+    expect_error_frame(
+        &mut p,
+        r#"{"rpc":"test/add","id":{"x":1},"args":[1,2]}"#,
+        "id",
+    )
+    .await;
     expect_error_frame(&mut p, r#"{"rpc":"test/add","id":[1],"args":[1,2]}"#, "id").await;
     // Fire-and-forget frames that are malformed are answered the same way.
     expect_error_frame(&mut p, r#"{"rpc":"bad","args":[]}"#, "invalid rpc path").await;
@@ -85,7 +100,12 @@ async fn malformed_calls_with_an_id_get_error_replies() {
             "args",
         ),
         // rpc not a string
-        ("a3", r#"{"rpc":5,"id":"a3","args":[]}"#, "INVALID_REQUEST", "rpc"),
+        (
+            "a3",
+            r#"{"rpc":5,"id":"a3","args":[]}"#,
+            "INVALID_REQUEST",
+            "rpc",
+        ),
         ("a4", r#"{"rpc":null,"id":"a4"}"#, "INVALID_REQUEST", "rpc"),
         // stream not a boolean
         (
@@ -95,20 +115,70 @@ async fn malformed_calls_with_an_id_get_error_replies() {
             "stream",
         ),
         // invalid paths
-        ("p1", r#"{"rpc":"single","id":"p1"}"#, "INVALID_REQUEST", "path"),
-        ("p2", r#"{"rpc":"a//b","id":"p2"}"#, "INVALID_REQUEST", "path"),
-        ("p3", r#"{"rpc":"/a/b","id":"p3"}"#, "INVALID_REQUEST", "path"),
-        ("p4", r#"{"rpc":"a/b/","id":"p4"}"#, "INVALID_REQUEST", "path"),
-        ("p5", r#"{"rpc":"a/b c","id":"p5"}"#, "INVALID_REQUEST", "path"),
-        ("p6", r#"{"rpc":"a/b.c","id":"p6"}"#, "INVALID_REQUEST", "path"),
-        ("p7", r#"{"rpc":"a/é","id":"p7"}"#, "INVALID_REQUEST", "path"),
+        (
+            "p1",
+            r#"{"rpc":"single","id":"p1"}"#,
+            "INVALID_REQUEST",
+            "path",
+        ),
+        (
+            "p2",
+            r#"{"rpc":"a//b","id":"p2"}"#,
+            "INVALID_REQUEST",
+            "path",
+        ),
+        (
+            "p3",
+            r#"{"rpc":"/a/b","id":"p3"}"#,
+            "INVALID_REQUEST",
+            "path",
+        ),
+        (
+            "p4",
+            r#"{"rpc":"a/b/","id":"p4"}"#,
+            "INVALID_REQUEST",
+            "path",
+        ),
+        (
+            "p5",
+            r#"{"rpc":"a/b c","id":"p5"}"#,
+            "INVALID_REQUEST",
+            "path",
+        ),
+        (
+            "p6",
+            r#"{"rpc":"a/b.c","id":"p6"}"#,
+            "INVALID_REQUEST",
+            "path",
+        ),
+        (
+            "p7",
+            r#"{"rpc":"a/é","id":"p7"}"#,
+            "INVALID_REQUEST",
+            "path",
+        ),
         ("p8", r#"{"rpc":"","id":"p8"}"#, "INVALID_REQUEST", "path"),
         // unknown paths
-        ("n1", r#"{"rpc":"nope/nothing","id":"n1"}"#, "NOT_FOUND", "nope/nothing"),
-        ("n2", r#"{"rpc":"test/add/extra","id":"n2"}"#, "NOT_FOUND", ""),
+        (
+            "n1",
+            r#"{"rpc":"nope/nothing","id":"n1"}"#,
+            "NOT_FOUND",
+            "nope/nothing",
+        ),
+        (
+            "n2",
+            r#"{"rpc":"test/add/extra","id":"n2"}"#,
+            "NOT_FOUND",
+            "",
+        ),
         ("n3", r#"{"rpc":"TEST/ADD","id":"n3"}"#, "NOT_FOUND", ""),
         // wrong arg types and arity
-        ("t1", r#"{"rpc":"test/add","id":"t1","args":[1]}"#, "INVALID_REQUEST", "args"),
+        (
+            "t1",
+            r#"{"rpc":"test/add","id":"t1","args":[1]}"#,
+            "INVALID_REQUEST",
+            "args",
+        ),
         (
             "t2",
             r#"{"rpc":"test/add","id":"t2","args":[1,"2"]}"#,
@@ -173,7 +243,10 @@ async fn nesting_limit() {
     expect_error_frame(&mut p, &"[".repeat(100_000), "deeper than 64").await;
     expect_error_frame(&mut p, &"{\"a\":".repeat(10_000), "deeper than 64").await;
     // Brackets inside strings do not count.
-    let in_string = format!(r#"{{"rpc":"test/echo","id":"s","args":["{}"]}}"#, "[{".repeat(200));
+    let in_string = format!(
+        r#"{{"rpc":"test/echo","id":"s","args":["{}"]}}"#,
+        "[{".repeat(200)
+    );
     assert_eq!(p.reply_to_text("s", &in_string).await["ok"], true);
     server.shutdown().await.unwrap();
 }
@@ -187,12 +260,7 @@ async fn batch_size_limit_and_bad_entries() {
     assert_eq!(replies.len(), 64);
     assert!(replies.iter().all(|r| r["ok"] == true));
     let too_many: Vec<Value> = (0..65).map(call).collect();
-    expect_error_frame(
-        &mut p,
-        &json!({ "batch": too_many }).to_string(),
-        "max 64",
-    )
-    .await;
+    expect_error_frame(&mut p, &json!({ "batch": too_many }).to_string(), "max 64").await;
     // A bad entry fails alone; entries that are not objects have no id to answer.
     let replies = p
         .batch(vec![
@@ -235,9 +303,7 @@ async fn oversized_message_closes_with_1009() {
     let other = Peer::guest(&server).await;
     // Just under the limit is fine.
     let big = "x".repeat((1 << 20) - 100);
-    let reply = p
-        .reply_to(json!({"rpc":"test/echo","args":[big]}))
-        .await;
+    let reply = p.reply_to(json!({"rpc":"test/echo","args":[big]})).await;
     assert_eq!(reply["ok"], true);
     let huge = "x".repeat((1 << 20) + 1);
     p.send_text(&json!({"rpc":"test/echo","id":"huge","args":[huge]}).to_string());

@@ -339,7 +339,7 @@ async fn reconnect_sequence_ends_with_one_subscription() {
     old.stream("test/topic", json!(["r"])).await.unwrap();
     old.send(&json!({"type":"subscribe","topic":"open:r","ref":1}));
     old.typed("subscribed").await;
-    drop(old);
+    old.leave().await;
 
     let mut p = Peer::guest(&server).await;
     p.send(&json!({"type":"subscribe-batch","topics":["t:r","open:r"],"ref":1}));
@@ -402,11 +402,11 @@ async fn origin_allow_list() {
     none.assert_alive().await;
     server.shutdown().await.unwrap();
 
-    let config = ServerConfig {
+    let listed = ServerConfig {
         allowed_origins: vec!["https://app.example".into()],
         ..config()
     };
-    let server = start_with(test_app().0, config).await;
+    let server = start_with(test_app().0, listed).await;
     let ok = Peer::connect_with(&server, "", &[("Origin", "https://app.example")], true).await;
     ok.assert_alive().await;
     let same = format!("http://{}", server.addr());
@@ -415,11 +415,11 @@ async fn origin_allow_list() {
     Peer::guest(&server).await.assert_alive().await;
     server.shutdown().await.unwrap();
 
-    let config = ServerConfig {
+    let any = ServerConfig {
         allowed_origins: vec!["*".into()],
         ..config()
     };
-    let server = start_with(test_app().0, config).await;
+    let server = start_with(test_app().0, any).await;
     let p = Peer::connect_with(&server, "", &[("Origin", "https://any.example")], true).await;
     p.assert_alive().await;
     server.shutdown().await.unwrap();

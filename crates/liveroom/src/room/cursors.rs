@@ -223,3 +223,98 @@ impl CursorTable {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::Conn;
+    use crate::outbox::Drain;
+
+    fn position(x: i64) -> Map<String, Value> {
+        let Value::Object(m) = serde_json::json!({ "x": x }) else {
+            unreachable!()
+        };
+        m
+    }
+
+    /// The event envelopes queued for `conn`, as JSON.
+    fn taken(conn: &Conn) -> Vec<Value> {
+        let mut d = Drain::default();
+        conn.outbox.drain(&mut d);
+        d.messages(false)
+            .iter()
+            .map(|b| serde_json::from_slice(b).unwrap())
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_update_per_tick_with_the_latest_position() {
+        let hub = Arc::new(Hub::default());
+        let table = CursorTable::new(hub.clone(), Duration::from_millis(50));
+        let conn = Conn::new(None, 1 << 20);
+        hub.subscribe("r:cursors", &conn);
+        let (topic, key): (Arc<str>, Arc<str>) = ("r".into(), "alice".into());
+        for x in 0..20 {
+            table.set(&topic, &key, position(x));
+        }
+        tokio::time::sleep(Duration::from_millis(49)).await;
+        assert!(taken(&conn).is_empty(), "nothing before the tick");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(
+            taken(&conn),
+            [
+                serde_json::json!({"topic":"r:cursors","event":"update","data":{"key":"alice","x":19}})
+            ]
+        );
+        // A quiet tick publishes nothing and stops the ticker; the next move restarts it.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(taken(&conn).is_empty());
+        table.set(&topic, &key, position(42));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(taken(&conn)[0]["data"]["x"], 42);
+        assert_eq!(
+            table.snapshot("r"),
+            serde_json::json!([{"key":"alice","x":42}])
+        );
+        // Removal goes out on the next tick and empties the snapshot.
+        table.remove(&topic, &key);
+        table.remove(&topic, &"nobody".into()); // unknown: nothing
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(
+            taken(&conn),
+            [serde_json::json!({"topic":"r:cursors","event":"remove","data":{"key":"alice"}})]
+        );
+        assert_eq!(table.snapshot("r"), serde_json::json!([]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_congested_subscriber_gets_one_conflated_set() {
+        let hub = Arc::new(Hub::default());
+        let table = CursorTable::new(hub.clone(), Duration::from_millis(50));
+        let slow = Conn::new(None, 400);
+        let fast = Conn::new(None, 1 << 20);
+        hub.subscribe("r:cursors", &slow);
+        hub.subscribe("r:cursors", &fast);
+        // More than a quarter of the slow one's limit is waiting to be written.
+        let waiting = format!("\"{}\"", " ".repeat(148));
+        slow.outbox.event("other", bytes::Bytes::from(waiting));
+        let topic: Arc<str> = "r".into();
+        // Moves at 0, 60 and 110 ms: one per tick (the ticks are at 50, 100 and 150 ms).
+        for round in 0..3 {
+            table.set(&topic, &"a".into(), position(round));
+            table.set(&topic, &"b".into(), position(-round));
+            let wait = if round == 0 { 60 } else { 50 };
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        assert_eq!(taken(&fast).len(), 6, "the fast one got every update");
+        let got = taken(&slow);
+        let cursor_frames: Vec<&Value> = got.iter().filter(|f| f["topic"] == "r:cursors").collect();
+        assert_eq!(
+            cursor_frames,
+            [
+                &serde_json::json!({"topic":"r:cursors","event":"set","data":[{"key":"a","x":2},{"key":"b","x":-2}]})
+            ],
+            "one set with the latest positions"
+        );
+    }
+}

@@ -489,6 +489,16 @@ impl RoomDef {
         self.runtime().tracker.leave(topic, &conn.identity);
     }
 
+    /// A socket that moved its cursor without being a member left: remove that cursor,
+    /// unless the identity is a member here (then its presence leave will).
+    pub fn drop_cursor_unless_member(&self, topic: &Arc<str>, conn: &Conn) {
+        if let Some(c) = self.cursor_table() {
+            if !self.runtime().tracker.is_member(topic, &conn.identity) {
+                c.remove(topic, &conn.identity);
+            }
+        }
+    }
+
     /// Ends every pending leave now (shutdown).
     pub async fn flush_leaves(&self) {
         self.runtime().tracker.flush().await;

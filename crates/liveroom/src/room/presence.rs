@@ -226,6 +226,11 @@ impl Tracker {
         }
     }
 
+    /// Whether `key` is a member of `topic` in this process (inside its grace included).
+    pub fn is_member(&self, topic: &Arc<str>, key: &Arc<str>) -> bool {
+        self.members().contains_key(&(topic.clone(), key.clone()))
+    }
+
     /// A socket of `key` left the room's data topic. The last one starts the grace.
     pub fn leave(self: &Arc<Self>, topic: &Arc<str>, key: &Arc<str>) {
         let generation = {

@@ -218,6 +218,13 @@ impl Peer {
         self.closed.flatten()
     }
 
+    /// Closes the socket like a browser tab does (close 1001) and waits until the server
+    /// answered, so the server has seen the close. (Dropping a `Client` does not close it.)
+    pub async fn leave(mut self) {
+        self.client.close(1001);
+        self.close_code().await;
+    }
+
     /// A good call still works on this connection.
     pub async fn assert_alive(&self) {
         let v = self
@@ -553,4 +560,219 @@ pub fn test_app() -> (App, std::sync::Arc<TestState>) {
         .stream("test/reserved", Stream::new("__sneaky"))
         .allow_subscribe(|_ctx, topic| topic.starts_with("open:"));
     (with_auth(app), state)
+}
+
+/// State the rooms test app shares with the tests.
+#[derive(Default)]
+pub struct RoomsState {
+    /// Cards per board id.
+    pub cards: std::sync::Mutex<std::collections::HashMap<String, Vec<Value>>>,
+    /// `on_join` / `on_leave` calls of the board room, as `(topic, key)`.
+    pub joins: std::sync::Mutex<Vec<(String, String)>>,
+    pub leaves: std::sync::Mutex<Vec<(String, String)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl RoomsState {
+    pub fn joins_of(&self, key: &str) -> usize {
+        self.joins
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, k)| k == key)
+            .count()
+    }
+    pub fn leaves_of(&self, key: &str) -> usize {
+        self.leaves
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, k)| k == key)
+            .count()
+    }
+}
+
+/// The rooms test app, behind [`with_auth`]:
+/// - `collab/board` is the seed example: topic `board:<id>`, cards as initial data, presence
+///   `{name}` (`null` for `?hidden=1` users), cursors (50 ms), a guard requiring a user (and
+///   refusing `mallory`), and `addCard` publishing `created`.
+/// - `collab/pair` takes two room args (`pair:<a>:<b>`); its `note` action echoes every arg.
+/// - `collab/lobby` lets guests in; `collab/vault`'s guard fails with a plain error.
+pub fn rooms_app(grace: Duration) -> (App, std::sync::Arc<RoomsState>) {
+    use liveroom::{Ctx, Cursors, LiveError, Room, RoomCtx};
+    use std::sync::atomic::Ordering;
+    let state = std::sync::Arc::new(RoomsState::default());
+    let (init_s, add_s, join_s, leave_s) =
+        (state.clone(), state.clone(), state.clone(), state.clone());
+    let board = Room::new(|_ctx: &Ctx, (id,): &(String,)| format!("board:{id}"))
+        .args(["boardId"])
+        .init(move |_ctx, (id,): (String,)| {
+            let cards = init_s.cards.lock().unwrap().get(&id).cloned();
+            async move { Ok::<_, LiveError>(cards.unwrap_or_default()) }
+        })
+        .presence(|ctx| {
+            let user = ctx.user().cloned().unwrap_or_default();
+            if user["hidden"] == true {
+                Value::Null
+            } else {
+                json!({ "name": user["name"] })
+            }
+        })
+        .cursors(Cursors::throttle(Duration::from_millis(50)))
+        .grace(grace)
+        .guard(|ctx, (_id,)| async move {
+            if ctx.is_guest() {
+                return Err(LiveError::new("UNAUTHORIZED", "Sign in first"));
+            }
+            if ctx.identity() == "mallory" {
+                return Err(LiveError::forbidden("banned"));
+            }
+            Ok(())
+        })
+        .action(
+            "addCard",
+            move |ctx: RoomCtx, (id,): (String,), (title,): (String,)| {
+                let state = add_s.clone();
+                async move {
+                    let n = state.next.fetch_add(1, Ordering::SeqCst) + 1;
+                    let card =
+                        json!({ "id": format!("c{n}"), "title": title, "by": ctx.identity() });
+                    state
+                        .cards
+                        .lock()
+                        .unwrap()
+                        .entry(id)
+                        .or_default()
+                        .push(card.clone());
+                    ctx.publish("created", &card)?;
+                    Ok(card)
+                }
+            },
+        )
+        .action_args("addCard", ["title"])
+        .action("fail", |_ctx: RoomCtx, _: (String,), (): ()| async move {
+            Err::<(), _>(LiveError::new("BOOM", "on purpose"))
+        })
+        .on_join(move |e| {
+            join_s
+                .joins
+                .lock()
+                .unwrap()
+                .push((e.topic.to_string(), e.key.to_string()));
+        })
+        .on_leave(move |e| {
+            leave_s
+                .leaves
+                .lock()
+                .unwrap()
+                .push((e.topic.to_string(), e.key.to_string()));
+        });
+    let pair = Room::new(|_ctx: &Ctx, (a, b): &(String, String)| format!("pair:{a}:{b}"))
+        .presence(|ctx| json!({ "id": ctx.identity() }))
+        .grace(grace)
+        .action(
+            "note",
+            |ctx: RoomCtx, (a, b): (String, String), (text, n): (String, i64)| async move {
+                let note = json!({ "id": format!("{a}-{b}-{n}"), "a": a, "b": b, "text": text, "n": n, "topic": ctx.topic() });
+                ctx.publish("created", &note)?;
+                Ok(note)
+            },
+        );
+    let lobby = Room::new(|_ctx: &Ctx, (): &()| "lobby".to_owned())
+        .presence(|ctx| json!({ "guest": ctx.is_guest() }))
+        .cursors(true)
+        .grace(grace);
+    let vault = Room::new(|_ctx: &Ctx, (id,): &(String,)| format!("vault:{id}"))
+        .grace(grace)
+        .guard(|_ctx, (_id,): (String,)| async move {
+            Err::<(), _>(std::io::Error::other("vault backend is down"))?;
+            Ok(())
+        })
+        .action("open", |_ctx: RoomCtx, _: (String,), (): ()| async move {
+            Ok("opened")
+        });
+    let app = App::new()
+        .room("collab", "board", board)
+        .room("collab", "pair", pair)
+        .room("collab", "lobby", lobby)
+        .room("collab", "vault", vault)
+        .rpc(
+            "test/add",
+            |_ctx: liveroom::Ctx, (a, b): (i64, i64)| async move { Ok(a + b) },
+        );
+    (with_auth(app), state)
+}
+
+/// The three stream replies of a room page.
+#[derive(Debug)]
+pub struct Entered {
+    pub data: Value,
+    pub presence: Value,
+    pub cursors: Value,
+}
+
+impl Entered {
+    /// The keys in the presence roster, sorted.
+    pub fn roster_keys(&self) -> Vec<String> {
+        keys(&self.presence["data"])
+    }
+}
+
+/// The `key`s of a roster or cursor list, sorted.
+pub fn keys(list: &Value) -> Vec<String> {
+    let mut k: Vec<String> = list
+        .as_array()
+        .unwrap_or_else(|| panic!("a list: {list}"))
+        .iter()
+        .map(|e| e["key"].as_str().expect("a key").to_owned())
+        .collect();
+    k.sort();
+    k
+}
+
+/// Opens a board page as the client does: one batch with `__data`, `__presence` and
+/// `__cursors` for `board`. Panics unless all three succeed.
+pub async fn enter_board(p: &Peer, board: &str) -> Entered {
+    let replies = try_enter(p, "collab/board", json!([board])).await;
+    for r in &replies {
+        assert_eq!(r["ok"], true, "entering {board}: {r}");
+    }
+    let mut it = replies.into_iter();
+    Entered {
+        data: it.next().unwrap(),
+        presence: it.next().unwrap(),
+        cursors: it.next().unwrap(),
+    }
+}
+
+/// The batch of a room page for `room` (`module/name`) with `args`; the three reply bodies in
+/// the order data, presence, cursors (entries for parts the room lacks are errors).
+pub async fn try_enter(p: &Peer, room: &str, args: Value) -> Vec<Value> {
+    let ids = [p.id(), p.id(), p.id()];
+    let calls = ["__data", "__presence", "__cursors"]
+        .iter()
+        .zip(&ids)
+        .map(|(part, id)| json!({"rpc": format!("{room}/{part}"), "id": id, "args": args, "stream": true}))
+        .collect();
+    let replies = p.batch(calls).await.expect("batch reply");
+    ids.iter()
+        .map(|id| {
+            replies
+                .iter()
+                .find(|r| r["id"] == *id)
+                .cloned()
+                .expect("an entry per call")
+        })
+        .collect()
+}
+
+/// A presence-only subscriber of a board (an observer, not a member).
+pub async fn observe_board(server: &Running, board: &str) -> Peer {
+    let p = Peer::user(server, "observer").await;
+    let r = p
+        .stream("collab/board/__presence", json!([board]))
+        .await
+        .expect("observer subscribes");
+    assert_eq!(r.topic, format!("board:{board}:presence"));
+    p
 }

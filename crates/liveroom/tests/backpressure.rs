@@ -1,0 +1,228 @@
+//! Slow consumers: a socket that stops reading is cut off with 1013 once its outbox is full,
+//! while a fast subscriber of the same topic receives every event, in order.
+//!
+//! This binary holds only these tests: they read the process-wide metrics.
+
+mod common;
+
+use common::*;
+use liveroom::ServerConfig;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// The tests of this binary read one process-wide counter: they run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn metric(name: &str) -> u64 {
+    let text = liveroom::metrics::handle().render();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[tokio::test]
+async fn slow_consumer_is_cut_off_with_1013_and_fast_one_gets_everything() {
+    let _serial = SERIAL.lock().await;
+    let config = ServerConfig {
+        outbox_bytes: 64 * 1024,
+        ..config()
+    };
+    let server = start_with(test_app().0, config).await;
+    let mut fast = Peer::guest(&server).await;
+    fast.send(&json!({"type":"subscribe","topic":"open:flood","ref":1}));
+    fast.typed("subscribed").await;
+
+    let mut slow = RawWs::connect(&server, "").await;
+    slow.send_text(r#"{"type":"subscribe","topic":"open:flood","ref":1}"#)
+        .await;
+    assert!(matches!(
+        slow.read_frame(WAIT).await,
+        Some(RawFrame::Text(t)) if t.contains("subscribed")
+    ));
+    // From here on `slow` reads nothing until the end of the test.
+
+    let cuts_before = metric("liveroom_slow_consumer_disconnects_total");
+    let pad = "x".repeat(8 * 1024);
+    let (mut published, mut received) = (0u64, 0u64);
+    let mut cut = false;
+    // Kernel socket buffers absorb a few MiB first; the cut comes after that.
+    for round in 0..4_000u64 {
+        for _ in 0..4 {
+            server
+                .live()
+                .publish(
+                    "open:flood",
+                    "created",
+                    &json!({"id": published, "pad": pad}),
+                )
+                .unwrap();
+            published += 1;
+        }
+        // The fast client keeps up (and the test paces itself on it).
+        while received < published {
+            let f = fast
+                .client
+                .next_within(WAIT)
+                .await
+                .expect("fast gets events");
+            let events: Vec<Value> = if f["type"] == "batch" {
+                f["events"].as_array().unwrap().clone()
+            } else {
+                vec![f]
+            };
+            for e in events {
+                assert_eq!(e["data"]["id"], received, "in order, none missing");
+                received += 1;
+            }
+        }
+        if round % 8 == 0 && metric("liveroom_slow_consumer_disconnects_total") > cuts_before {
+            cut = true;
+            break;
+        }
+    }
+    assert!(
+        cut,
+        "the slow consumer was never cut off ({published} events)"
+    );
+    // A few more events after the cut still reach the fast client.
+    for _ in 0..10 {
+        server
+            .live()
+            .publish("open:flood", "created", &json!({"id": published}))
+            .unwrap();
+        published += 1;
+    }
+    while received < published {
+        let f = fast
+            .client
+            .next_within(WAIT)
+            .await
+            .expect("fast gets events");
+        let n = if f["type"] == "batch" {
+            f["events"].as_array().unwrap().len() as u64
+        } else {
+            1
+        };
+        received += n;
+    }
+    assert_eq!(received, published);
+    fast.assert_alive().await;
+
+    // The slow client, reading again, finds the close frame after what was already on the wire.
+    let (code, texts) = slow.until_close(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(1013), "after {texts} frames");
+    assert!(
+        (texts as u64) < published,
+        "it missed events: it was cut off"
+    );
+    // And the server dropped it.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.live().hub().subscribers("open:flood") != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slow socket still subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(metric("liveroom_frames_dropped_total") >= 1);
+    server.shutdown().await.unwrap();
+}
+
+/// A peer that never reads again must not keep its connection (and its subscriptions or room
+/// memberships) forever once it was cut off.
+#[tokio::test]
+async fn a_cut_off_peer_that_never_reads_is_dropped() {
+    let _serial = SERIAL.lock().await;
+    let config = ServerConfig {
+        outbox_bytes: 64 * 1024,
+        ..config()
+    };
+    let server = start_with(test_app().0, config).await;
+    let mut slow = RawWs::connect(&server, "").await;
+    slow.send_text(r#"{"type":"subscribe","topic":"open:stall","ref":1}"#)
+        .await;
+    assert!(matches!(
+        slow.read_frame(WAIT).await,
+        Some(RawFrame::Text(_))
+    ));
+    let cuts_before = metric("liveroom_slow_consumer_disconnects_total");
+    let pad = "y".repeat(16 * 1024);
+    let mut n = 0;
+    while metric("liveroom_slow_consumer_disconnects_total") == cuts_before {
+        assert!(n < 100_000, "never cut off");
+        // Small bursts, so that the writer fills the kernel buffers and blocks first.
+        for _ in 0..2 {
+            server
+                .live()
+                .publish("open:stall", "created", &json!({"id": n, "pad": pad}))
+                .unwrap();
+            n += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while server.live().hub().subscribers("open:stall") != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a cut-off peer that never reads is still subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(slow);
+    server.shutdown().await.unwrap();
+}
+
+/// `/metrics` lists every documented series once each has a sample.
+#[tokio::test]
+async fn metrics_list_every_series() {
+    let _serial = SERIAL.lock().await;
+    let lobby =
+        liveroom::Room::new(|_ctx: &liveroom::Ctx, (): &()| "lobby".to_owned()).cursors(true);
+    let config = ServerConfig {
+        outbox_bytes: 4 * 1024,
+        ..config()
+    };
+    let server = start_with(test_app().0.room("collab", "lobby", lobby), config).await;
+    let p = Peer::guest(&server).await;
+    p.stream("collab/lobby/__data", json!([])).await.unwrap();
+    p.stream("test/items", json!([])).await.unwrap();
+    // Two moves in one throttle interval: coalesced.
+    p.fire("collab/lobby/__cursor", json!([{"x": 1}]));
+    p.fire("collab/lobby/__cursor", json!([{"x": 2}]));
+    let _ = p.call("test/fail", json!(["FORBIDDEN", "no"])).await;
+    p.send_text("not json");
+    p.assert_alive().await;
+    // A burst larger than the outbox, published without yielding: cut off, then dropped.
+    let mut victim = Peer::guest(&server).await;
+    victim.stream("test/items", json!([])).await.unwrap();
+    for i in 0..20 {
+        server
+            .live()
+            .publish(
+                "items",
+                "created",
+                &json!({"id": i, "pad": "p".repeat(500)}),
+            )
+            .unwrap();
+    }
+    assert_eq!(victim.close_code().await, Some(1013));
+    let (status, body) = http_get(&server, "/metrics").await;
+    assert_eq!(status, 200);
+    for series in [
+        "liveroom_connections",
+        "liveroom_rpc_total",
+        "liveroom_rpc_errors_total",
+        "liveroom_rpc_duration_seconds",
+        "liveroom_events_published_total",
+        "liveroom_events_delivered_total",
+        "liveroom_frames_dropped_total",
+        "liveroom_slow_consumer_disconnects_total",
+        "liveroom_bad_frames_total",
+        "liveroom_cursor_moves_coalesced_total",
+    ] {
+        assert!(body.contains(series), "missing {series} in:\n{body}");
+    }
+    server.shutdown().await.unwrap();
+}
