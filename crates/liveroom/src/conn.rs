@@ -4,7 +4,8 @@
 use crate::outbox::Outbox;
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -19,6 +20,10 @@ pub struct Conn {
     pub identity: Arc<str>,
     /// Outbound frames.
     pub outbox: Outbox,
+    /// Topics whose stream load failed after the socket was subscribed: the session undoes
+    /// those subscriptions (and room memberships) as soon as it can.
+    failed: Mutex<Vec<Arc<str>>>,
+    failed_notify: Notify,
 }
 
 impl Conn {
@@ -31,7 +36,28 @@ impl Conn {
             user,
             identity: identity.into(),
             outbox: Outbox::new(limit),
+            failed: Mutex::new(Vec::new()),
+            failed_notify: Notify::new(),
         })
+    }
+
+    /// A stream subscribed on `topic` failed to load: undo it.
+    pub(crate) fn stream_failed(&self, topic: Arc<str>) {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(topic);
+        self.failed_notify.notify_one();
+    }
+
+    /// Takes the topics to undo.
+    pub(crate) fn take_failed(&self) -> Vec<Arc<str>> {
+        std::mem::take(&mut *self.failed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Resolves when a stream load failed (see [`Session::settle`](crate::session::Session::settle)).
+    pub async fn stream_failure(&self) {
+        self.failed_notify.notified().await;
     }
 
     /// Whether the identity is a per-connection guest key.

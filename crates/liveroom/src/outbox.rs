@@ -217,11 +217,19 @@ impl Outbox {
         self.batch.load(Ordering::Relaxed)
     }
 
-    /// Queues a reply or ack. Replies are never dropped for size (they answer the client's own
-    /// requests), but they count toward the limit.
+    /// Queues a reply or ack. Replies answer the client's own requests, so they are not dropped
+    /// at the limit like events; but a client that lets twice the limit pile up unread (calls
+    /// without reading) is cut off (1013) rather than allowed to grow the server's memory.
     pub fn reply(&self, frame: Bytes) {
         let mut s = self.lock();
         if s.close.is_some() {
+            return;
+        }
+        if s.bytes + frame.len() > self.limit.saturating_mul(2) {
+            Self::cut(&mut s);
+            drop(s);
+            metrics::counter!("liveroom_slow_consumer_disconnects_total").increment(1);
+            self.notify.notify_one();
             return;
         }
         s.bytes += frame.len();
@@ -277,6 +285,11 @@ impl Outbox {
             return;
         }
         s.bytes += frame.len();
+        if let Some((_, held)) = s.held.iter_mut().find(|(t, _)| *t == key) {
+            // The topic's stream reply is not out yet: keep the ordering rule.
+            held.push_back(Out::One(frame));
+            return;
+        }
         if let Some(old) = s.latest.insert(key, frame) {
             s.bytes -= old.len();
         }
@@ -340,6 +353,7 @@ impl Outbox {
 
     /// The slow-consumer cut-off: drop what is queued, close with 1013.
     fn cut(s: &mut State) {
+        s.replies.clear();
         s.events.clear();
         s.held.clear();
         s.latest.clear();
@@ -425,6 +439,34 @@ mod tests {
         o.drain(&mut d);
         assert!(d.events.is_empty());
         assert_eq!(d.close, Some(1013));
+    }
+
+    #[test]
+    fn unread_replies_are_bounded_too() {
+        let o = Outbox::new(10);
+        o.reply(Bytes::from_static(b"0123456789"));
+        o.reply(Bytes::from_static(b"0123456789"));
+        assert!(!o.is_closing());
+        o.reply(Bytes::from_static(b"x"));
+        let mut d = Drain::default();
+        o.drain(&mut d);
+        assert!(d.replies.is_empty());
+        assert_eq!(d.close, Some(1013));
+    }
+
+    #[test]
+    fn latest_waits_behind_a_held_reply() {
+        let o = Outbox::new(1000);
+        o.hold("c".into());
+        o.latest("c".into(), Bytes::from_static(b"set"));
+        let mut d = Drain::default();
+        assert!(!o.drain(&mut d), "nothing before the reply");
+        o.release(&["c".into()], Some(Bytes::from_static(b"reply")));
+        o.drain(&mut d);
+        assert_eq!(
+            d.messages(false),
+            vec![Bytes::from_static(b"reply"), Bytes::from_static(b"set")]
+        );
     }
 
     #[test]

@@ -504,6 +504,7 @@ async fn run_socket<W>(
                     buf = BytesMut::new(); // idle connections hold no read buffer
                 }
             }
+            _ = conn.stream_failure() => session.settle().await,
             _ = stopped(&mut shutdown) => {
                 conn.outbox.close(close::GOING_AWAY);
                 break 'read;

@@ -126,6 +126,7 @@ impl Session {
     /// Handles one text frame. Errors are answered on the outbox; nothing here panics or closes
     /// the connection.
     pub async fn message(&mut self, text: &str) {
+        self.settle().await;
         match protocol::decode(text) {
             Ok(frame) => self.frame(frame).await,
             Err(e) => self.bad_frame(&e),
@@ -245,6 +246,16 @@ impl Session {
         self.authorized.insert(topic);
     }
 
+    /// Undoes the subscriptions of streams whose initial load failed: the socket leaves the
+    /// topic, and a room member whose data load failed leaves the room (after the grace), so a
+    /// failed load never leaves a ghost. The server calls this as soon as a load fails; it also
+    /// runs before every frame.
+    pub async fn settle(&mut self) {
+        for topic in self.conn.take_failed() {
+            self.unsubscribe(&topic).await;
+        }
+    }
+
     /// Unsubscribes the socket from `topic`; leaving a room's data topic ends its membership.
     pub async fn unsubscribe(&mut self, topic: &str) {
         if self.subscribed.remove(topic) {
@@ -267,6 +278,7 @@ impl Session {
     /// The socket closed: unsubscribe everything, end room memberships (their leave grace
     /// starts now).
     pub async fn close(mut self) {
+        self.settle().await;
         for topic in self.subscribed.drain() {
             self.live.hub().unsubscribe(&topic, self.conn.id);
         }
@@ -481,6 +493,9 @@ impl Drop for Session {
 /// Queues the reply of one call (releasing its stream's held events).
 fn finish(conn: &Conn, done: Done) {
     let Done { id, result, stream } = done;
+    if let (Some((topic, _)), Err(_)) = (&stream, &result) {
+        conn.stream_failed(topic.clone());
+    }
     let Some(id) = id else {
         if let Some((topic, _)) = stream {
             conn.outbox.release(&[topic], None);
@@ -520,6 +535,9 @@ fn finish_batch(conn: &Conn, done: Vec<Done>) {
     }
     for d in done {
         if let Some((topic, _)) = d.stream {
+            if d.result.is_err() {
+                conn.stream_failed(topic.clone());
+            }
             topics.push(topic);
         }
     }

@@ -347,3 +347,21 @@ async fn identity_keys_follow_the_protocol_rules() {
     );
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_failed_data_load_leaves_no_ghost() {
+    let (app, _) = rooms_app(GRACE);
+    let server = start(app).await;
+    let mut observer = observe_board(&server, "broken").await;
+    let alice = Peer::user(&server, "alice").await;
+    let replies = try_enter(&alice, "collab/board", json!(["broken"])).await;
+    assert_eq!(replies[0]["code"], "INTERNAL_ERROR", "{}", replies[0]);
+    // Subscribed and counted before the load ran, so a join went out; the failed load undoes
+    // the membership, and the leave follows after the grace.
+    observer.event("board:broken:presence", "join").await;
+    assert_eq!(
+        observer.event("board:broken:presence", "leave").await,
+        json!({"key": "alice"})
+    );
+    alice.assert_alive().await;
+}

@@ -608,7 +608,12 @@ pub fn rooms_app(grace: Duration) -> (App, std::sync::Arc<RoomsState>) {
         .args(["boardId"])
         .init(move |_ctx, (id,): (String,)| {
             let cards = init_s.cards.lock().unwrap().get(&id).cloned();
-            async move { Ok::<_, LiveError>(cards.unwrap_or_default()) }
+            async move {
+                if id == "broken" {
+                    return Err(LiveError::from(std::io::Error::other("database is down")));
+                }
+                Ok(cards.unwrap_or_default())
+            }
         })
         .presence(|ctx| {
             let user = ctx.user().cloned().unwrap_or_default();
