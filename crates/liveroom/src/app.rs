@@ -46,6 +46,21 @@ pub(crate) fn to_raw<T: Serialize>(value: T) -> Reply {
     })
 }
 
+/// Type-erases an initial-data loader: its result is serialized once, for the wire.
+pub(crate) fn erase_init<A, F, Fut, T>(
+    init: F,
+) -> Arc<dyn Fn(Ctx, A) -> BoxFuture<Reply> + Send + Sync>
+where
+    F: Fn(Ctx, A) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T, LiveError>> + Send + 'static,
+    T: Serialize,
+{
+    Arc::new(move |ctx, args| {
+        let fut = init(ctx, args);
+        Box::pin(async move { to_raw(fut.await?) })
+    })
+}
+
 /// A guard that failed with a plain (non-`LiveError`) error: `UNAUTHENTICATED` without a user
 /// identity, else `FORBIDDEN` (protocol.md section 3).
 pub(crate) fn guard_error(ctx: &Ctx, e: LiveError) -> LiveError {
@@ -360,9 +375,7 @@ impl Live {
         event: &str,
         data: &impl Serialize,
     ) -> Result<(), LiveError> {
-        let raw = serde_json::value::to_raw_value(data)?;
-        self.inner.hub.publish(topic, event, &raw);
-        Ok(())
+        self.inner.hub.publish_value(topic, event, data)
     }
 
     /// Runs the upgrade hook. Without one, every connection is a guest.

@@ -54,8 +54,6 @@ impl Ctx {
         event: &str,
         data: &impl Serialize,
     ) -> Result<(), LiveError> {
-        let raw = serde_json::value::to_raw_value(data)?;
-        self.hub.publish(topic, event, &raw);
-        Ok(())
+        self.hub.publish_value(topic, event, data)
     }
 }

@@ -161,6 +161,18 @@ impl Hub {
         self.deliver(topic, &frame);
     }
 
+    /// Serializes `data` once and publishes it (see [`Hub::publish`]).
+    pub fn publish_value(
+        &self,
+        topic: &str,
+        event: &str,
+        data: &impl serde::Serialize,
+    ) -> Result<(), crate::LiveError> {
+        let raw = serde_json::value::to_raw_value(data)?;
+        self.publish(topic, event, &raw);
+        Ok(())
+    }
+
     /// Delivers an encoded envelope to this process's subscribers of `topic`. Returns how many
     /// received it.
     pub fn deliver(&self, topic: &str, frame: &Bytes) -> usize {

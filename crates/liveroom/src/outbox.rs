@@ -82,18 +82,22 @@ impl From<Bytes> for Out {
 }
 
 impl Drain {
-    /// Every text message to send, in order: pongs are not included (see [`Drain::pongs`]).
-    /// With `batch`, two or more events become one `{"type":"batch","events":[...]}` message.
-    pub fn messages(&self, batch: bool) -> Vec<Bytes> {
-        let mut out = self.replies.clone();
-        let n: usize = self
-            .events
+    /// How many event envelopes were drained.
+    fn event_count(&self) -> usize {
+        self.events
             .iter()
             .map(|e| match e {
                 Out::One(_) => 1,
                 Out::Many(v) => v.len(),
             })
-            .sum();
+            .sum()
+    }
+
+    /// Every text message to send, in order: pongs are not included (see [`Drain::pongs`]).
+    /// With `batch`, two or more events become one `{"type":"batch","events":[...]}` message.
+    pub fn messages(&self, batch: bool) -> Vec<Bytes> {
+        let mut out = self.replies.clone();
+        let n = self.event_count();
         if batch && n >= 2 {
             let mut buf = bytes::BytesMut::new();
             self.batch_into(&mut buf);
@@ -132,14 +136,7 @@ impl Drain {
         for r in &self.replies {
             encode(buf, Opcode::Text, r);
         }
-        let n: usize = self
-            .events
-            .iter()
-            .map(|e| match e {
-                Out::One(_) => 1,
-                Out::Many(v) => v.len(),
-            })
-            .sum();
+        let n = self.event_count();
         if batch && n >= 2 {
             // One frame: header, then the pieces straight into `buf` (no second copy).
             let prefix: &[u8] = b"{\"type\":\"batch\",\"events\":[";

@@ -146,10 +146,7 @@ impl<A: RoomArgs> Room<A> {
         Fut: Future<Output = Result<T, LiveError>> + Send + 'static,
         T: Serialize,
     {
-        self.init = Some(Arc::new(move |ctx, args| {
-            let fut = init(ctx, args);
-            Box::pin(async move { to_raw(fut.await?) })
-        }));
+        self.init = Some(crate::app::erase_init(init));
         self
     }
 

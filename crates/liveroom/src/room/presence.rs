@@ -313,9 +313,8 @@ impl Tracker {
 }
 
 fn publish(hub: &Hub, topic: &str, event: &str, data: &Value) {
-    if let Ok(raw) = serde_json::value::to_raw_value(data) {
-        hub.publish(topic, event, &raw);
-    }
+    // A `Value` always serializes.
+    let _ = hub.publish_value(topic, event, data);
 }
 
 #[cfg(test)]
