@@ -358,7 +358,9 @@ async fn serve_socket(
     // The plain TCP stream lets an idle connection wait for readability holding no buffer.
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) if parts.read_buf.is_empty() => {
-            let (rd, wr) = parts.io.into_inner().into_split();
+            let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+            drop(read_buf); // may share hyper's whole read buffer
+            let (rd, wr) = io.into_inner().into_split();
             run_socket(&shared, Reader::Tcp(rd), wr, verdict).await;
         }
         Ok(parts) => {
@@ -485,7 +487,9 @@ async fn run_socket<W>(
                 loop {
                     match decoder.decode(&mut buf) {
                         Ok(None) => break,
-                        Ok(Some(Message::Text(text))) => session.message(&text).await,
+                        // Boxed: the call machinery is only allocated while a frame is handled, so an
+                        // idle connection's task stays small.
+                        Ok(Some(Message::Text(text))) => Box::pin(session.message(&text)).await,
                         Ok(Some(Message::Binary(_))) => session.binary(),
                         Ok(Some(Message::Ping(p))) => conn.outbox.pong(p),
                         Ok(Some(Message::Pong)) => {}
@@ -504,19 +508,19 @@ async fn run_socket<W>(
                     buf = BytesMut::new(); // idle connections hold no read buffer
                 }
             }
-            _ = conn.stream_failure() => session.settle().await,
+            _ = conn.stream_failure() => Box::pin(session.settle()).await,
             _ = stopped(&mut shutdown) => {
                 conn.outbox.close(close::GOING_AWAY);
                 break 'read;
             }
             _ = &mut write_task => {
                 // The writer stopped (peer gone, or a close such as 1013 was sent).
-                session.close().await;
+                Box::pin(session.close()).await;
                 return;
             }
         }
     }
-    session.close().await;
+    Box::pin(session.close()).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), write_task).await;
 }
 
