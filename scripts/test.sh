@@ -46,6 +46,6 @@ step "browser end-to-end tests (chromium)"
 (cd examples/board/e2e && npm ci --silent --no-audit --no-fund && BOARD_BIN="$ROOT/target/debug/board" npm test)
 
 step "benchmark smoke run"
-cargo run --quiet -p liveroom-bench -- suite --size smoke
+cargo run --quiet -p liveroom-bench -- suite --size smoke --strict
 
 step "all suites passed"
