@@ -360,11 +360,17 @@ async fn serve_socket(
         Ok(parts) if parts.read_buf.is_empty() => {
             let hyper::upgrade::Parts { io, read_buf, .. } = parts;
             drop(read_buf); // may share hyper's whole read buffer
-            let (rd, wr) = io.into_inner().into_split();
+            let tcp = io.into_inner();
+            // The writer already coalesces frames into one write; Nagle's algorithm would only
+            // hold the next small write back until the peer's delayed ACK (~40 ms).
+            let _ = tcp.set_nodelay(true);
+            let (rd, wr) = tcp.into_split();
             run_socket(&shared, Reader::Tcp(rd), wr, verdict).await;
         }
         Ok(parts) => {
-            let io = TokioIo::new(Prefixed::new(parts.read_buf, parts.io.into_inner()));
+            let tcp = parts.io.into_inner();
+            let _ = tcp.set_nodelay(true);
+            let io = TokioIo::new(Prefixed::new(parts.read_buf, tcp));
             let (rd, wr) = tokio::io::split(io);
             run_socket(&shared, Reader::Any(Box::new(rd)), wr, verdict).await;
         }
