@@ -8,6 +8,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { resolve, dirname } from 'node:path';
 import WebSocket from 'ws';
+import { before, after } from 'node:test';
 import { createClient } from '../src/index.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -86,4 +87,30 @@ export function clientFor(server, query) {
 		debug: !!process.env.LIVEROOM_DEBUG,
 		reconnect: { baseMs: 50, maxMs: 500 }
 	});
+}
+
+/**
+ * One test server for the whole file: starts it before the tests, and after them closes every
+ * client made with `client()` and stops the server.
+ */
+export function useServer() {
+	/** @type {TestServer | undefined} */ let server;
+	/** @type {ReturnType<typeof clientFor>[]} */ const clients = [];
+	before(async () => {
+		server = await startServer();
+	});
+	after(async () => {
+		for (const c of clients) c.close();
+		await server?.stop();
+	});
+	return {
+		/** The running server (available once the tests run). */
+		server: () => /** @type {TestServer} */ (server),
+		/** A client of the server, closed after the file's tests. @param {string} [query] */
+		client: (query) => {
+			const c = clientFor(/** @type {TestServer} */ (server), query);
+			clients.push(c);
+			return c;
+		}
+	};
 }

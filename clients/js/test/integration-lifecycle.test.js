@@ -1,26 +1,12 @@
 // Store lifecycle against the real server: undefined -> data, { error } on failure,
 // data kept + .error on a later failure.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { get } from '../src/index.js';
-import { startServer, clientFor } from '../test-helpers/server.js';
+import { useServer } from '../test-helpers/server.js';
 import { waitFor } from '../test-helpers/wait.js';
 
-/** @type {import('../test-helpers/server.js').TestServer} */ let server;
-const clients = [];
-const client = (/** @type {string} */ q) => {
-	const c = clientFor(server, q);
-	clients.push(c);
-	return c;
-};
-
-before(async () => {
-	server = await startServer();
-});
-after(async () => {
-	for (const c of clients) c.close();
-	await server?.stop();
-});
+const { server, client } = useServer();
 
 test('undefined while loading, then the data; .status goes loading -> ready', async () => {
 	const c = client();
@@ -84,14 +70,14 @@ test('after data has loaded, a failed refetch keeps the data and reports on .err
 	await board.addCard('lifecycle-board', 'kept');
 	const before = await waitFor(data, (x) => x.some((/** @type {any} */ card) => card.title === 'kept'));
 	// Reconnect as a guest: the refetch after the reconnect fails the room guard.
-	c.configure({ url: server.ws });
+	c.configure({ url: server().ws });
 	c.reconnect();
 	const err = await waitFor(data.error, (e) => e !== null);
 	assert.equal(err.code, 'UNAUTHENTICATED');
 	assert.equal(get(data.status), 'error');
 	assert.deepEqual(get(data), before, 'old data still visible');
 	// Back as a user: the next refetch heals the store.
-	c.configure({ url: `${server.ws}?user=lc&name=Lc` });
+	c.configure({ url: `${server().ws}?user=lc&name=Lc` });
 	c.reconnect();
 	await waitFor(data.status, (s) => s === 'ready');
 	assert.equal(get(data.error), null);

@@ -1,25 +1,11 @@
 // RPCs against the real server: results, typed errors, timeouts, fire-and-forget, auth close codes.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { LiveError, get } from '../src/index.js';
-import { startServer, clientFor } from '../test-helpers/server.js';
+import { useServer } from '../test-helpers/server.js';
 import { waitFor } from '../test-helpers/wait.js';
 
-/** @type {import('../test-helpers/server.js').TestServer} */ let server;
-const clients = [];
-const client = (/** @type {string} */ q) => {
-	const c = clientFor(server, q);
-	clients.push(c);
-	return c;
-};
-
-before(async () => {
-	server = await startServer();
-});
-after(async () => {
-	for (const c of clients) c.close();
-	await server?.stop();
-});
+const { server, client } = useServer();
 
 test('results: test/echo and test/add', async () => {
 	const c = client();
