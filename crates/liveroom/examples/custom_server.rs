@@ -47,7 +47,7 @@ pub fn app(grace: Duration) -> App {
         .grace(grace)
         .guard(|ctx, _args| async move {
             if ctx.is_guest() {
-                return Err(LiveError::new("UNAUTHORIZED", "Sign in first"));
+                return Err(LiveError::unauthenticated("Sign in first"));
             }
             Ok(())
         })
@@ -123,7 +123,7 @@ async fn connection(hooks: Hooks, stream: TcpStream) -> Result<(), tungstenite::
                 Some(Ok(Message::Text(text))) => match unsubscribe_topic(&text) {
                     // Routing a frame to a hook yourself (this one is what `message` would do
                     // with it anyway).
-                    Some(topic) => hooks.unsubscribe(&mut session, &topic).await,
+                    Some(topic) => hooks.unsubscribe(&mut session, &topic),
                     None => hooks.message(&mut session, &text).await,
                 },
                 Some(Ok(Message::Binary(_))) => session.binary(),
@@ -143,7 +143,7 @@ async fn connection(hooks: Hooks, stream: TcpStream) -> Result<(), tungstenite::
     };
     // Completes the close handshake (answers the client's close frame, if it sent one).
     let _ = sink.close().await;
-    hooks.close(session).await;
+    hooks.close(session);
     result
 }
 

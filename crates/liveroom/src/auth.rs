@@ -1,7 +1,8 @@
 //! The upgrade hook's view of the HTTP request, and its rejections.
 
-use crate::app::BoxFuture;
+use crate::close;
 use axum::http::HeaderMap;
+use futures_util::future::BoxFuture;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -111,14 +112,14 @@ impl Reject {
     /// The close code.
     pub fn close_code(self) -> u16 {
         match self {
-            Reject::Unauthenticated => crate::ws::close::UNAUTHENTICATED,
-            Reject::Forbidden => crate::ws::close::FORBIDDEN,
+            Reject::Unauthenticated => close::UNAUTHENTICATED,
+            Reject::Forbidden => close::FORBIDDEN,
         }
     }
 }
 
 pub(crate) type AuthFn =
-    Arc<dyn Fn(UpgradeRequest) -> BoxFuture<Result<Option<Value>, Reject>> + Send + Sync>;
+    Arc<dyn Fn(UpgradeRequest) -> BoxFuture<'static, Result<Option<Value>, Reject>> + Send + Sync>;
 
 #[cfg(test)]
 mod tests {

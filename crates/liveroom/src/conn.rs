@@ -9,6 +9,39 @@ use tokio::sync::Notify;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Limits applied to every connection, as flags and environment variables (flattened into
+/// [`ServerConfig`](crate::ServerConfig)).
+///
+/// ```
+/// let limits = liveroom::Limits { outbox_bytes: 256 * 1024, ..Default::default() };
+/// assert_eq!(limits.max_message, liveroom::Limits::default().max_message);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct Limits {
+    /// Most unsent bytes per connection before a slow consumer is cut off (1013).
+    #[arg(long, env = "LIVEROOM_OUTBOX_BYTES", default_value_t = Limits::OUTBOX_BYTES)]
+    pub outbox_bytes: usize,
+    /// Largest client message accepted; larger ones close the socket with 1009.
+    #[arg(long, env = "LIVEROOM_MAX_MESSAGE", default_value_t = Limits::MAX_MESSAGE)]
+    pub max_message: usize,
+}
+
+impl Limits {
+    /// Default of [`Limits::outbox_bytes`]: 1 MiB.
+    pub const OUTBOX_BYTES: usize = 1 << 20;
+    /// Default of [`Limits::max_message`]: 1 MiB.
+    pub const MAX_MESSAGE: usize = 1 << 20;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            outbox_bytes: Self::OUTBOX_BYTES,
+            max_message: Self::MAX_MESSAGE,
+        }
+    }
+}
+
 /// One connection: its id, user, identity key and outbound queue.
 #[derive(Debug)]
 pub struct Conn {
@@ -55,7 +88,7 @@ impl Conn {
         std::mem::take(&mut *self.failed.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Resolves when a stream load failed (see [`Session::settle`](crate::session::Session::settle)).
+    /// Resolves when a stream load failed (the session's `settle` then undoes it).
     pub async fn stream_failure(&self) {
         self.failed_notify.notified().await;
     }

@@ -5,8 +5,10 @@
 //! subscriber's [`Outbox`](crate::outbox::Outbox) shares.
 
 use crate::conn::Conn;
+use crate::error::LiveError;
 use crate::outbox::Push;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -23,7 +25,7 @@ pub trait Bus: Send + Sync + 'static {
     fn interest(&self, topic: &str, interested: bool);
     /// Resolves once events of `topic` from other replicas are flowing here (or at once if
     /// the bus is down), so a stream's initial load cannot miss them.
-    fn ready(&self, topic: &str) -> crate::app::BoxFuture<()>;
+    fn ready(&self, topic: &str) -> BoxFuture<'static, ()>;
     /// Records a room's latest cursor changes (`None`: removed) where late joiners on other
     /// replicas can read them.
     fn store_cursors(
@@ -36,7 +38,7 @@ pub trait Bus: Send + Sync + 'static {
     fn load_cursors(
         &self,
         _cursor_topic: &str,
-    ) -> crate::app::BoxFuture<Option<Vec<serde_json::Value>>> {
+    ) -> BoxFuture<'static, Option<Vec<serde_json::Value>>> {
         Box::pin(async { None })
     }
 }
@@ -167,7 +169,7 @@ impl Hub {
         topic: &str,
         event: &str,
         data: &impl serde::Serialize,
-    ) -> Result<(), crate::LiveError> {
+    ) -> Result<(), LiveError> {
         let raw = serde_json::value::to_raw_value(data)?;
         self.publish(topic, event, &raw);
         Ok(())

@@ -17,7 +17,7 @@
 //!     .presence(|ctx| json!({ "name": ctx.user().and_then(|u| u.get("name")) }))
 //!     .cursors(true)
 //!     .guard(|ctx, _args| async move {
-//!         if ctx.is_guest() { return Err(LiveError::new("UNAUTHORIZED", "Sign in first")); }
+//!         if ctx.is_guest() { return Err(LiveError::unauthenticated("Sign in first")); }
 //!         Ok(())
 //!     })
 //!     .action("addCard", |ctx: RoomCtx, (board_id,): (String,), (title,): (String,)| async move {
@@ -34,44 +34,62 @@
 //! ```
 //!
 //! ## Crate map
-//! One file per concern, in the order a frame flows through them:
-//! - [`server`]: axum routes, the WebSocket upgrade, one reader and one writer per socket,
-//!   graceful shutdown. [`ws`] is the RFC 6455 codec it uses.
-//! - [`protocol`]: decoding client frames (strictly, with reasons) and encoding server frames.
-//! - [`session`]: one connection's state machine: subscriptions, calls, batches, room
-//!   membership; also the [`Hooks`](session::Hooks) for running inside your own server.
-//! - [`app`]: the registry builder [`App`] and the built [`Live`]; [`stream`] and [`room`]
-//!   are what it registers; [`ctx`] is what handlers get; [`error`] their error type.
-//! - [`hub`]: the sharded topic table; [`outbox`]: the per-connection bounded queue that the
-//!   writer drains in one go; [`conn`]: the connection record they share.
-//! - [`cluster`]: Redis-backed event bus and presence for several replicas.
-//! - [`metrics`]: the Prometheus exporter; [`auth`]: what the upgrade hook sees.
+//! One file per concern, in layers: each module uses only the layers above it in this list
+//! (CI checks the graph is acyclic with `scripts/check-module-cycles.py`).
+//!
+//! 1. **Wire.** [`error`]: [`LiveError`] and the protocol's error codes. [`close`]: the close
+//!    codes. [`ws`]: the RFC 6455 codec. [`protocol`]: client frames decoded strictly, server
+//!    frames encoded straight into bytes.
+//! 2. **Delivery.** [`outbox`]: the per-connection queue, bounded in bytes, that one writer
+//!    drains at a time. [`conn`]: the connection record and its [`Limits`]. [`hub`]: the
+//!    sharded topic table and the [`Bus`](hub::Bus) seam to other replicas.
+//!    [`presence_store`]: the [`PresenceStore`](presence_store::PresenceStore) seam and its
+//!    in-memory implementation.
+//! 3. **Handlers.** [`auth`]: what the upgrade hook sees. [`ctx`]: what handlers get.
+//!    `handler`: args in, results out, and the gate every stream and room passes (guard, then
+//!    topic). [`merge`] and [`stream`]: streams. [`room`]: rooms, whose data part is a stream,
+//!    with their presence tracker and cursor tables.
+//! 4. **Registry.** [`registry`]: the builder [`App`] and the built [`Live`]; [`manifest`]:
+//!    its description for code generators.
+//! 5. **Connections.** [`session`]: one connection's state machine, and the
+//!    [`Hooks`](session::Hooks) for running inside your own server. [`server`]: axum routes,
+//!    the upgrade, one reader and one writer per socket, graceful shutdown. [`metrics`]: the
+//!    Prometheus exporter.
+//! 6. **Cluster.** [`cluster`]: Redis-backed event bus and presence for several replicas, plugged
+//!    into the seams of layer 2.
 
 #![warn(missing_docs)]
 
-pub mod app;
 pub mod auth;
+pub mod close;
 pub mod cluster;
 pub mod conn;
 pub mod ctx;
 pub mod error;
+mod handler;
 pub mod hub;
+pub mod manifest;
+pub mod merge;
 pub mod metrics;
 pub mod outbox;
+pub mod presence_store;
 pub mod protocol;
+pub mod registry;
 pub mod room;
 pub mod server;
 pub mod session;
 pub mod stream;
 pub mod ws;
 
-pub use app::{App, Limits, Live};
 pub use auth::{Reject, UpgradeRequest};
+pub use conn::Limits;
 pub use ctx::Ctx;
 pub use error::{Issue, LiveError};
+pub use merge::Merge;
+pub use registry::{App, Live};
 pub use room::{Cursors, Room, RoomCtx};
 pub use server::{Running, Server, ServerConfig};
-pub use stream::{Merge, Stream};
+pub use stream::Stream;
 
 /// The README's examples are compiled as doctests, so they keep working as written.
 #[cfg(doctest)]

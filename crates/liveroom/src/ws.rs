@@ -9,29 +9,7 @@ use base64::Engine;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sha1::{Digest, Sha1};
 
-/// Close codes liveroom sends.
-pub mod close {
-    /// Normal closure.
-    pub const NORMAL: u16 = 1000;
-    /// Server going away (shutdown).
-    pub const GOING_AWAY: u16 = 1001;
-    /// Protocol error (bad framing).
-    pub const PROTOCOL: u16 = 1002;
-    /// Policy violation (a refused Origin); terminal for the client.
-    pub const POLICY: u16 = 1008;
-    /// Text frame with invalid UTF-8.
-    pub const INVALID_DATA: u16 = 1007;
-    /// Message too big.
-    pub const TOO_BIG: u16 = 1009;
-    /// Internal error.
-    pub const INTERNAL: u16 = 1011;
-    /// Try again later: the slow-consumer cut-off.
-    pub const TRY_AGAIN: u16 = 1013;
-    /// Upgrade hook said unauthenticated.
-    pub const UNAUTHENTICATED: u16 = 4401;
-    /// Upgrade hook said forbidden.
-    pub const FORBIDDEN: u16 = 4403;
-}
+use crate::close;
 
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use liveroom::ServerConfig;
+use liveroom::{Limits, ServerConfig};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -26,7 +26,10 @@ fn metric(name: &str) -> u64 {
 async fn slow_consumer_is_cut_off_with_1013_and_fast_one_gets_everything() {
     let _serial = SERIAL.lock().await;
     let config = ServerConfig {
-        outbox_bytes: 64 * 1024,
+        limits: Limits {
+            outbox_bytes: 64 * 1024,
+            ..Limits::default()
+        },
         ..config()
     };
     let server = start_with(test_app().0, config).await;
@@ -136,7 +139,10 @@ async fn slow_consumer_is_cut_off_with_1013_and_fast_one_gets_everything() {
 async fn a_cut_off_peer_that_never_reads_is_dropped() {
     let _serial = SERIAL.lock().await;
     let config = ServerConfig {
-        outbox_bytes: 64 * 1024,
+        limits: Limits {
+            outbox_bytes: 64 * 1024,
+            ..Limits::default()
+        },
         ..config()
     };
     let server = start_with(test_app().0, config).await;
@@ -178,13 +184,14 @@ async fn a_cut_off_peer_that_never_reads_is_dropped() {
 #[tokio::test]
 async fn metrics_list_every_series() {
     let _serial = SERIAL.lock().await;
-    let lobby =
-        liveroom::Room::new(|_ctx: &liveroom::Ctx, (): &()| "lobby".to_owned()).cursors(true);
     let config = ServerConfig {
-        outbox_bytes: 4 * 1024,
+        limits: Limits {
+            outbox_bytes: 4 * 1024,
+            ..Limits::default()
+        },
         ..config()
     };
-    let server = start_with(test_app().0.room("collab", "lobby", lobby), config).await;
+    let server = start_with(test_app().0, config).await;
     let p = Peer::guest(&server).await;
     p.stream("collab/lobby/__data", json!([])).await.unwrap();
     p.stream("test/items", json!([])).await.unwrap();

@@ -73,7 +73,7 @@ async fn seed_room_through_the_hooks() {
         .stream("collab/board/__data", json!(["b1"]))
         .await
         .map(|r| r.data);
-    assert_eq!(code_of(r), "UNAUTHORIZED");
+    assert_eq!(code_of(r), "UNAUTHENTICATED");
 
     // A late joiner gets the card, the roster and bob's cursor.
     let carol = connect(addr, "user=carol").await;

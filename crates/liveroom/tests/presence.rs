@@ -13,7 +13,7 @@ const PAST_GRACE: Duration = Duration::from_millis(600);
 
 #[tokio::test]
 async fn two_users_see_each_other_and_the_joiner_sees_itself() {
-    let (app, _) = rooms_app(GRACE);
+    let (app, _) = test_app_with(GRACE);
     let server = start(app).await;
     let mut alice = Peer::connect(&server, "user=alice&name=Alice").await;
     let a = enter_board(&alice, "b1").await;
@@ -46,7 +46,7 @@ async fn two_users_see_each_other_and_the_joiner_sees_itself() {
 
 #[tokio::test]
 async fn two_tabs_one_join_and_one_leave_after_the_grace() {
-    let (app, state) = rooms_app(GRACE);
+    let (app, state) = test_app_with(GRACE);
     let server = start(app).await;
     let mut obs = observe_board(&server, "b1").await;
     let tab1 = Peer::user(&server, "alice").await;
@@ -78,7 +78,7 @@ async fn two_tabs_one_join_and_one_leave_after_the_grace() {
 
 #[tokio::test]
 async fn reload_inside_the_grace_produces_neither_leave_nor_join() {
-    let (app, state) = rooms_app(GRACE);
+    let (app, state) = test_app_with(GRACE);
     let server = start(app).await;
     let mut obs = observe_board(&server, "b1").await;
     let tab = Peer::user(&server, "alice").await;
@@ -118,7 +118,7 @@ async fn reload_inside_the_grace_produces_neither_leave_nor_join() {
 
 #[tokio::test]
 async fn wire_unsubscribe_of_the_data_topic_ends_membership() {
-    let (app, state) = rooms_app(GRACE);
+    let (app, state) = test_app_with(GRACE);
     let server = start(app).await;
     let mut obs = observe_board(&server, "b1").await;
     let alice = Peer::user(&server, "alice").await;
@@ -143,7 +143,7 @@ async fn wire_unsubscribe_of_the_data_topic_ends_membership() {
 
 #[tokio::test]
 async fn guard_denial_returns_the_code_and_nobody_sees_a_join() {
-    let (app, state) = rooms_app(GRACE);
+    let (app, state) = test_app_with(GRACE);
     let server = start(app).await;
     let mut member = Peer::user(&server, "alice").await;
     enter_board(&member, "b1").await;
@@ -156,7 +156,7 @@ async fn guard_denial_returns_the_code_and_nobody_sees_a_join() {
     }
     let guest = Peer::guest(&server).await;
     for r in try_enter(&guest, "collab/board", json!(["b1"])).await {
-        assert_eq!(r["code"], "UNAUTHORIZED", "{r}");
+        assert_eq!(r["code"], "UNAUTHENTICATED", "{r}");
         assert_eq!(r["error"], "Sign in first");
     }
     // Denied actions publish nothing either.
@@ -192,7 +192,7 @@ async fn guard_denial_returns_the_code_and_nobody_sees_a_join() {
 
 #[tokio::test]
 async fn observers_are_not_members() {
-    let (app, state) = rooms_app(GRACE);
+    let (app, state) = test_app_with(GRACE);
     let server = start(app).await;
     let mut alice = Peer::user(&server, "alice").await;
     enter_board(&alice, "b1").await;
@@ -218,7 +218,7 @@ async fn observers_are_not_members() {
 
 #[tokio::test]
 async fn hooks_fire_once_per_actual_join_and_leave() {
-    let (app, state) = rooms_app(GRACE);
+    let (app, state) = test_app_with(GRACE);
     let server = start(app).await;
     let mut obs = observe_board(&server, "b1").await;
     let a1 = Peer::user(&server, "alice").await;
@@ -254,7 +254,7 @@ async fn hooks_fire_once_per_actual_join_and_leave() {
 
 #[tokio::test]
 async fn null_presence_counts_but_is_not_listed() {
-    let (app, state) = rooms_app(GRACE);
+    let (app, state) = test_app_with(GRACE);
     let server = start(app).await;
     let mut obs = observe_board(&server, "b1").await;
     let ghost = Peer::connect(&server, "user=ghost&hidden=1").await;
@@ -278,7 +278,7 @@ async fn null_presence_counts_but_is_not_listed() {
 
 #[tokio::test]
 async fn guests_get_per_connection_keys() {
-    let (app, _) = rooms_app(GRACE);
+    let (app, _) = test_app_with(GRACE);
     let server = start(app).await;
     let mut g1 = Peer::guest(&server).await;
     let r1 = try_enter(&g1, "collab/lobby", json!([])).await;
@@ -350,7 +350,7 @@ async fn identity_keys_follow_the_protocol_rules() {
 
 #[tokio::test]
 async fn a_failed_data_load_leaves_no_ghost() {
-    let (app, _) = rooms_app(GRACE);
+    let (app, _) = test_app_with(GRACE);
     let server = start(app).await;
     let mut observer = observe_board(&server, "broken").await;
     let alice = Peer::user(&server, "alice").await;

@@ -15,11 +15,11 @@ use tokio::sync::{mpsc, Notify};
 async fn stream_reply_shapes() {
     let server = start(test_app().0).await;
     let p = Peer::guest(&server).await;
-    let items = p.reply_to(stream_call("test/items", json!([]))).await;
-    let id = items["id"].clone();
+    let recent = p.reply_to(stream_call("test/recent", json!([]))).await;
+    let id = recent["id"].clone();
     assert_eq!(
-        items,
-        json!({"id":id,"ok":true,"data":[],"topic":"items","merge":"crud","key":"id","max":10,"prepend":true})
+        recent,
+        json!({"id":id,"ok":true,"data":[],"topic":"recent","merge":"crud","key":"id","max":10,"prepend":true})
     );
     let feed = p.reply_to(stream_call("test/feed", json!([]))).await;
     let id = feed["id"].clone();

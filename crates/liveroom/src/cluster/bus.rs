@@ -6,8 +6,10 @@
 //! `<replica id>|<envelope>`: the envelope is forwarded as is, and a replica skips its own echo.
 //! Publishes are queued (bounded) and sent as pipelines by one task.
 
-use super::{ClusterConfig, Redis};
-use crate::app::{BoxFuture, Live};
+use super::breaker::Redis;
+use super::config::ClusterConfig;
+use crate::registry::Live;
+use futures_util::future::BoxFuture;
 use crate::hub::Bus;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -298,7 +300,7 @@ impl Bus for RedisBus {
         });
     }
 
-    fn load_cursors(&self, cursor_topic: &str) -> BoxFuture<Option<Vec<serde_json::Value>>> {
+    fn load_cursors(&self, cursor_topic: &str) -> BoxFuture<'static, Option<Vec<serde_json::Value>>> {
         let hash = format!("{CURSORS_PREFIX}{cursor_topic}");
         let redis = self.redis.clone();
         Box::pin(async move {
@@ -314,7 +316,7 @@ impl Bus for RedisBus {
         })
     }
 
-    fn ready(&self, topic: &str) -> BoxFuture<()> {
+    fn ready(&self, topic: &str) -> BoxFuture<'static, ()> {
         if !self.connected() || self.subscribed.lock().unwrap().contains(topic) {
             return Box::pin(async {});
         }

@@ -12,8 +12,9 @@
 
 use super::bus::RedisBus;
 use super::presence::{owned_key, scripts, RedisPresence, PRESENCE_PREFIX};
-use super::{ClusterConfig, Redis};
-use crate::app::Live;
+use super::breaker::Redis;
+use super::config::ClusterConfig;
+use crate::registry::Live;
 use serde_json::json;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -120,7 +121,7 @@ impl Cluster {
     }
 
     /// Refreshes the lease. `Ok(false)`: the lease had expired (or never existed).
-    async fn renew(&self, registered: bool) -> Result<bool, super::RedisDown> {
+    async fn renew(&self, registered: bool) -> Result<bool, super::breaker::RedisDown> {
         let key = lease_key(&self.replica);
         let ms = self.config.lease.as_millis() as u64;
         if !registered {

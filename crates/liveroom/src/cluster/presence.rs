@@ -8,8 +8,8 @@
 //! - `__live-owned:<replica>`: HASH, `<topic>\n<identity>` = what this replica added, so its
 //!   contributions can be removed exactly when it dies.
 
-use super::{Redis, RedisDown};
-use crate::room::presence::{PresenceStore, StoreFuture};
+use super::breaker::{Redis, RedisDown};
+use crate::presence_store::{PresenceStore, StoreFuture};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,113 +1,19 @@
 //! Presence: who is in a room.
 //!
 //! Two layers, so that reloads never flicker and clusters stay consistent:
-//! - [`Tracker`] (per process): counts this process's sockets per (room topic, identity) and
-//!   runs the leave grace. Only its 0→1 and (after the grace) 1→0 transitions reach the store.
+//! - [`Tracker`] (per process, here): counts this process's sockets per (room topic, identity)
+//!   and runs the leave grace. Only its 0→1 and (after the grace) 1→0 transitions reach the
+//!   store.
 //! - [`PresenceStore`] (in memory, or Redis in cluster mode): counts processes per identity and
 //!   says whether a transition is the first join or the last leave anywhere, which decides who
 //!   publishes `join` and `leave`.
 
 use crate::hub::Hub;
+use crate::presence_store::PresenceStore;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// A boxed future returned by [`PresenceStore`] methods.
-pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Where presence counts live: in this process ([`MemoryPresence`]) or shared by replicas.
-///
-/// Each method is called once per *process-level* transition: `join` when the first local
-/// socket of an identity subscribes, `leave` when the last one is gone and its grace ran out.
-pub trait PresenceStore: Send + Sync + 'static {
-    /// Counts `key` in `topic`; `data` (`None`: counted, not listed) is stored first.
-    /// Returns `true` if this made the identity present anywhere (publish `join`).
-    fn join<'a>(
-        &'a self,
-        topic: &'a str,
-        key: &'a str,
-        data: Option<&'a Value>,
-    ) -> StoreFuture<'a, bool>;
-    /// Uncounts `key` in `topic`. Returns `true` if the identity is now gone everywhere
-    /// (publish `leave`).
-    fn leave<'a>(&'a self, topic: &'a str, key: &'a str) -> StoreFuture<'a, bool>;
-    /// Replaces the presence data of a member that is already counted.
-    fn update<'a>(&'a self, topic: &'a str, key: &'a str, data: &'a Value) -> StoreFuture<'a, ()>;
-    /// The listed members of `topic`: `(key, data)` for every present identity with data.
-    fn roster<'a>(&'a self, topic: &'a str) -> StoreFuture<'a, Vec<(String, Value)>>;
-}
-
-/// Members of one room: identity -> (count, data).
-type RoomCounts = HashMap<String, (usize, Option<Value>)>;
-
-/// The zero-config store: counts in this process's memory. Empty rooms are dropped.
-#[derive(Debug, Default)]
-pub struct MemoryPresence {
-    rooms: Mutex<HashMap<String, RoomCounts>>,
-}
-
-impl PresenceStore for MemoryPresence {
-    fn join<'a>(
-        &'a self,
-        topic: &'a str,
-        key: &'a str,
-        data: Option<&'a Value>,
-    ) -> StoreFuture<'a, bool> {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = rooms
-            .entry(topic.to_owned())
-            .or_default()
-            .entry(key.to_owned())
-            .or_insert((0, None));
-        entry.0 += 1;
-        entry.1 = data.cloned();
-        let first = entry.0 == 1;
-        Box::pin(async move { first })
-    }
-
-    fn leave<'a>(&'a self, topic: &'a str, key: &'a str) -> StoreFuture<'a, bool> {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        let mut last = false;
-        if let Some(room) = rooms.get_mut(topic) {
-            if let Some(entry) = room.get_mut(key) {
-                entry.0 = entry.0.saturating_sub(1);
-                if entry.0 == 0 {
-                    room.remove(key);
-                    last = true;
-                }
-            }
-            if room.is_empty() {
-                rooms.remove(topic);
-            }
-        }
-        Box::pin(async move { last })
-    }
-
-    fn update<'a>(&'a self, topic: &'a str, key: &'a str, data: &'a Value) -> StoreFuture<'a, ()> {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(entry) = rooms.get_mut(topic).and_then(|r| r.get_mut(key)) {
-            entry.1 = Some(data.clone());
-        }
-        Box::pin(async {})
-    }
-
-    fn roster<'a>(&'a self, topic: &'a str) -> StoreFuture<'a, Vec<(String, Value)>> {
-        let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        let mut list: Vec<(String, Value)> = rooms
-            .get(topic)
-            .map(|room| {
-                room.iter()
-                    .filter_map(|(k, (_, d))| Some((k.clone(), d.clone()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        list.sort_by(|a, b| a.0.cmp(&b.0));
-        Box::pin(async move { list })
-    }
-}
 
 /// A join or leave, as given to `on_join` / `on_leave`.
 #[derive(Debug, Clone)]
@@ -320,6 +226,7 @@ fn publish(hub: &Hub, topic: &str, event: &str, data: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::presence_store::MemoryPresence;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn tracker(grace_ms: u64) -> (Arc<Tracker>, Arc<AtomicUsize>, Arc<AtomicUsize>) {

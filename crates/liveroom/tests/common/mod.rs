@@ -5,10 +5,13 @@
 #![allow(dead_code)]
 
 use bytes::{Buf, BufMut, BytesMut};
-use liveroom::{App, Reject, Running, Server, ServerConfig, UpgradeRequest};
+use liveroom::{App, Running, Server, ServerConfig};
 use liveroom_client::Client;
+#[allow(unused_imports)] // not every test binary builds its own app
+pub use liveroom_testserver::{with_auth, Options, State};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -40,26 +43,6 @@ pub async fn start_with(app: App, config: ServerConfig) -> Running {
         .start()
         .await
         .expect("server starts")
-}
-
-/// The upgrade hook of the tests: `?user=<id>&name=<name>` is a user, `?reject=401|403` is
-/// refused, anything else is a guest. `?hidden=1` marks a user whose presence is `null` in rooms
-/// that honour it.
-pub fn with_auth(app: App) -> App {
-    app.authenticate(|req: UpgradeRequest| async move {
-        match req.query("reject") {
-            Some("401") => return Err(Reject::Unauthenticated),
-            Some("403") => return Err(Reject::Forbidden),
-            _ => {}
-        }
-        Ok(req.query("user").map(|id| {
-            json!({
-                "id": id,
-                "name": req.query("name").unwrap_or(id),
-                "hidden": req.query("hidden").is_some(),
-            })
-        }))
-    })
 }
 
 /// `ws://<addr>/ws?<query>`.
@@ -175,6 +158,31 @@ impl Peer {
             .find(&what, WAIT, |f| f["topic"] == topic && f["event"] == event)
             .await;
         f["data"].take()
+    }
+
+    /// Waits (up to [`WAIT`]) until `n` frames on `topic` arrived and returns them in order.
+    /// Follow with [`Peer::quiet`] to rule out more.
+    pub async fn take(&mut self, topic: &str, n: usize) -> Vec<Value> {
+        self.take_where(&format!("frame on `{topic}`"), n, |f| f["topic"] == topic)
+            .await
+    }
+
+    /// Waits (up to [`WAIT`]) until `n` frames matching `pred` arrived and returns them in
+    /// order; other frames stay buffered.
+    pub async fn take_where(
+        &mut self,
+        what: &str,
+        n: usize,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + WAIT;
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let what = format!("{what} ({} of {n})", got.len() + 1);
+            got.push(self.find(&what, left, &pred).await);
+        }
+        got
     }
 
     /// Waits for a frame with `"type": ty` (acks, errors).
@@ -469,243 +477,17 @@ impl RawWs {
     }
 }
 
-/// State the core test app shares with the tests.
-#[derive(Default)]
-pub struct TestState {
-    /// Names logged by `test/log`, in completion order.
-    pub log: std::sync::Mutex<Vec<String>>,
+/// The shared test app (`liveroom-testserver`'s) with the default 5 s leave grace.
+pub fn test_app() -> (App, Arc<State>) {
+    test_app_with(Duration::from_secs(5))
 }
 
-/// The core test app: plain RPCs and streams of every kind, behind [`with_auth`]. Topics
-/// starting with `open:` may be subscribed from the wire.
-pub fn test_app() -> (App, std::sync::Arc<TestState>) {
-    use liveroom::{Ctx, LiveError, Merge, Stream};
-    let state = std::sync::Arc::new(TestState::default());
-    let log = state.clone();
-    let app = App::new()
-        .rpc("test/echo", |_ctx: Ctx, args: Vec<Value>| async move {
-            Ok(args)
-        })
-        .rpc("test/add", |_ctx: Ctx, (a, b): (i64, i64)| async move {
-            Ok(a + b)
-        })
-        .rpc(
-            "test/fail",
-            |_ctx: Ctx, (code, message): (String, String)| async move {
-                Err::<(), _>(LiveError::new(code, message))
-            },
-        )
-        .rpc(
-            "test/validate",
-            |_ctx: Ctx, (title,): (String,)| async move {
-                if title.is_empty() {
-                    return Err(LiveError::validation("title", "must not be empty"));
-                }
-                Ok(title)
-            },
-        )
-        .rpc("test/leak", |_ctx: Ctx, (): ()| async move {
-            Err::<(), _>(std::io::Error::other(
-                "password=hunter2 on db.internal:5432",
-            ))?;
-            Ok(())
-        })
-        .rpc(
-            "test/publish",
-            |ctx: Ctx, (topic, event, data): (String, String, Value)| async move {
-                ctx.publish(&topic, &event, &data)
-            },
-        )
-        .rpc("test/slow", |_ctx: Ctx, (ms,): (u64,)| async move {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            Ok(ms)
-        })
-        .rpc("test/log", move |_ctx: Ctx, (name, ms): (String, u64)| {
-            let log = log.clone();
-            async move {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                log.log.lock().unwrap().push(name.clone());
-                Ok(name)
-            }
-        })
-        .rpc("test/whoami", |ctx: Ctx, (): ()| async move {
-            Ok(json!({ "identity": ctx.identity(), "user": ctx.user(), "guest": ctx.is_guest() }))
-        })
-        .stream(
-            "test/items",
-            Stream::new("items").merge(Merge::crud("id").prepend().max(10)),
-        )
-        .stream("test/feed", Stream::new("feed").merge(Merge::latest(5)))
-        .stream(
-            "test/value",
-            Stream::new("value")
-                .init(|_ctx, ()| async { Ok::<_, LiveError>(json!({ "n": 0 })) })
-                .merge(Merge::set()),
-        )
-        .stream(
-            "test/topic",
-            Stream::with_topic(|_ctx, (name,): &(String,)| format!("t:{name}")),
-        )
-        .stream(
-            "test/denied",
-            Stream::new("denied").guard(|_ctx, ()| async { Err(LiveError::forbidden("never")) }),
-        )
-        .stream(
-            "test/broken",
-            Stream::new("broken").init(|_ctx, ()| async {
-                Err::<(), _>(std::io::Error::other("database password=hunter2"))?;
-                Ok(())
-            }),
-        )
-        .stream("test/reserved", Stream::new("__sneaky"))
-        .allow_subscribe(|_ctx, topic| topic.starts_with("open:"));
-    (with_auth(app), state)
-}
-
-/// State the rooms test app shares with the tests.
-#[derive(Default)]
-pub struct RoomsState {
-    /// Cards per board id.
-    pub cards: std::sync::Mutex<std::collections::HashMap<String, Vec<Value>>>,
-    /// `on_join` / `on_leave` calls of the board room, as `(topic, key)`.
-    pub joins: std::sync::Mutex<Vec<(String, String)>>,
-    pub leaves: std::sync::Mutex<Vec<(String, String)>>,
-    next: std::sync::atomic::AtomicU64,
-}
-
-impl RoomsState {
-    pub fn joins_of(&self, key: &str) -> usize {
-        self.joins
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, k)| k == key)
-            .count()
-    }
-    pub fn leaves_of(&self, key: &str) -> usize {
-        self.leaves
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, k)| k == key)
-            .count()
-    }
-}
-
-/// The rooms test app, behind [`with_auth`]:
-/// - `collab/board` is the seed example: topic `board:<id>`, cards as initial data, presence
-///   `{name}` (`null` for `?hidden=1` users), cursors (50 ms), a guard requiring a user (and
-///   refusing `mallory`), and `addCard` publishing `created`.
-/// - `collab/pair` takes two room args (`pair:<a>:<b>`); its `note` action echoes every arg.
-/// - `collab/lobby` lets guests in; `collab/vault`'s guard fails with a plain error.
-pub fn rooms_app(grace: Duration) -> (App, std::sync::Arc<RoomsState>) {
-    use liveroom::{Ctx, Cursors, LiveError, Room, RoomCtx};
-    use std::sync::atomic::Ordering;
-    let state = std::sync::Arc::new(RoomsState::default());
-    let (init_s, add_s, join_s, leave_s) =
-        (state.clone(), state.clone(), state.clone(), state.clone());
-    let board = Room::new(|_ctx: &Ctx, (id,): &(String,)| format!("board:{id}"))
-        .args(["boardId"])
-        .init(move |_ctx, (id,): (String,)| {
-            let cards = init_s.cards.lock().unwrap().get(&id).cloned();
-            async move {
-                if id == "broken" {
-                    return Err(LiveError::from(std::io::Error::other("database is down")));
-                }
-                Ok(cards.unwrap_or_default())
-            }
-        })
-        .presence(|ctx| {
-            let user = ctx.user().cloned().unwrap_or_default();
-            if user["hidden"] == true {
-                Value::Null
-            } else {
-                json!({ "name": user["name"] })
-            }
-        })
-        .cursors(Cursors::throttle(Duration::from_millis(50)))
-        .grace(grace)
-        .guard(|ctx, (_id,)| async move {
-            if ctx.is_guest() {
-                return Err(LiveError::new("UNAUTHORIZED", "Sign in first"));
-            }
-            if ctx.identity() == "mallory" {
-                return Err(LiveError::forbidden("banned"));
-            }
-            Ok(())
-        })
-        .action(
-            "addCard",
-            move |ctx: RoomCtx, (id,): (String,), (title,): (String,)| {
-                let state = add_s.clone();
-                async move {
-                    let n = state.next.fetch_add(1, Ordering::SeqCst) + 1;
-                    let card =
-                        json!({ "id": format!("c{n}"), "title": title, "by": ctx.identity() });
-                    state
-                        .cards
-                        .lock()
-                        .unwrap()
-                        .entry(id)
-                        .or_default()
-                        .push(card.clone());
-                    ctx.publish("created", &card)?;
-                    Ok(card)
-                }
-            },
-        )
-        .action_args("addCard", ["title"])
-        .action("fail", |_ctx: RoomCtx, _: (String,), (): ()| async move {
-            Err::<(), _>(LiveError::new("BOOM", "on purpose"))
-        })
-        .on_join(move |e| {
-            join_s
-                .joins
-                .lock()
-                .unwrap()
-                .push((e.topic.to_string(), e.key.to_string()));
-        })
-        .on_leave(move |e| {
-            leave_s
-                .leaves
-                .lock()
-                .unwrap()
-                .push((e.topic.to_string(), e.key.to_string()));
-        });
-    let pair = Room::new(|_ctx: &Ctx, (a, b): &(String, String)| format!("pair:{a}:{b}"))
-        .presence(|ctx| json!({ "id": ctx.identity() }))
-        .grace(grace)
-        .action(
-            "note",
-            |ctx: RoomCtx, (a, b): (String, String), (text, n): (String, i64)| async move {
-                let note = json!({ "id": format!("{a}-{b}-{n}"), "a": a, "b": b, "text": text, "n": n, "topic": ctx.topic() });
-                ctx.publish("created", &note)?;
-                Ok(note)
-            },
-        );
-    let lobby = Room::new(|_ctx: &Ctx, (): &()| "lobby".to_owned())
-        .presence(|ctx| json!({ "guest": ctx.is_guest() }))
-        .cursors(true)
-        .grace(grace);
-    let vault = Room::new(|_ctx: &Ctx, (id,): &(String,)| format!("vault:{id}"))
-        .grace(grace)
-        .guard(|_ctx, (_id,): (String,)| async move {
-            Err::<(), _>(std::io::Error::other("vault backend is down"))?;
-            Ok(())
-        })
-        .action("open", |_ctx: RoomCtx, _: (String,), (): ()| async move {
-            Ok("opened")
-        });
-    let app = App::new()
-        .room("collab", "board", board)
-        .room("collab", "pair", pair)
-        .room("collab", "lobby", lobby)
-        .room("collab", "vault", vault)
-        .rpc(
-            "test/add",
-            |_ctx: liveroom::Ctx, (a, b): (i64, i64)| async move { Ok(a + b) },
-        );
-    (with_auth(app), state)
+/// The shared test app with a leave grace of `grace`.
+pub fn test_app_with(grace: Duration) -> (App, Arc<State>) {
+    liveroom_testserver::app(&Options {
+        grace,
+        ..Options::default()
+    })
 }
 
 /// The three stream replies of a room page.

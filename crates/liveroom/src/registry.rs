@@ -1,81 +1,33 @@
 //! [`App`], the registry builder, and [`Live`], the built registry that serves connections.
+//!
+//! The registry maps paths to what they resolve to ([`Entry`]): an RPC, a stream, one of a
+//! room's streams, or a room action. Layers above extend [`Live`] where they need to: the
+//! manifest (`manifest.rs`) and the connection hooks (`session`).
 
 use crate::auth::{AuthFn, Reject, UpgradeRequest};
+use crate::conn::Limits;
 use crate::ctx::Ctx;
-use crate::error::{code, LiveError};
+use crate::error::LiveError;
+use crate::handler::{erase_call, CallFn};
 use crate::hub::Hub;
-use crate::room::presence::{MemoryPresence, PresenceStore};
-use crate::room::{Room, RoomArgs, RoomDef, RoomPart};
-use crate::session::Session;
+use crate::presence_store::{MemoryPresence, PresenceStore};
+use crate::room::def::{RoomDef, RoomPart};
+use crate::room::{Room, RoomArgs};
 use crate::stream::{Stream, StreamDef};
+use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::value::RawValue;
-use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use serde_json::Value;
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
-/// A boxed, sendable future.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type BuildHook = Box<dyn FnOnce(&Live) + Send>;
-type ShutdownHook = Arc<dyn Fn() -> BoxFuture<()> + Send + Sync>;
-pub(crate) type Reply = Result<Box<RawValue>, LiveError>;
-type RpcFn = Arc<dyn Fn(Ctx, Vec<Value>) -> BoxFuture<Reply> + Send + Sync>;
+type ShutdownHook = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 type SubscribeFilter = Arc<dyn Fn(&Ctx, &str) -> bool + Send + Sync>;
 
-/// Deserializes a call's `args` array into the handler's argument type.
-pub(crate) fn args_from<A: DeserializeOwned>(args: Vec<Value>) -> Result<A, LiveError> {
-    // serde reads `()` from `null`, not from `[]`: an empty args list means "no args".
-    if args.is_empty() {
-        if let Ok(a) = serde_json::from_value(Value::Null) {
-            return Ok(a);
-        }
-    }
-    serde_json::from_value(Value::Array(args))
-        .map_err(|e| LiveError::invalid(format!("invalid args: {e}")))
-}
-
-/// Serializes a handler's result once, into the bytes that go on the wire.
-pub(crate) fn to_raw<T: Serialize>(value: T) -> Reply {
-    serde_json::value::to_raw_value(&value).map_err(|e| {
-        tracing::error!(error = %e, "result does not serialize");
-        LiveError::internal()
-    })
-}
-
-/// Type-erases an initial-data loader: its result is serialized once, for the wire.
-pub(crate) fn erase_init<A, F, Fut, T>(
-    init: F,
-) -> Arc<dyn Fn(Ctx, A) -> BoxFuture<Reply> + Send + Sync>
-where
-    F: Fn(Ctx, A) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<T, LiveError>> + Send + 'static,
-    T: Serialize,
-{
-    Arc::new(move |ctx, args| {
-        let fut = init(ctx, args);
-        Box::pin(async move { to_raw(fut.await?) })
-    })
-}
-
-/// A guard that failed with a plain (non-`LiveError`) error: `UNAUTHENTICATED` without a user
-/// identity, else `FORBIDDEN` (protocol.md section 3).
-pub(crate) fn guard_error(ctx: &Ctx, e: LiveError) -> LiveError {
-    if e.code() != code::INTERNAL_ERROR {
-        return e;
-    }
-    if ctx.is_guest() {
-        LiveError::unauthenticated("Sign in required")
-    } else {
-        LiveError::forbidden("Forbidden")
-    }
-}
-
 pub(crate) struct RpcDef {
-    pub call: RpcFn,
+    pub call: CallFn,
     pub arg_names: Vec<String>,
 }
 
@@ -83,25 +35,10 @@ pub(crate) struct RpcDef {
 pub(crate) enum Entry {
     Rpc(RpcDef),
     Stream(StreamDef),
+    /// One of a room's streams, or its `__cursor`.
     Room(Arc<RoomDef>, RoomPart),
-}
-
-/// Limits applied to every connection.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Most unsent bytes queued for one connection before it is cut off with 1013.
-    pub outbox_bytes: usize,
-    /// Largest client message accepted; larger ones close the socket with 1009.
-    pub max_message: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            outbox_bytes: 1 << 20,
-            max_message: 1 << 20,
-        }
-    }
+    /// A room action: a call whose guard and topic are its room's.
+    Action(CallFn),
 }
 
 /// The registry builder: RPCs, streams and rooms at paths, plus the upgrade hook.
@@ -174,19 +111,11 @@ impl App {
         F: Fn(Ctx, A) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<R, LiveError>> + Send + 'static,
     {
-        let handler = Arc::new(handler);
-        let call: RpcFn = Arc::new(move |ctx, args| {
-            let parsed = args_from::<A>(args);
-            let handler = handler.clone();
-            Box::pin(async move { to_raw(handler(ctx, parsed?).await?) })
-        });
-        self.insert(
-            path.to_owned(),
-            Entry::Rpc(RpcDef {
-                call,
-                arg_names: Vec::new(),
-            }),
-        );
+        let rpc = RpcDef {
+            call: erase_call(handler),
+            arg_names: Vec::new(),
+        };
+        self.insert(path.to_owned(), Entry::Rpc(rpc));
         self
     }
 
@@ -232,6 +161,12 @@ impl App {
             self.insert(
                 format!("{module}/{name}/{suffix}"),
                 Entry::Room(def.clone(), part),
+            );
+        }
+        for (action, a) in def.actions() {
+            self.insert(
+                format!("{module}/{name}/__action/{action}"),
+                Entry::Action(a.call.clone()),
             );
         }
         self.rooms.push(def);
@@ -287,7 +222,10 @@ impl App {
     }
 
     /// Runs `hook` at graceful shutdown, after presence was released.
-    pub fn on_shutdown(mut self, hook: impl Fn() -> BoxFuture<()> + Send + Sync + 'static) -> Self {
+    pub fn on_shutdown(
+        mut self,
+        hook: impl Fn() -> BoxFuture<'static, ()> + Send + Sync + 'static,
+    ) -> Self {
         self.on_shutdown.push(Arc::new(hook));
         self
     }
@@ -326,21 +264,21 @@ impl App {
     }
 }
 
-pub(crate) struct Inner {
-    pub entries: HashMap<String, Entry>,
-    pub rooms: Vec<Arc<RoomDef>>,
-    pub hub: Arc<Hub>,
-    pub auth: Option<AuthFn>,
-    pub allow_subscribe: Option<SubscribeFilter>,
-    pub presence: Arc<dyn PresenceStore>,
-    pub limits: Limits,
-    pub on_shutdown: Vec<ShutdownHook>,
+struct Inner {
+    entries: HashMap<String, Entry>,
+    rooms: Vec<Arc<RoomDef>>,
+    hub: Arc<Hub>,
+    auth: Option<AuthFn>,
+    allow_subscribe: Option<SubscribeFilter>,
+    presence: Arc<dyn PresenceStore>,
+    limits: Limits,
+    on_shutdown: Vec<ShutdownHook>,
 }
 
 /// A built registry: cheap to clone, shared by every connection.
 #[derive(Clone)]
 pub struct Live {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Live {
@@ -386,22 +324,6 @@ impl Live {
         }
     }
 
-    /// The connection hooks: everything needed to run this registry inside your own WebSocket
-    /// server (see `examples/custom_server.rs`).
-    pub fn hooks(&self) -> crate::session::Hooks {
-        crate::session::Hooks::new(self.clone(), None)
-    }
-
-    /// Hooks restricted to one room's paths: calls to other paths answer `NOT_FOUND`.
-    pub fn room_hooks(&self, module: &str, name: &str) -> crate::session::Hooks {
-        crate::session::Hooks::new(self.clone(), Some(format!("{module}/{name}/")))
-    }
-
-    /// Opens a session for `user` (what the server does after a successful upgrade).
-    pub fn connect(&self, user: Option<Value>) -> Session {
-        Session::new(self.clone(), user, None)
-    }
-
     /// Leaves every room promptly (graceful shutdown): presence `leave` events go out now
     /// instead of after the grace.
     pub async fn release_presence(&self) {
@@ -426,47 +348,23 @@ impl Live {
         }
     }
 
-    /// Describes the registry for code generators (served at `/__live/manifest.json`).
-    pub fn manifest(&self) -> Value {
-        let mut modules: BTreeMap<String, Value> = BTreeMap::new();
-        let module_of = |path: &str| -> (String, String) {
-            let (m, n) = path.rsplit_once('/').unwrap_or(("", path));
-            (m.to_owned(), n.to_owned())
-        };
-        let mut paths: Vec<&String> = self.inner.entries.keys().collect();
-        paths.sort();
-        for path in paths {
-            let (m, n) = module_of(path);
-            let module = modules
-                .entry(m.clone())
-                .or_insert_with(|| json!({ "rooms": {}, "streams": {}, "rpcs": {} }));
-            match &self.inner.entries[path] {
-                Entry::Rpc(def) => {
-                    module["rpcs"][n] = json!({ "args": def.arg_names });
-                }
-                Entry::Stream(def) => {
-                    let mut d = def.merge.describe();
-                    d["args"] = json!(def.arg_names);
-                    module["streams"][n] = d;
-                }
-                Entry::Room(..) => {}
-            }
-        }
-        for room in &self.inner.rooms {
-            let module = modules
-                .entry(room.module.clone())
-                .or_insert_with(|| json!({ "rooms": {}, "streams": {}, "rpcs": {} }));
-            module["rooms"][&room.name] = room.describe();
-        }
-        // Room paths live under "<module>/<room>", which would otherwise show up as modules.
-        for room in &self.inner.rooms {
-            let prefix = format!("{}/{}", room.module, room.name);
-            modules.retain(|k, _| *k != prefix && !k.starts_with(&format!("{prefix}/")));
-        }
-        json!({ "version": 1, "modules": modules })
-    }
-
     pub(crate) fn entry(&self, path: &str) -> Option<&Entry> {
         self.inner.entries.get(path)
+    }
+
+    pub(crate) fn entries(&self) -> &HashMap<String, Entry> {
+        &self.inner.entries
+    }
+
+    pub(crate) fn rooms(&self) -> &[Arc<RoomDef>] {
+        &self.inner.rooms
+    }
+
+    /// Whether [`App::allow_subscribe`] lets `ctx` subscribe to `topic` from the wire.
+    pub(crate) fn may_subscribe(&self, ctx: &Ctx, topic: &str) -> bool {
+        self.inner
+            .allow_subscribe
+            .as_ref()
+            .is_some_and(|f| f(ctx, topic))
     }
 }

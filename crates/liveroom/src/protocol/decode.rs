@@ -1,12 +1,10 @@
-//! The wire protocol (protocol.md sections 1-4): decoding client frames and encoding server frames.
+//! Client frames (protocol.md sections 2-4): what a client may send, and the strict decoder.
 //!
-//! Decoding is strict and never panics: every malformed frame becomes a [`FrameError`] that names
-//! what is wrong. Encoding writes JSON straight into a byte buffer, so a published event is
-//! serialized exactly once and then shared by every subscriber.
+//! Decoding never panics: every malformed frame becomes a [`FrameError`] that names what is
+//! wrong, with the call id when one could be read so the error can be answered as a reply.
 
-use crate::error::{code, LiveError};
-use bytes::{BufMut, Bytes, BytesMut};
-use serde_json::value::RawValue;
+use super::names::valid_path;
+use crate::error::LiveError;
 use serde_json::Value;
 
 /// Deepest JSON nesting accepted in a client frame.
@@ -80,6 +78,11 @@ pub struct FrameError {
 }
 
 impl FrameError {
+    /// The `INVALID_REQUEST` error that answers this frame.
+    pub fn to_error(&self) -> LiveError {
+        LiveError::invalid(self.message.clone())
+    }
+
     fn new(id: Option<Value>, message: impl Into<String>) -> Self {
         FrameError {
             id,
@@ -265,225 +268,6 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-/// An RPC path: segments of `[A-Za-z0-9_-]+` separated by `/`, at least two segments.
-pub fn valid_path(path: &str) -> bool {
-    path.len() <= 256
-        && path.split('/').count() >= 2
-        && path.split('/').all(|seg| {
-            !seg.is_empty()
-                && seg
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        })
-}
-
-/// Why a topic is not acceptable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum TopicError {
-    /// Empty or longer than 256 characters.
-    #[error("topic must be 1 to 256 characters")]
-    Length,
-    /// A character outside printable ASCII, or `"` or `\`.
-    #[error("topic may only contain printable ASCII without `\"` and `\\`")]
-    Character,
-    /// Starts with the reserved `__` prefix.
-    #[error("topics starting with `__` are reserved")]
-    Reserved,
-}
-
-/// Checks a topic against protocol.md section 2.
-///
-/// ```
-/// use liveroom::protocol::{validate_topic, TopicError};
-/// assert!(validate_topic("board:42").is_ok());
-/// assert_eq!(validate_topic("__rpc"), Err(TopicError::Reserved));
-/// assert_eq!(validate_topic(""), Err(TopicError::Length));
-/// ```
-pub fn validate_topic(topic: &str) -> Result<(), TopicError> {
-    if topic.is_empty() || topic.len() > 256 {
-        return Err(TopicError::Length);
-    }
-    if !topic
-        .bytes()
-        .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\')
-    {
-        return Err(TopicError::Character);
-    }
-    if topic.starts_with("__") {
-        return Err(TopicError::Reserved);
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Encoding. Every function returns a complete JSON text frame payload.
-
-fn put_json_str(buf: &mut BytesMut, s: &str) {
-    // Writing a &str with serde_json cannot fail.
-    let _ = serde_json::to_writer((&mut *buf).writer(), s);
-}
-
-fn put_json(buf: &mut BytesMut, v: &impl serde::Serialize) {
-    if serde_json::to_writer((&mut *buf).writer(), v).is_err() {
-        buf.put_slice(b"null");
-    }
-}
-
-/// `{"topic":..,"event":..,"data":..}` with `data` already serialized.
-pub fn envelope(topic: &str, event: &str, data: &RawValue) -> Bytes {
-    let mut buf = BytesMut::with_capacity(32 + topic.len() + event.len() + data.get().len());
-    buf.put_slice(b"{\"topic\":");
-    put_json_str(&mut buf, topic);
-    buf.put_slice(b",\"event\":");
-    put_json_str(&mut buf, event);
-    buf.put_slice(b",\"data\":");
-    buf.put_slice(data.get().as_bytes());
-    buf.put_u8(b'}');
-    buf.freeze()
-}
-
-/// Stream options echoed in a stream reply.
-#[derive(Debug, Clone, Default)]
-pub struct StreamReply<'a> {
-    /// Resolved topic.
-    pub topic: &'a str,
-    /// Merge mode name.
-    pub merge: &'a str,
-    /// Key field for keyed merges.
-    pub key: Option<&'a str>,
-    /// Cap on the list length.
-    pub max: Option<usize>,
-    /// New items go first.
-    pub prepend: bool,
-}
-
-/// The body of one RPC reply (`{"id":..,"ok":..}`), used alone or inside a batch reply.
-pub fn reply_body(
-    buf: &mut BytesMut,
-    id: &Value,
-    result: &Result<Box<RawValue>, LiveError>,
-    stream: Option<&StreamReply<'_>>,
-) {
-    buf.put_slice(b"{\"id\":");
-    put_json(buf, id);
-    match result {
-        Ok(data) => {
-            buf.put_slice(b",\"ok\":true,\"data\":");
-            buf.put_slice(data.get().as_bytes());
-            if let Some(s) = stream {
-                buf.put_slice(b",\"topic\":");
-                put_json_str(buf, s.topic);
-                buf.put_slice(b",\"merge\":");
-                put_json_str(buf, s.merge);
-                if let Some(key) = s.key {
-                    buf.put_slice(b",\"key\":");
-                    put_json_str(buf, key);
-                }
-                if let Some(max) = s.max {
-                    buf.put_slice(format!(",\"max\":{max}").as_bytes());
-                }
-                if s.prepend {
-                    buf.put_slice(b",\"prepend\":true");
-                }
-            }
-        }
-        Err(e) => {
-            buf.put_slice(b",\"ok\":false,\"code\":");
-            put_json_str(buf, e.code());
-            buf.put_slice(b",\"error\":");
-            put_json_str(buf, e.message());
-            if !e.issues().is_empty() {
-                buf.put_slice(b",\"issues\":");
-                put_json(buf, &e.issues());
-            }
-        }
-    }
-    buf.put_u8(b'}');
-}
-
-/// A complete reply frame on `__rpc` for one call.
-pub fn reply(
-    id: &Value,
-    result: &Result<Box<RawValue>, LiveError>,
-    stream: Option<&StreamReply<'_>>,
-) -> Bytes {
-    let mut buf = BytesMut::with_capacity(128);
-    buf.put_slice(b"{\"topic\":\"__rpc\",\"event\":");
-    match id {
-        Value::String(s) => put_json_str(&mut buf, s),
-        other => put_json_str(&mut buf, &other.to_string()),
-    }
-    buf.put_slice(b",\"data\":");
-    reply_body(&mut buf, id, result, stream);
-    buf.put_u8(b'}');
-    buf.freeze()
-}
-
-/// The single reply to a `{"batch":[...]}` frame, from already encoded bodies.
-pub fn batch_reply(bodies: &[BytesMut]) -> Bytes {
-    let len: usize = bodies.iter().map(|b| b.len() + 1).sum();
-    let mut buf = BytesMut::with_capacity(64 + len);
-    buf.put_slice(b"{\"topic\":\"__rpc\",\"event\":\"__batch\",\"data\":{\"batch\":[");
-    for (i, body) in bodies.iter().enumerate() {
-        if i > 0 {
-            buf.put_u8(b',');
-        }
-        buf.put_slice(body);
-    }
-    buf.put_slice(b"]}}");
-    buf.freeze()
-}
-
-/// `{"type":"subscribed","topic":..,"ref":..}` or `subscribe-denied` with a reason.
-pub fn subscribe_ack(topic: &str, r#ref: Option<&Value>, denied: Option<&str>) -> Bytes {
-    let mut buf = BytesMut::with_capacity(64 + topic.len());
-    buf.put_slice(if denied.is_some() {
-        b"{\"type\":\"subscribe-denied\",\"topic\":".as_slice()
-    } else {
-        b"{\"type\":\"subscribed\",\"topic\":".as_slice()
-    });
-    put_json_str(&mut buf, topic);
-    if let Some(r) = r#ref {
-        buf.put_slice(b",\"ref\":");
-        put_json(&mut buf, r);
-    }
-    if let Some(reason) = denied {
-        buf.put_slice(b",\"reason\":");
-        put_json_str(&mut buf, reason);
-    }
-    buf.put_u8(b'}');
-    buf.freeze()
-}
-
-/// `{"type":"error","code":..,"message":..}`: liveroom's answer to a frame that cannot be
-/// answered as an RPC reply (no call id). Clients that do not know it ignore it.
-pub fn error_frame(code_: &str, message: &str) -> Bytes {
-    let mut buf = BytesMut::with_capacity(64 + message.len());
-    buf.put_slice(b"{\"type\":\"error\",\"code\":");
-    put_json_str(&mut buf, code_);
-    buf.put_slice(b",\"message\":");
-    put_json_str(&mut buf, message);
-    buf.put_u8(b'}');
-    buf.freeze()
-}
-
-/// `{"type":"welcome","sessionId":..}`.
-pub fn welcome(session_id: &str) -> Bytes {
-    let mut buf = BytesMut::with_capacity(48);
-    buf.put_slice(b"{\"type\":\"welcome\",\"sessionId\":");
-    put_json_str(&mut buf, session_id);
-    buf.put_u8(b'}');
-    buf.freeze()
-}
-
-/// `{"type":"noop"}`, the keep-alive the client ignores.
-pub const NOOP: &[u8] = b"{\"type\":\"noop\"}";
-
-/// Maps a [`FrameError`] to the error sent back.
-pub fn frame_error(e: &FrameError) -> LiveError {
-    LiveError::new(code::INVALID_REQUEST, e.message.clone())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -525,20 +309,5 @@ mod tests {
     fn depth_check_ignores_brackets_in_strings() {
         let s = format!(r#"{{"rpc":"a/b","args":["{}"]}}"#, "[".repeat(100));
         assert!(decode(&s).is_ok());
-    }
-
-    #[test]
-    fn encodes_replies() {
-        let data = serde_json::value::to_raw_value(&[1, 2]).unwrap();
-        let r = reply(&Value::from("7"), &Ok(data), None);
-        assert_eq!(
-            std::str::from_utf8(&r).unwrap(),
-            r#"{"topic":"__rpc","event":"7","data":{"id":"7","ok":true,"data":[1,2]}}"#
-        );
-        let r = reply(&Value::from("8"), &Err(LiveError::forbidden("no")), None);
-        assert_eq!(
-            std::str::from_utf8(&r).unwrap(),
-            r#"{"topic":"__rpc","event":"8","data":{"id":"8","ok":false,"code":"FORBIDDEN","error":"no"}}"#
-        );
     }
 }

@@ -3,156 +3,21 @@
 //!
 //! Publishers only take a short mutex and push a shared `Bytes`; they never wait on a socket.
 //! The connection's single writer task takes everything queued at once ([`Outbox::drain`]) and
-//! turns it into one write, which is where the throughput comes from.
+//! turns it into one write, which is where the throughput comes from. The outbox knows nothing
+//! of the transport: the writer frames what it drains (the server's writer as WebSocket frames,
+//! a custom server through [`Drain::messages`]).
 
+mod drain;
+
+pub use drain::{Drain, Out};
+
+use crate::close;
 use bytes::Bytes;
 use indexmap::IndexMap;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
-
-/// What the writer takes from the outbox in one go. Reuse it across calls: draining swaps the
-/// queues, so a steady connection allocates nothing.
-#[derive(Debug, Default)]
-pub struct Drain {
-    /// Payloads of pongs to send.
-    pub pongs: Vec<Bytes>,
-    /// Replies and acks, in order; they go before events.
-    pub replies: Vec<Bytes>,
-    /// Event envelopes, in order; may be sent as one `{"type":"batch"}` frame.
-    pub events: Vec<Out>,
-    /// Close the socket with this code after writing the rest.
-    pub close: Option<u16>,
-}
-
-impl Drain {
-    /// Nothing to write and no close.
-    pub fn is_empty(&self) -> bool {
-        self.pongs.is_empty()
-            && self.replies.is_empty()
-            && self.events.is_empty()
-            && self.close.is_none()
-    }
-
-    fn clear(&mut self) {
-        self.pongs.clear();
-        self.replies.clear();
-        self.events.clear();
-        self.close = None;
-    }
-}
-
-/// One queued event item: a single envelope, or several published together (a cursor tick),
-/// shared by every subscriber.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Out {
-    /// One event envelope.
-    One(Bytes),
-    /// Several event envelopes, in order.
-    Many(Arc<[Bytes]>),
-}
-
-impl Out {
-    /// Payload bytes held.
-    pub fn len(&self) -> usize {
-        match self {
-            Out::One(b) => b.len(),
-            Out::Many(v) => v.iter().map(Bytes::len).sum(),
-        }
-    }
-
-    /// Holds no bytes.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn each(&self, mut f: impl FnMut(&Bytes)) {
-        match self {
-            Out::One(b) => f(b),
-            Out::Many(v) => v.iter().for_each(f),
-        }
-    }
-}
-
-impl From<Bytes> for Out {
-    fn from(b: Bytes) -> Self {
-        Out::One(b)
-    }
-}
-
-impl Drain {
-    /// How many event envelopes were drained.
-    fn event_count(&self) -> usize {
-        self.events
-            .iter()
-            .map(|e| match e {
-                Out::One(_) => 1,
-                Out::Many(v) => v.len(),
-            })
-            .sum()
-    }
-
-    /// Every text message to send, in order: pongs are not included (see [`Drain::pongs`]).
-    /// With `batch`, two or more events become one `{"type":"batch","events":[...]}` message.
-    pub fn messages(&self, batch: bool) -> Vec<Bytes> {
-        let mut out = self.replies.clone();
-        let n = self.event_count();
-        if batch && n >= 2 {
-            let mut buf = bytes::BytesMut::new();
-            self.batch_into(&mut buf);
-            out.push(buf.freeze());
-        } else {
-            self.events
-                .iter()
-                .for_each(|e| e.each(|b| out.push(b.clone())));
-        }
-        out
-    }
-
-    fn batch_into(&self, buf: &mut bytes::BytesMut) {
-        use bytes::BufMut;
-        buf.put_slice(b"{\"type\":\"batch\",\"events\":[");
-        let mut first = true;
-        for e in &self.events {
-            e.each(|b| {
-                if !first {
-                    buf.put_u8(b',');
-                }
-                first = false;
-                buf.put_slice(b);
-            });
-        }
-        buf.put_slice(b"]}");
-    }
-
-    /// Appends everything as WebSocket frames to `buf` (pongs, replies, events, then the close
-    /// frame if one was requested), for one write.
-    pub fn encode_ws(&self, buf: &mut bytes::BytesMut, batch: bool) {
-        use crate::ws::{encode, Opcode};
-        for p in &self.pongs {
-            encode(buf, Opcode::Pong, p);
-        }
-        for r in &self.replies {
-            encode(buf, Opcode::Text, r);
-        }
-        let n = self.event_count();
-        if batch && n >= 2 {
-            // One frame: header, then the pieces straight into `buf` (no second copy).
-            let prefix: &[u8] = b"{\"type\":\"batch\",\"events\":[";
-            let len = prefix.len() + 2 + (n - 1) + self.events.iter().map(Out::len).sum::<usize>();
-            crate::ws::encode_header(buf, Opcode::Text, len);
-            self.batch_into(buf);
-        } else {
-            for e in &self.events {
-                e.each(|b| encode(buf, Opcode::Text, b));
-            }
-        }
-        if let Some(code) = self.close {
-            crate::ws::encode_close(buf, code);
-        }
-    }
-}
 
 #[derive(Debug, Default)]
 struct State {
@@ -355,7 +220,7 @@ impl Outbox {
         s.held.clear();
         s.latest.clear();
         s.bytes = 0;
-        s.close = Some(crate::ws::close::TRY_AGAIN);
+        s.close = Some(close::TRY_AGAIN);
     }
 
     /// Whether a close was requested.

@@ -1,0 +1,14 @@
+//! The wire protocol of protocol.md sections 1-4, in three parts that read like the spec:
+//! - [`names`]: what a valid RPC path and a valid topic are;
+//! - [`decode`]: the frames a client sends, decoded strictly, with reasons;
+//! - [`encode`]: the frames the server sends, written straight into bytes.
+
+pub mod decode;
+pub mod encode;
+pub mod names;
+
+pub use decode::{decode, Call, Frame, FrameError, MAX_BATCH, MAX_DEPTH, MAX_TOPICS};
+pub use encode::{
+    batch_reply, envelope, error_frame, reply, reply_body, subscribe_ack, StreamReply, NOOP,
+};
+pub use names::{valid_path, validate_topic, TopicError};

@@ -1,0 +1,274 @@
+//! The erased room: its data stream, its actions, and the runtime state (presence tracker,
+//! cursor table) attached at build time. The session drives a room through this.
+
+use super::cursors::{CursorTable, Cursors};
+use super::presence::{PresenceHook, Tracker};
+use crate::conn::Conn;
+use crate::ctx::Ctx;
+use crate::error::LiveError;
+use crate::handler::{to_raw, CallFn, Reply};
+use crate::hub::Hub;
+use crate::presence_store::PresenceStore;
+use crate::stream::StreamDef;
+use futures_util::future::BoxFuture;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// What others see of a member.
+pub(crate) type PresenceFn = Arc<dyn Fn(&Ctx) -> Value + Send + Sync>;
+
+/// One erased action: guard, topic and handler in one call.
+pub(crate) struct Action {
+    pub call: CallFn,
+    /// Names of the action's own args (after the room args).
+    pub arg_names: Vec<String>,
+}
+
+/// Which room stream a call is for (actions are registered as calls of their own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RoomPart {
+    Data,
+    Presence,
+    Cursors,
+    /// `__cursor`, the fire-and-forget position update.
+    Cursor,
+}
+
+/// Everything a room declaration erases into.
+pub(crate) struct Parts {
+    pub module: String,
+    pub name: String,
+    pub topic_args: usize,
+    pub data: StreamDef,
+    pub actions: BTreeMap<String, Action>,
+    pub presence: Option<PresenceFn>,
+    pub cursors: Cursors,
+    pub on_join: Option<PresenceHook>,
+    pub on_leave: Option<PresenceHook>,
+    pub grace: Duration,
+}
+
+struct Runtime {
+    tracker: Arc<Tracker>,
+    cursors: Option<Arc<CursorTable>>,
+}
+
+/// A type-erased room with its runtime state.
+pub(crate) struct RoomDef {
+    parts: Parts,
+    runtime: OnceLock<Runtime>,
+}
+
+impl std::fmt::Debug for RoomDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Room({}/{})", self.parts.module, self.parts.name)
+    }
+}
+
+/// The presence topic of room `topic`.
+pub(crate) fn presence_topic(topic: &str) -> Arc<str> {
+    format!("{topic}:presence").into()
+}
+
+/// The cursors topic of room `topic`.
+pub(crate) fn cursors_topic(topic: &str) -> Arc<str> {
+    format!("{topic}:cursors").into()
+}
+
+/// Splits a room call's args: `args` keeps the `count` room args, the rest is returned.
+pub(crate) fn split_room_args(args: &mut Vec<Value>, count: usize) -> Result<Vec<Value>, LiveError> {
+    if args.len() < count {
+        return Err(LiveError::invalid(format!(
+            "invalid args: the room takes {count} args, got {}",
+            args.len()
+        )));
+    }
+    Ok(args.split_off(count))
+}
+
+impl RoomDef {
+    pub fn new(parts: Parts) -> Self {
+        RoomDef {
+            parts,
+            runtime: OnceLock::new(),
+        }
+    }
+
+    pub fn module(&self) -> &str {
+        &self.parts.module
+    }
+
+    pub fn name(&self) -> &str {
+        &self.parts.name
+    }
+
+    /// The data stream (its guard and topic are the room's).
+    pub fn data(&self) -> &StreamDef {
+        &self.parts.data
+    }
+
+    pub fn actions(&self) -> &BTreeMap<String, Action> {
+        &self.parts.actions
+    }
+
+    /// The stream path suffixes this room answers.
+    pub fn parts(&self) -> Vec<(&'static str, RoomPart)> {
+        let mut parts = vec![("__data", RoomPart::Data)];
+        if self.parts.presence.is_some() {
+            parts.push(("__presence", RoomPart::Presence));
+        }
+        if self.parts.cursors.enabled {
+            parts.push(("__cursors", RoomPart::Cursors));
+            parts.push(("__cursor", RoomPart::Cursor));
+        }
+        parts
+    }
+
+    /// The room args of a stream call (extra args are ignored).
+    pub fn room_args(&self, mut args: Vec<Value>) -> Result<Vec<Value>, LiveError> {
+        split_room_args(&mut args, self.parts.topic_args)?;
+        Ok(args)
+    }
+
+    /// Connects the room to the hub and the presence store (at build time).
+    pub fn attach(&self, hub: Arc<Hub>, store: Arc<dyn PresenceStore>) {
+        let p = &self.parts;
+        let cursors = p
+            .cursors
+            .enabled
+            .then(|| CursorTable::new(hub.clone(), p.cursors.throttle));
+        let mut tracker = Tracker::new(hub, store, p.grace);
+        tracker.on_join = p.on_join.clone();
+        tracker.on_leave = p.on_leave.clone();
+        if let Some(c) = &cursors {
+            let c = c.clone();
+            tracker.left = Some(Arc::new(move |topic, key| c.remove(topic, key)));
+        }
+        let _ = self.runtime.set(Runtime {
+            tracker: Arc::new(tracker),
+            cursors,
+        });
+    }
+
+    fn runtime(&self) -> &Runtime {
+        self.runtime.get().expect("room attached at build")
+    }
+
+    /// The room's cursor table, if cursors are on.
+    pub fn cursor_table(&self) -> Option<&Arc<CursorTable>> {
+        self.runtime().cursors.as_ref()
+    }
+
+    /// A data subscription made `ctx`'s identity a member (once per socket).
+    pub async fn join(&self, topic: &Arc<str>, ctx: &Ctx) {
+        let data = self.parts.presence.as_ref().map(|p| p(ctx));
+        let data = data.filter(|d| !d.is_null());
+        self.runtime()
+            .tracker
+            .join(topic, &ctx.conn.identity, data)
+            .await;
+    }
+
+    /// A socket's data subscription ended: its identity's leave grace may start.
+    pub fn leave(&self, topic: &Arc<str>, conn: &Conn) {
+        self.runtime().tracker.leave(topic, &conn.identity);
+    }
+
+    /// A socket that moved its cursor without being a member left: remove that cursor,
+    /// unless the identity is a member here (then its presence leave will).
+    pub fn drop_cursor_unless_member(&self, topic: &Arc<str>, conn: &Conn) {
+        if let Some(c) = self.cursor_table() {
+            if !self.runtime().tracker.is_member(topic, &conn.identity) {
+                c.remove(topic, &conn.identity);
+            }
+        }
+    }
+
+    /// Ends every pending leave now (shutdown).
+    pub async fn flush_leaves(&self) {
+        self.runtime().tracker.flush().await;
+    }
+
+    /// The listed roster of room `topic`.
+    pub fn roster(&self, topic: Arc<str>) -> BoxFuture<'static, Reply> {
+        let tracker = self.runtime().tracker.clone();
+        Box::pin(async move { to_raw(tracker.roster(&topic).await) })
+    }
+
+    /// The current cursor positions of room `topic`: this replica's, plus in cluster mode
+    /// those other replicas recorded.
+    pub fn cursor_snapshot(&self, topic: &str) -> BoxFuture<'static, Reply> {
+        let local = self.cursor_table().map_or(json!([]), |c| c.snapshot(topic));
+        let remote = self
+            .runtime()
+            .tracker
+            .hub
+            .bus()
+            .map(|bus| bus.load_cursors(&cursors_topic(topic)));
+        Box::pin(async move {
+            let Some(remote) = remote else {
+                return to_raw(local);
+            };
+            let mut merged: indexmap::IndexMap<String, Value> = remote
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|v| Some((v.get("key")?.as_str()?.to_owned(), v)))
+                .collect();
+            for v in local.as_array().into_iter().flatten() {
+                if let Some(k) = v.get("key").and_then(Value::as_str) {
+                    merged.insert(k.to_owned(), v.clone());
+                }
+            }
+            to_raw(merged.into_values().collect::<Vec<_>>())
+        })
+    }
+
+    /// Splits `__cursor` args into the room args and the position object.
+    pub fn cursor_args(
+        &self,
+        mut args: Vec<Value>,
+    ) -> Result<(Vec<Value>, Map<String, Value>), LiveError> {
+        let n = self.parts.topic_args;
+        if args.len() != n + 1 {
+            return Err(LiveError::invalid(format!(
+                "invalid args: __cursor takes the {n} room args then a position"
+            )));
+        }
+        let Some(Value::Object(position)) = args.pop() else {
+            return Err(LiveError::invalid(
+                "invalid args: the position must be an object",
+            ));
+        };
+        Ok((args, position))
+    }
+
+    /// Records `conn`'s identity's new cursor position in room `topic`.
+    pub fn cursor_move(&self, topic: &Arc<str>, conn: &Conn, position: Map<String, Value>) {
+        if let Some(c) = self.cursor_table() {
+            c.set(topic, &conn.identity, position);
+        }
+    }
+
+    /// The manifest entry.
+    pub fn describe(&self) -> Value {
+        let p = &self.parts;
+        let mut d = p.data.merge.describe();
+        d["topicArgs"] = p.topic_args.into();
+        d["args"] = json!(p.data.arg_names);
+        d["presence"] = p.presence.is_some().into();
+        d["cursors"] = p.cursors.enabled.into();
+        d["actions"] = p
+            .actions
+            .iter()
+            .map(|(n, a)| {
+                let all: Vec<&String> = p.data.arg_names.iter().chain(&a.arg_names).collect();
+                (n.clone(), json!({ "args": all }))
+            })
+            .collect::<Map<String, Value>>()
+            .into();
+        d
+    }
+}

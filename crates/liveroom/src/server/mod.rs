@@ -1,0 +1,221 @@
+//! The HTTP side: axum routes (`/ws`, `/healthz`, `/metrics`, the manifest, static files) and
+//! graceful shutdown, here; then, in the order a connection meets them:
+//! - `upgrade`: the WebSocket handshake, the Origin allow-list and the upgrade hook;
+//! - `socket`: one reader per connection, feeding the session;
+//! - `writer`: one writer per connection, framing what the outbox drained into one write;
+//! - `config`: [`ServerConfig`].
+
+mod config;
+mod socket;
+mod upgrade;
+mod writer;
+
+pub use config::ServerConfig;
+
+use crate::registry::{App, Live};
+use axum::routing::get;
+use axum::Router;
+use socket::Shared;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+/// Serves an [`App`].
+///
+/// ```no_run
+/// # async fn run(app: liveroom::App) -> std::io::Result<()> {
+/// liveroom::Server::new(app).bind("127.0.0.1:3000").run().await
+/// # }
+/// ```
+pub struct Server {
+    app: App,
+    config: ServerConfig,
+    routes: Option<Router>,
+}
+
+/// A running server: its address, its registry, and the way to stop it.
+pub struct Running {
+    addr: SocketAddr,
+    live: Live,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// The bound address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The registry being served.
+    pub fn live(&self) -> &Live {
+        &self.live
+    }
+
+    /// Graceful shutdown: stop accepting, close every socket with 1001, wait (up to the
+    /// configured deadline), release presence.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        let _ = self.stop.send(true);
+        self.task
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+
+    /// Waits until the server stops by itself (SIGINT/SIGTERM when started with
+    /// [`Server::run`]).
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.task
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+}
+
+impl Server {
+    /// A server for `app` with the default configuration.
+    pub fn new(app: App) -> Self {
+        Server {
+            app,
+            config: ServerConfig::default(),
+            routes: None,
+        }
+    }
+
+    /// Replaces the whole configuration (e.g. from clap).
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The address to listen on (`"127.0.0.1:0"` for any free port).
+    pub fn bind(mut self, addr: impl Into<String>) -> Self {
+        self.config.bind = addr.into();
+        self
+    }
+
+    /// Extra application routes, merged before the static file fallback.
+    pub fn routes(mut self, routes: Router) -> Self {
+        self.routes = Some(routes);
+        self
+    }
+
+    /// Binds and serves until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run(self) -> std::io::Result<()> {
+        let running = self.start().await?;
+        let addr = running.addr();
+        tracing::info!(%addr, "liveroom listening");
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        running.shutdown().await
+    }
+
+    /// Binds and starts serving in the background.
+    pub async fn start(self) -> std::io::Result<Running> {
+        let listener = TcpListener::bind(&self.config.bind).await?;
+        self.start_on(listener).await
+    }
+
+    /// Starts serving on an already bound listener.
+    pub async fn start_on(self, listener: TcpListener) -> std::io::Result<Running> {
+        let addr = listener.local_addr()?;
+        let metrics = crate::metrics::handle();
+        let live = self
+            .app
+            .limits(self.config.limits.clone())
+            .build();
+        let (stop, shutdown) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            live: live.clone(),
+            config: self.config.clone(),
+            shutdown: shutdown.clone(),
+            open: AtomicUsize::new(0),
+            closed: Notify::new(),
+        });
+        let mut router = Router::new()
+            .route(&self.config.ws_path, get(upgrade::ws_handler))
+            .route("/healthz", get(|| async { "ok" }))
+            .route(
+                "/metrics",
+                get(move || {
+                    let m = metrics.clone();
+                    async move { m.render() }
+                }),
+            )
+            .route(
+                "/__live/manifest.json",
+                get({
+                    let live = live.clone();
+                    move || {
+                        let m = live.manifest();
+                        async move { axum::Json(m) }
+                    }
+                }),
+            )
+            .with_state(shared.clone());
+        if let Some(routes) = self.routes {
+            router = router.merge(routes);
+        }
+        if let Some(dir) = &self.config.static_dir {
+            router = router.fallback_service(tower_http::services::ServeDir::new(dir));
+        }
+        let mut stop_rx = shutdown;
+        let deadline = Duration::from_millis(self.config.shutdown_timeout_ms);
+        let live_for_task = live.clone();
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            });
+            serve.await?;
+            // No new connections now. Every open one saw the shutdown signal and is closing
+            // with 1001; wait for them, bounded.
+            let wait = async {
+                while shared.open.load(Ordering::SeqCst) > 0 {
+                    let notified = shared.closed.notified();
+                    if shared.open.load(Ordering::SeqCst) == 0 {
+                        break;
+                    }
+                    notified.await;
+                }
+            };
+            if tokio::time::timeout(deadline, wait).await.is_err() {
+                tracing::warn!(
+                    open = shared.open.load(Ordering::SeqCst),
+                    "shutdown deadline passed with connections still open"
+                );
+            }
+            live_for_task.release_presence().await;
+            Ok(())
+        });
+        Ok(Running {
+            addr,
+            live,
+            stop,
+            task,
+        })
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+

@@ -1,0 +1,89 @@
+//! The WebSocket upgrade (RFC 6455 section 4.2): the handshake checks, the Origin allow-list
+//! and the app's upgrade hook, then the 101 and the hand-over to [`socket`](super::socket).
+
+use super::config::ServerConfig;
+use super::socket::{serve_socket, Shared};
+use crate::auth::UpgradeRequest;
+use crate::close;
+use crate::ws;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, Method, Request, Response, StatusCode};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The Origin allow-list (protocol.md section 1).
+fn origin_allowed(config: &ServerConfig, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return true; // not a browser
+    };
+    if config.allowed_origins.is_empty() {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+        return host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host));
+    }
+    config
+        .allowed_origins
+        .iter()
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+}
+
+/// The `/ws` route.
+pub(super) async fn ws_handler(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    req: Request<Body>,
+) -> Response<Body> {
+    let headers = req.headers();
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|k| k.to_str().ok())
+        .map(str::to_owned);
+    let upgrade_ok = req.method() == Method::GET
+        && header_has(headers, header::UPGRADE, "websocket")
+        && header_has(headers, header::CONNECTION, "upgrade")
+        && headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_some_and(|v| v == "13");
+    let Some(key) = key.filter(|_| upgrade_ok) else {
+        return Response::builder()
+            .status(StatusCode::BAD_REQUEST)
+            .body(Body::from("expected a WebSocket upgrade"))
+            .expect("valid response");
+    };
+    // A refused origin or user is still accepted, then closed with a terminal code: an HTTP
+    // error here would look like 1006 to the client, which retries forever.
+    let verdict = if !origin_allowed(&shared.config, headers) {
+        Err(close::POLICY)
+    } else {
+        let view = UpgradeRequest::new(headers.clone(), req.uri().query(), Some(remote));
+        shared
+            .live
+            .authenticate(view)
+            .await
+            .map_err(|r| r.close_code())
+    };
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => serve_socket(shared, upgraded, verdict).await,
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::SEC_WEBSOCKET_ACCEPT, ws::accept_key(&key))
+        .body(Body::empty())
+        .expect("valid response")
+}

@@ -1,0 +1,374 @@
+//! One connection's protocol state machine, independent of the transport.
+//!
+//! The server feeds it text frames in order ([`Session::message`]) and writes what appears in
+//! its [`Outbox`]. Each call runs in two phases:
+//! 1. in order, inline: resolve the path, parse the args, pass the gate (the guard, then the
+//!    topic function) of a stream or room, subscribe the socket and register presence. Doing
+//!    this before the next frame is read is what makes the reconnect sequence of protocol.md
+//!    section 2 and the batch roster rule of section 5 hold.
+//! 2. concurrently, in a spawned task: the RPC or action handler (an action's guard runs here,
+//!    first) or the initial-data load, then the reply. A slow call never delays the frames
+//!    after it.
+//!
+//! - [`subs`]: what the socket is subscribed to and which rooms it is in;
+//! - [`reply`]: phase 2's result and how replies are queued.
+
+mod reply;
+mod subs;
+
+use crate::conn::Conn;
+use crate::ctx::Ctx;
+use crate::error::{code, LiveError};
+use crate::merge::Merge;
+use crate::outbox::Outbox;
+use crate::protocol::{self, Call, Frame, FrameError, TopicError};
+use crate::registry::{Entry, Live};
+use crate::room::def::{cursors_topic, presence_topic, RoomDef, RoomPart};
+use reply::{failed, finish, finish_batch, timed, Done, Pending};
+use serde_json::Value;
+use std::sync::Arc;
+use subs::{room_key, Subscriptions};
+
+/// The connection hooks: run a registry inside any WebSocket server.
+///
+/// ```no_run
+/// # async fn example(live: liveroom::Live) {
+/// let hooks = live.hooks();
+/// let mut session = hooks.connect(None);          // after your upgrade
+/// hooks.message(&mut session, r#"{"type":"hello","caps":["batch"]}"#).await; // each text frame
+/// let mut drain = liveroom::outbox::Drain::default();
+/// session.outbox().next(&mut drain).await;       // in your writer: send drain.messages(..)
+/// hooks.close(session);                           // when the socket closes
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Hooks {
+    live: Live,
+    prefix: Option<String>,
+}
+
+impl Hooks {
+    /// Opens a session for a connection whose upgrade produced `user`.
+    pub fn connect(&self, user: Option<Value>) -> Session {
+        Session::new(self.live.clone(), user, self.prefix.clone())
+    }
+
+    /// Handles one text frame.
+    pub async fn message(&self, session: &mut Session, text: &str) {
+        session.message(text).await
+    }
+
+    /// Unsubscribes the socket from `topic` (as a wire `unsubscribe` would).
+    pub fn unsubscribe(&self, session: &mut Session, topic: &str) {
+        session.unsubscribe(topic)
+    }
+
+    /// The socket closed: drop its subscriptions and start presence leaves.
+    pub fn close(&self, session: Session) {
+        session.close()
+    }
+}
+
+impl Live {
+    /// The connection hooks: everything needed to run this registry inside your own WebSocket
+    /// server (see `examples/custom_server.rs`).
+    pub fn hooks(&self) -> Hooks {
+        Hooks {
+            live: self.clone(),
+            prefix: None,
+        }
+    }
+
+    /// Hooks restricted to one room's paths: calls to other paths answer `NOT_FOUND`.
+    pub fn room_hooks(&self, module: &str, name: &str) -> Hooks {
+        Hooks {
+            live: self.clone(),
+            prefix: Some(format!("{module}/{name}/")),
+        }
+    }
+
+    /// Opens a session for `user` (what the server does after a successful upgrade).
+    pub fn connect(&self, user: Option<Value>) -> Session {
+        Session::new(self.clone(), user, None)
+    }
+}
+
+/// One connection's protocol state. See the module docs.
+#[derive(Debug)]
+pub struct Session {
+    live: Live,
+    conn: Arc<Conn>,
+    prefix: Option<String>,
+    subs: Subscriptions,
+}
+
+impl Session {
+    fn new(live: Live, user: Option<Value>, prefix: Option<String>) -> Self {
+        let conn = Conn::new(user, live.limits().outbox_bytes);
+        metrics::gauge!("liveroom_connections").increment(1.0);
+        let subs = Subscriptions::new(live.hub().clone(), conn.clone());
+        Session {
+            live,
+            conn,
+            prefix,
+            subs,
+        }
+    }
+
+    /// Frames waiting to be written to this connection.
+    pub fn outbox(&self) -> &Outbox {
+        &self.conn.outbox
+    }
+
+    /// The connection (id, user, identity).
+    pub fn conn(&self) -> &Arc<Conn> {
+        &self.conn
+    }
+
+    fn ctx(&self) -> Ctx {
+        Ctx {
+            conn: self.conn.clone(),
+            hub: self.live.hub().clone(),
+        }
+    }
+
+    /// Handles one text frame. Errors are answered on the outbox; nothing here panics or closes
+    /// the connection.
+    pub async fn message(&mut self, text: &str) {
+        self.settle();
+        match protocol::decode(text) {
+            Ok(frame) => self.frame(frame).await,
+            Err(e) => self.bad_frame(&e),
+        }
+    }
+
+    /// A binary frame: liveroom only speaks JSON text.
+    pub fn binary(&mut self) {
+        self.bad_frame(&FrameError {
+            id: None,
+            message: "binary frames are not supported; send JSON text frames".into(),
+        });
+    }
+
+    fn bad_frame(&self, e: &FrameError) {
+        metrics::counter!("liveroom_bad_frames_total").increment(1);
+        let frame = match &e.id {
+            Some(id) => protocol::reply(id, &Err(e.to_error()), None),
+            None => protocol::error_frame(code::INVALID_REQUEST, &e.message),
+        };
+        self.conn.outbox.reply(frame);
+    }
+
+    async fn frame(&mut self, frame: Frame) {
+        match frame {
+            Frame::Hello { batch } => self.conn.outbox.set_batch(batch),
+            Frame::Ignored => {}
+            Frame::Subscribe { topic, r#ref } => self.wire_subscribe(&topic, r#ref.as_ref()),
+            Frame::SubscribeBatch { topics, r#ref } => {
+                for topic in topics {
+                    self.wire_subscribe(&topic, r#ref.as_ref());
+                }
+            }
+            Frame::Unsubscribe { topic } => self.unsubscribe(&topic),
+            Frame::Call(call) => {
+                let pending = self.prepare(call).await;
+                let conn = self.conn.clone();
+                tokio::spawn(async move { finish(&conn, pending.await) });
+            }
+            Frame::Batch { calls, sequential } => {
+                let mut pending = Vec::with_capacity(calls.len());
+                for call in calls {
+                    pending.push(match call {
+                        Ok(call) => self.prepare(call).await,
+                        Err(e) => failed(e.id.clone(), e.to_error()),
+                    });
+                }
+                let conn = self.conn.clone();
+                tokio::spawn(async move {
+                    let done = if sequential {
+                        let mut out = Vec::with_capacity(pending.len());
+                        for p in pending {
+                            out.push(p.await);
+                        }
+                        out
+                    } else {
+                        futures_util::future::join_all(pending).await
+                    };
+                    finish_batch(&conn, done);
+                });
+            }
+        }
+    }
+
+    fn wire_subscribe(&mut self, topic: &str, r#ref: Option<&Value>) {
+        if let Err(e) = protocol::validate_topic(topic) {
+            metrics::counter!("liveroom_bad_frames_total").increment(1);
+            let reason = match e {
+                TopicError::Reserved => "RESERVED_TOPIC",
+                _ => "INVALID_TOPIC",
+            };
+            let ack = protocol::subscribe_ack(topic, r#ref, Some(reason));
+            self.conn.outbox.reply(ack);
+            return;
+        }
+        if !self.subs.authorized(topic) && !self.live.may_subscribe(&self.ctx(), topic) {
+            // Not (yet) authorised: ignored, as protocol.md section 2 allows. The stream call
+            // that follows on reconnect subscribes it server-side.
+            return;
+        }
+        self.subs.subscribe(topic.into());
+        let ack = protocol::subscribe_ack(topic, r#ref, None);
+        self.conn.outbox.reply(ack);
+    }
+
+    /// Undoes the subscriptions of streams whose initial load failed: the socket leaves the
+    /// topic, and a room member whose data load failed leaves the room (after the grace), so a
+    /// failed load never leaves a ghost. The server calls this as soon as a load fails; it also
+    /// runs before every frame.
+    pub fn settle(&mut self) {
+        for topic in self.conn.take_failed() {
+            self.unsubscribe(&topic);
+        }
+    }
+
+    /// Unsubscribes the socket from `topic`; leaving a room's data topic ends its membership.
+    pub fn unsubscribe(&mut self, topic: &str) {
+        self.subs.unsubscribe(topic);
+    }
+
+    /// The socket closed: unsubscribe everything, end room memberships (their leave grace
+    /// starts now).
+    pub fn close(mut self) {
+        self.settle();
+        self.subs.close();
+        self.conn.outbox.close(crate::close::NORMAL);
+    }
+
+    /// Phase 1 of a call (see the module docs); returns phase 2.
+    async fn prepare(&mut self, call: Call) -> Pending {
+        let Call {
+            path,
+            id,
+            args,
+            stream,
+        } = call;
+        let label = if self.live.entry(&path).is_some() {
+            path.clone()
+        } else {
+            "unknown".to_owned()
+        };
+        let pending = match self.resolve(&path, id.clone(), args, stream).await {
+            Ok(pending) => pending,
+            Err(e) => failed(id, e),
+        };
+        timed(label, pending)
+    }
+
+    async fn resolve(
+        &mut self,
+        path: &str,
+        id: Option<Value>,
+        args: Vec<Value>,
+        stream: bool,
+    ) -> Result<Pending, LiveError> {
+        let outside = self.prefix.as_ref().is_some_and(|p| !path.starts_with(&**p));
+        let live = self.live.clone();
+        let Some(entry) = live.entry(path).filter(|_| !outside) else {
+            return Err(LiveError::not_found(format!("no such path `{path}`")));
+        };
+        let is_stream = matches!(
+            entry,
+            Entry::Stream(_)
+                | Entry::Room(_, RoomPart::Data | RoomPart::Presence | RoomPart::Cursors)
+        );
+        if stream != is_stream {
+            return Err(LiveError::invalid(if is_stream {
+                format!("`{path}` is a stream: call it with \"stream\":true")
+            } else {
+                format!("`{path}` is not a stream")
+            }));
+        }
+        let ctx = self.ctx();
+        match entry {
+            Entry::Rpc(def) => Ok(Done::call(id, (def.call)(ctx, args))),
+            Entry::Action(call) => Ok(Done::call(id, call(ctx, args))),
+            Entry::Stream(def) => {
+                let prepared = def.prepare(ctx, args).await?;
+                let topic = prepared.topic.clone();
+                self.subs.hold_and_subscribe(topic.clone());
+                self.remote_ready(&topic).await;
+                Ok(Done::stream(id, topic, def.merge.clone(), prepared.load()))
+            }
+            Entry::Room(room, RoomPart::Cursor) => {
+                self.cursor_move(room, args)?;
+                Ok(Done::now(id, crate::handler::to_raw(())))
+            }
+            Entry::Room(room, part) => self.room_stream(room, *part, ctx, id, args).await,
+        }
+    }
+
+    /// A room's data, presence or cursors stream: the room's gate first (its guard, then its
+    /// topic function), then the subscription, then the load.
+    async fn room_stream(
+        &mut self,
+        room: &Arc<RoomDef>,
+        part: RoomPart,
+        ctx: Ctx,
+        id: Option<Value>,
+        args: Vec<Value>,
+    ) -> Result<Pending, LiveError> {
+        let args = room.room_args(args)?;
+        let key = room_key(room, &args);
+        let prepared = room.data().prepare(ctx.clone(), args).await?;
+        let topic = prepared.topic.clone();
+        self.subs.enter(key, topic.clone());
+        let (sub_topic, merge, load) = match part {
+            RoomPart::Data => {
+                self.subs.hold_and_subscribe(topic.clone());
+                if self.subs.add_member(&topic, room) {
+                    room.join(&topic, &ctx).await;
+                }
+                (topic, room.data().merge.clone(), prepared.load())
+            }
+            RoomPart::Presence => {
+                let t = presence_topic(&topic);
+                self.subs.hold_and_subscribe(t.clone());
+                (t, Merge::Presence, room.roster(topic))
+            }
+            // `__cursor` is not a stream: `resolve` answered it before.
+            RoomPart::Cursors | RoomPart::Cursor => {
+                let t = cursors_topic(&topic);
+                self.subs.hold_and_subscribe(t.clone());
+                (t, Merge::Cursor, room.cursor_snapshot(&topic))
+            }
+        };
+        self.remote_ready(&sub_topic).await;
+        Ok(Done::stream(id, sub_topic, merge, load))
+    }
+
+    /// `__cursor`, fire-and-forget and hot: only from a socket that entered the room (its gate
+    /// ran then) and is a member or a cursors subscriber.
+    fn cursor_move(&mut self, room: &Arc<RoomDef>, args: Vec<Value>) -> Result<(), LiveError> {
+        let (args, position) = room.cursor_args(args)?;
+        let topic = self.subs.entered(&room_key(room, &args)).cloned();
+        match topic {
+            Some(topic) if self.subs.may_move_cursor(&topic, room) => {
+                room.cursor_move(&topic, &self.conn, position);
+                Ok(())
+            }
+            _ => Err(LiveError::forbidden("not subscribed to this room")),
+        }
+    }
+
+    /// In cluster mode, waits until other replicas' events of `topic` flow here, so the
+    /// initial data loaded next cannot miss one.
+    async fn remote_ready(&self, topic: &str) {
+        self.live.hub().ready(topic).await;
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        metrics::gauge!("liveroom_connections").decrement(1.0);
+    }
+}

@@ -1,0 +1,139 @@
+//! What one socket is subscribed to, which topics it may (re)subscribe from the wire, and which
+//! rooms it entered or is a member of.
+
+use crate::conn::Conn;
+use crate::hub::Hub;
+use crate::room::def::{cursors_topic, RoomDef};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub(super) struct Subscriptions {
+    hub: Arc<Hub>,
+    conn: Arc<Conn>,
+    /// Topics this socket is subscribed to in the hub.
+    subscribed: HashSet<Arc<str>>,
+    /// Topics a stream call gave this socket: a wire `subscribe` may restore them.
+    authorized: HashSet<Arc<str>>,
+    /// Rooms whose gate (guard, then topic) this socket passed, by room path and args, with the
+    /// topic they resolved to. `__cursor` moves find their room here: the hot path runs neither
+    /// the guard nor the topic function again.
+    entered: HashMap<String, Arc<str>>,
+    /// Room data topics this socket is a presence member of.
+    members: Vec<(Arc<str>, Arc<RoomDef>)>,
+    /// Rooms where this socket moved a cursor without being a member (cursors-only): no
+    /// presence leave removes that cursor, so closing or unsubscribing does.
+    cursor_only: Vec<(Arc<str>, Arc<RoomDef>)>,
+}
+
+/// The key of a room entered with `args` in [`Subscriptions::entered`].
+pub(super) fn room_key(room: &RoomDef, args: &[Value]) -> String {
+    let args = serde_json::to_string(args).unwrap_or_default();
+    format!("{}/{}{args}", room.module(), room.name())
+}
+
+impl Subscriptions {
+    pub fn new(hub: Arc<Hub>, conn: Arc<Conn>) -> Self {
+        Subscriptions {
+            hub,
+            conn,
+            subscribed: HashSet::new(),
+            authorized: HashSet::new(),
+            entered: HashMap::new(),
+            members: Vec::new(),
+            cursor_only: Vec::new(),
+        }
+    }
+
+    /// Whether a stream call gave this socket `topic`.
+    pub fn authorized(&self, topic: &str) -> bool {
+        self.authorized.contains(topic)
+    }
+
+    /// Subscribes the socket to `topic` (again, if it was) and authorizes it.
+    pub fn subscribe(&mut self, topic: Arc<str>) {
+        if self.hub.subscribe(&topic, &self.conn) {
+            self.subscribed.insert(topic.clone());
+        }
+        self.authorized.insert(topic);
+    }
+
+    /// Subscribes a stream call's topic, holding its events until the stream's reply is out.
+    pub fn hold_and_subscribe(&mut self, topic: Arc<str>) {
+        self.conn.outbox.hold(topic.clone());
+        self.subscribe(topic);
+    }
+
+    /// Records that the room at `key` passed its gate and resolved to `topic`.
+    pub fn enter(&mut self, key: String, topic: Arc<str>) {
+        self.entered.insert(key, topic);
+    }
+
+    /// The topic of the room at `key`, if this socket entered it.
+    pub fn entered(&self, key: &str) -> Option<&Arc<str>> {
+        self.entered.get(key)
+    }
+
+    /// Makes the socket a member of room `topic`. `false` if it already was.
+    pub fn add_member(&mut self, topic: &Arc<str>, room: &Arc<RoomDef>) -> bool {
+        if self.is_member(topic) {
+            return false;
+        }
+        self.members.push((topic.clone(), room.clone()));
+        true
+    }
+
+    fn is_member(&self, topic: &str) -> bool {
+        self.members.iter().any(|(t, _)| &**t == topic)
+    }
+
+    /// Whether the socket may move its cursor in room `topic`: it is a member or subscribed to
+    /// the room's cursors. A cursors-only mover is remembered, so its cursor goes with it.
+    pub fn may_move_cursor(&mut self, topic: &Arc<str>, room: &Arc<RoomDef>) -> bool {
+        if self.is_member(topic) {
+            return true;
+        }
+        if !self.subscribed.contains(&*cursors_topic(topic)) {
+            return false;
+        }
+        if !self.cursor_only.iter().any(|(t, _)| t == topic) {
+            self.cursor_only.push((topic.clone(), room.clone()));
+        }
+        true
+    }
+
+    /// Unsubscribes the socket from `topic`; leaving a room's data topic ends its membership,
+    /// leaving its cursors topic removes a cursors-only mover's cursor.
+    pub fn unsubscribe(&mut self, topic: &str) {
+        if self.subscribed.remove(topic) {
+            self.hub.unsubscribe(topic, self.conn.id);
+        }
+        if let Some(i) = self.members.iter().position(|(t, _)| &**t == topic) {
+            let (topic, room) = self.members.swap_remove(i);
+            room.leave(&topic, &self.conn);
+        }
+        if let Some(i) = self
+            .cursor_only
+            .iter()
+            .position(|(t, _)| *cursors_topic(t) == *topic)
+        {
+            let (topic, room) = self.cursor_only.swap_remove(i);
+            room.drop_cursor_unless_member(&topic, &self.conn);
+        }
+    }
+
+    /// The socket closed: unsubscribe everything, end room memberships (their leave grace
+    /// starts now) and remove cursors-only movers' cursors.
+    pub fn close(&mut self) {
+        for topic in self.subscribed.drain() {
+            self.hub.unsubscribe(&topic, self.conn.id);
+        }
+        for (topic, room) in std::mem::take(&mut self.members) {
+            room.leave(&topic, &self.conn);
+        }
+        for (topic, room) in std::mem::take(&mut self.cursor_only) {
+            room.drop_cursor_unless_member(&topic, &self.conn);
+        }
+    }
+}
