@@ -144,14 +144,19 @@ fn rpcs(app: App, state: &Arc<State>) -> App {
             Err::<(), _>(LiveError::new(code, message))
         },
     )
-    .rpc("test/validate", |_ctx: Ctx, (title,): (String,)| async move {
-        if title.is_empty() {
-            return Err(LiveError::validation("title", "must not be empty"));
-        }
-        Ok(title)
-    })
+    .rpc(
+        "test/validate",
+        |_ctx: Ctx, (title,): (String,)| async move {
+            if title.is_empty() {
+                return Err(LiveError::validation("title", "must not be empty"));
+            }
+            Ok(title)
+        },
+    )
     .rpc("test/leak", |_ctx: Ctx, (): ()| async move {
-        Err::<(), _>(std::io::Error::other("password=hunter2 on db.internal:5432"))?;
+        Err::<(), _>(std::io::Error::other(
+            "password=hunter2 on db.internal:5432",
+        ))?;
         Ok(())
     })
     .rpc(
@@ -297,7 +302,10 @@ fn board(state: &Arc<State>, options: &Options) -> Room<(String,)> {
                 let state = delete.clone();
                 async move {
                     let mut cards = state.cards.lock().unwrap();
-                    cards.entry(board).or_default().retain(|c| c["id"] != id.as_str());
+                    cards
+                        .entry(board)
+                        .or_default()
+                        .retain(|c| c["id"] != id.as_str());
                     drop(cards);
                     ctx.publish("deleted", &json!({ "id": id }))?;
                     Ok(json!({ "id": id }))
@@ -330,7 +338,8 @@ fn pair(state: &Arc<State>, options: &Options) -> Room<(String, String)> {
             move |ctx: RoomCtx, (a, b): (String, String), (text,): (String,)| {
                 let id = state.id();
                 async move {
-                    let note = json!({ "id": id, "a": a, "b": b, "text": text, "topic": ctx.topic() });
+                    let note =
+                        json!({ "id": id, "a": a, "b": b, "text": text, "topic": ctx.topic() });
                     ctx.publish("created", &note)?;
                     Ok(note)
                 }

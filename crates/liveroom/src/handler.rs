@@ -26,8 +26,7 @@ pub(crate) type CallFn = Arc<dyn Fn(Ctx, Vec<Value>) -> BoxFuture<'static, Reply
 pub(crate) type InitFn<A> = Arc<dyn Fn(Ctx, A) -> BoxFuture<'static, Reply> + Send + Sync>;
 
 type TopicFn<A> = Arc<dyn Fn(&Ctx, &A) -> String + Send + Sync>;
-type GuardFn<A> =
-    Arc<dyn Fn(Ctx, A) -> BoxFuture<'static, Result<(), LiveError>> + Send + Sync>;
+type GuardFn<A> = Arc<dyn Fn(Ctx, A) -> BoxFuture<'static, Result<(), LiveError>> + Send + Sync>;
 
 /// Deserializes a call's `args` array into the handler's argument type.
 pub(crate) fn args_from<A: DeserializeOwned>(args: Vec<Value>) -> Result<A, LiveError> {

@@ -23,7 +23,9 @@ impl Live {
         for (path, entry) in paths {
             let (m, n) = path.rsplit_once('/').unwrap_or(("", path));
             match entry {
-                Entry::Rpc(def) => module(&mut modules, m)["rpcs"][n] = json!({ "args": def.arg_names }),
+                Entry::Rpc(def) => {
+                    module(&mut modules, m)["rpcs"][n] = json!({ "args": def.arg_names })
+                }
                 Entry::Stream(def) => {
                     let mut d = def.merge.describe();
                     d["args"] = json!(def.arg_names);

@@ -102,4 +102,3 @@ impl PresenceStore for MemoryPresence {
         Box::pin(async move { list })
     }
 }
-

@@ -162,7 +162,11 @@ pub(crate) struct StreamDef {
 
 impl StreamDef {
     /// Parses the args, runs the guard, then the topic function.
-    pub fn prepare(&self, ctx: Ctx, args: Vec<Value>) -> BoxFuture<'static, Result<Prepared, LiveError>> {
+    pub fn prepare(
+        &self,
+        ctx: Ctx,
+        args: Vec<Value>,
+    ) -> BoxFuture<'static, Result<Prepared, LiveError>> {
         (self.prepare)(ctx, args)
     }
 }

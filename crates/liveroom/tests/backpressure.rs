@@ -1,7 +1,8 @@
 //! Slow consumers: a socket that stops reading is cut off with 1013 once its outbox is full,
 //! while a fast subscriber of the same topic receives every event, in order.
 //!
-//! This binary holds only these tests: they read the process-wide metrics.
+//! This binary holds only these tests: they read the process-wide metrics, one at a time, and
+//! assert on what changed while they ran.
 
 mod common;
 
@@ -12,15 +13,6 @@ use std::time::Duration;
 
 /// The tests of this binary read one process-wide counter: they run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn metric(name: &str) -> u64 {
-    let text = liveroom::metrics::handle().render();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
-}
 
 #[tokio::test]
 async fn slow_consumer_is_cut_off_with_1013_and_fast_one_gets_everything() {
@@ -47,6 +39,7 @@ async fn slow_consumer_is_cut_off_with_1013_and_fast_one_gets_everything() {
     // From here on `slow` reads nothing until the end of the test.
 
     let cuts_before = metric("liveroom_slow_consumer_disconnects_total");
+    let drops_before = metric("liveroom_frames_dropped_total");
     let pad = "x".repeat(8 * 1024);
     let (mut published, mut received) = (0u64, 0u64);
     let mut cut = false;
@@ -129,7 +122,7 @@ async fn slow_consumer_is_cut_off_with_1013_and_fast_one_gets_everything() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(metric("liveroom_frames_dropped_total") >= 1);
+    assert!(metric("liveroom_frames_dropped_total") > drops_before);
     server.shutdown().await.unwrap();
 }
 
@@ -177,59 +170,5 @@ async fn a_cut_off_peer_that_never_reads_is_dropped() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(slow);
-    server.shutdown().await.unwrap();
-}
-
-/// `/metrics` lists every documented series once each has a sample.
-#[tokio::test]
-async fn metrics_list_every_series() {
-    let _serial = SERIAL.lock().await;
-    let config = ServerConfig {
-        limits: Limits {
-            outbox_bytes: 4 * 1024,
-            ..Limits::default()
-        },
-        ..config()
-    };
-    let server = start_with(test_app().0, config).await;
-    let p = Peer::guest(&server).await;
-    p.stream("collab/lobby/__data", json!([])).await.unwrap();
-    p.stream("test/items", json!([])).await.unwrap();
-    // Two moves in one throttle interval: coalesced.
-    p.fire("collab/lobby/__cursor", json!([{"x": 1}]));
-    p.fire("collab/lobby/__cursor", json!([{"x": 2}]));
-    let _ = p.call("test/fail", json!(["FORBIDDEN", "no"])).await;
-    p.send_text("not json");
-    p.assert_alive().await;
-    // A burst larger than the outbox, published without yielding: cut off, then dropped.
-    let mut victim = Peer::guest(&server).await;
-    victim.stream("test/items", json!([])).await.unwrap();
-    for i in 0..20 {
-        server
-            .live()
-            .publish(
-                "items",
-                "created",
-                &json!({"id": i, "pad": "p".repeat(500)}),
-            )
-            .unwrap();
-    }
-    assert_eq!(victim.close_code().await, Some(1013));
-    let (status, body) = http_get(&server, "/metrics").await;
-    assert_eq!(status, 200);
-    for series in [
-        "liveroom_connections",
-        "liveroom_rpc_total",
-        "liveroom_rpc_errors_total",
-        "liveroom_rpc_duration_seconds",
-        "liveroom_events_published_total",
-        "liveroom_events_delivered_total",
-        "liveroom_frames_dropped_total",
-        "liveroom_slow_consumer_disconnects_total",
-        "liveroom_bad_frames_total",
-        "liveroom_cursor_moves_coalesced_total",
-    ] {
-        assert!(body.contains(series), "missing {series} in:\n{body}");
-    }
     server.shutdown().await.unwrap();
 }

@@ -229,16 +229,17 @@ async fn hooks_fire_once_per_actual_join_and_leave() {
     }
     // Also in a second room: a separate membership.
     enter_board(&a1, "b2").await;
-    let joins = obs.collect("board:b1:presence", QUIET).await;
-    assert_eq!(joins.len(), 2, "{joins:?}");
+    let joins = obs.take("board:b1:presence", 2).await;
+    assert!(joins.iter().all(|j| j["event"] == "join"), "{joins:?}");
+    obs.quiet("board:b1:presence", QUIET).await;
     assert_eq!(state.joins_of("alice"), 2); // b1 and b2
     assert_eq!(state.joins_of("bob"), 1);
     for p in [a1, a2, b1] {
         p.leave().await;
     }
-    let leaves = obs.collect("board:b1:presence", PAST_GRACE).await;
-    assert_eq!(leaves.len(), 2, "{leaves:?}");
-    assert!(leaves.iter().all(|l| l["event"] == "leave"));
+    let leaves = obs.take("board:b1:presence", 2).await;
+    assert!(leaves.iter().all(|l| l["event"] == "leave"), "{leaves:?}");
+    obs.quiet("board:b1:presence", PAST_GRACE).await;
     let mut log = state.leaves.lock().unwrap().clone();
     log.sort();
     assert_eq!(

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::Duration;
 
 const GRACE: Duration = Duration::from_millis(250);
@@ -219,5 +220,53 @@ async fn manifest_describes_rooms() {
     );
     assert_eq!(m["modules"]["collab"]["rooms"]["pair"]["topicArgs"], 2);
     assert!(m["modules"].get("collab/board").is_none(), "{m}");
+    server.shutdown().await.unwrap();
+}
+
+/// The guard is the first thing a room call runs: a caller it refuses never reaches the topic
+/// function (which may assume valid args), on any part of the room.
+#[tokio::test]
+async fn the_guard_runs_before_the_topic_function() {
+    use liveroom::{App, Ctx, LiveError, Room, RoomCtx};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let topics = Arc::new(AtomicUsize::new(0));
+    let seen = topics.clone();
+    let room = Room::new(move |_ctx: &Ctx, (id,): &(String,)| {
+        assert!(
+            !id.contains(':'),
+            "topic function saw args the guard refuses: {id}"
+        );
+        seen.fetch_add(1, Ordering::SeqCst);
+        format!("g:{id}")
+    })
+    .presence(|_ctx| json!({}))
+    .cursors(true)
+    .guard(|_ctx, (id,): (String,)| async move {
+        if id.contains(':') {
+            return Err(LiveError::validation("id", "no colons"));
+        }
+        Ok(())
+    })
+    .action("poke", |ctx: RoomCtx, _: (String,), (): ()| async move {
+        Ok(ctx.topic().to_owned())
+    });
+    let server = start(with_auth(App::new().room("m", "g", room))).await;
+    let p = Peer::user(&server, "ann").await;
+    for r in try_enter(&p, "m/g", json!(["a:b"])).await {
+        assert_eq!(r["code"], "VALIDATION", "{r}");
+    }
+    let r = p.call("m/g/__action/poke", json!(["a:b"])).await;
+    assert_eq!(code_of(r), "VALIDATION");
+    let r = p
+        .reply_to(json!({"rpc":"m/g/__cursor","args":["a:b",{"x":1}]}))
+        .await;
+    assert_eq!(r["code"], "FORBIDDEN", "a room never entered: {r}");
+    assert_eq!(topics.load(Ordering::SeqCst), 0);
+    // Let in: the topic function runs once per call that passed the gate.
+    let e = try_enter(&p, "m/g", json!(["ok"])).await;
+    assert_eq!(e[0]["topic"], "g:ok");
+    let poked = p.call("m/g/__action/poke", json!(["ok"])).await.unwrap();
+    assert_eq!(poked, "g:ok");
+    assert_eq!(topics.load(Ordering::SeqCst), 4);
     server.shutdown().await.unwrap();
 }

@@ -8,10 +8,10 @@
 
 use super::breaker::Redis;
 use super::config::ClusterConfig;
-use crate::registry::Live;
-use futures_util::future::BoxFuture;
 use crate::hub::Bus;
+use crate::registry::Live;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -300,7 +300,10 @@ impl Bus for RedisBus {
         });
     }
 
-    fn load_cursors(&self, cursor_topic: &str) -> BoxFuture<'static, Option<Vec<serde_json::Value>>> {
+    fn load_cursors(
+        &self,
+        cursor_topic: &str,
+    ) -> BoxFuture<'static, Option<Vec<serde_json::Value>>> {
         let hash = format!("{CURSORS_PREFIX}{cursor_topic}");
         let redis = self.redis.clone();
         Box::pin(async move {

@@ -10,10 +10,10 @@
 //! `leave` (and cursor `remove`). A replica that finds its own lease lost, or comes back from a
 //! Redis outage, re-asserts its in-memory truth and corrects its clients' rosters.
 
-use super::bus::RedisBus;
-use super::presence::{owned_key, scripts, RedisPresence, PRESENCE_PREFIX};
 use super::breaker::Redis;
+use super::bus::RedisBus;
 use super::config::ClusterConfig;
+use super::presence::{owned_key, scripts, RedisPresence, PRESENCE_PREFIX};
 use crate::registry::Live;
 use serde_json::json;
 use std::hash::{BuildHasher, Hasher};

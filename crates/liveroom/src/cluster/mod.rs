@@ -18,8 +18,8 @@ pub mod config;
 pub mod lease;
 pub mod presence;
 
-pub use config::ClusterConfig;
 pub use breaker::{ClusterError, Redis, RedisDown};
+pub use config::ClusterConfig;
 
 use crate::registry::App;
 use std::sync::Arc;
@@ -63,4 +63,3 @@ pub async fn enable_with(app: App, config: ClusterConfig) -> Result<App, Cluster
             Box::pin(async move { c.shutdown().await })
         }))
 }
-

@@ -113,7 +113,9 @@ impl Drain {
     /// The length of the `{"type":"batch"}` message [`write_batch`](Self::write_batch) writes.
     pub fn batch_len(&self) -> usize {
         let n = self.event_count();
-        BATCH_OPEN.len() + BATCH_CLOSE.len() + n.saturating_sub(1)
+        BATCH_OPEN.len()
+            + BATCH_CLOSE.len()
+            + n.saturating_sub(1)
             + self.events.iter().map(Out::len).sum::<usize>()
     }
 

@@ -49,4 +49,3 @@ pub fn validate_topic(topic: &str) -> Result<(), TopicError> {
     }
     Ok(())
 }
-

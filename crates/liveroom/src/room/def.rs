@@ -78,7 +78,10 @@ pub(crate) fn cursors_topic(topic: &str) -> Arc<str> {
 }
 
 /// Splits a room call's args: `args` keeps the `count` room args, the rest is returned.
-pub(crate) fn split_room_args(args: &mut Vec<Value>, count: usize) -> Result<Vec<Value>, LiveError> {
+pub(crate) fn split_room_args(
+    args: &mut Vec<Value>,
+    count: usize,
+) -> Result<Vec<Value>, LiveError> {
     if args.len() < count {
         return Err(LiveError::invalid(format!(
             "invalid args: the room takes {count} args, got {}",

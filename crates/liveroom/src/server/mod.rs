@@ -121,10 +121,7 @@ impl Server {
     pub async fn start_on(self, listener: TcpListener) -> std::io::Result<Running> {
         let addr = listener.local_addr()?;
         let metrics = crate::metrics::handle();
-        let live = self
-            .app
-            .limits(self.config.limits.clone())
-            .build();
+        let live = self.app.limits(self.config.limits.clone()).build();
         let (stop, shutdown) = watch::channel(false);
         let shared = Arc::new(Shared {
             live: live.clone(),
@@ -218,4 +215,3 @@ async fn shutdown_signal() {
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
-

@@ -271,7 +271,10 @@ impl Session {
         args: Vec<Value>,
         stream: bool,
     ) -> Result<Pending, LiveError> {
-        let outside = self.prefix.as_ref().is_some_and(|p| !path.starts_with(&**p));
+        let outside = self
+            .prefix
+            .as_ref()
+            .is_some_and(|p| !path.starts_with(&**p));
         let live = self.live.clone();
         let Some(entry) = live.entry(path).filter(|_| !outside) else {
             return Err(LiveError::not_found(format!("no such path `{path}`")));

@@ -269,6 +269,22 @@ impl From<Client> for Peer {
     }
 }
 
+/// The sum of the samples of the process-wide metric series whose line starts with `series`
+/// (a name, or a name with the start of its labels: `liveroom_rpc_total{path="test/add"`).
+/// Every test binary is its own process; a binary that reads these runs its tests serially.
+pub fn metric(series: &str) -> u64 {
+    liveroom::metrics::handle()
+        .render()
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with([' ', '{', ',', '}']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
 /// The code of an RPC error.
 pub fn code_of(r: Result<Value, liveroom_client::Error>) -> String {
     match r {
