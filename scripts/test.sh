@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: `bash scripts/test.sh`. Works on a fresh Debian machine: it installs
-# what it needs (apt: redis-server, chromium; npm packages per package-lock), builds, and runs
+# what it needs (apt: redis-server, chromium, python3; npm packages per package-lock), builds, and runs
 # every suite. Each suite starts its own services (redis-server on free ports, servers on
 # port 0); nothing shared is touched.
 set -euo pipefail
@@ -13,6 +13,7 @@ need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v node >/dev/null || need_apt+=(nodejs npm)
+command -v python3 >/dev/null || need_apt+=(python3)
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -23,6 +24,10 @@ fi
 step "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "module layering: no import cycle in the library"
+python3 scripts/check-module-cycles.py --self-test
+python3 scripts/check-module-cycles.py crates/liveroom/src --layers
 
 step "build"
 cargo build --workspace --quiet
