@@ -259,16 +259,7 @@ pub async fn run(bin: &Path, pin: Option<&str>, o: &Opts) -> Result<Metrics> {
     }
     // A fresh roster from replica 1 must not list them either.
     if let Ok(mut w) = lr::connect(t[0].addr, Some("check"), None, false).await {
-        if let Ok(roster) = lr::call(
-            &mut w,
-            "r",
-            "collab/board/__presence",
-            json!([room]),
-            true,
-            |_| {},
-        )
-        .await
-        {
+        if let Ok(roster) = lr::stream(&mut w, "collab/board/__presence", json!([room])).await {
             let n = roster
                 .as_array()
                 .map(|a| {
@@ -304,7 +295,7 @@ pub async fn run(bin: &Path, pin: Option<&str>, o: &Opts) -> Result<Metrics> {
 
 async fn bus_check(a: Target, b: Target) -> Result<()> {
     let mut sub = lr::connect(b.addr, Some("bus-sub"), None, false).await?;
-    lr::call(&mut sub, "1", "test/feed", json!([]), true, |_| {}).await?;
+    lr::stream(&mut sub, "test/feed", json!([])).await?;
     let mut p = lr::connect(a.addr, Some("bus-pub"), None, false).await?;
     lr::call(
         &mut p,

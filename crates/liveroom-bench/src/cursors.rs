@@ -125,15 +125,8 @@ async fn mover(t: Target, i: usize, room: &str, mesh: bool) -> Result<Ws> {
                 );
             }
             ws::send_text(&mut w, json!({ "batch": calls }).to_string()).await?;
-            loop {
-                let f = ws::next_payload_timeout(&mut w, Duration::from_secs(20)).await?;
-                for env in ws::envelopes(&f) {
-                    if let Some(r) = lr::reply_for(&env, "d") {
-                        lr::ok_data(r, "collab/board/__data")?;
-                        return Ok(w);
-                    }
-                }
-            }
+            lr::reply(&mut w, "d", "collab/board/__data", |_| {}).await?;
+            Ok(w)
         }
         Kind::Sockudo => crate::presence::join(t, &user, room, || {}).await,
         Kind::Raw => anyhow::bail!("the raw server has no cursors"),
@@ -144,15 +137,7 @@ async fn observer(t: Target, i: usize, room: &str) -> Result<Ws> {
     match t.kind {
         Kind::Liveroom => {
             let mut w = lr::connect(t.addr, Some(&format!("c{i}")), None, false).await?;
-            lr::call(
-                &mut w,
-                "o",
-                "collab/board/__cursors",
-                json!([room]),
-                true,
-                |_| {},
-            )
-            .await?;
+            lr::stream(&mut w, "collab/board/__cursors", json!([room])).await?;
             Ok(w)
         }
         _ => crate::presence::join(t, &format!("c{i}"), room, || {}).await,

@@ -151,17 +151,9 @@ async fn subscriber(t: Target, i: usize, o: &Opts, names: &Names) -> Result<Ws> 
             let mut w = lr::connect(t.addr, Some(&format!("s{i}")), src, false).await?;
             match o.via {
                 Via::Action => {
-                    lr::call(
-                        &mut w,
-                        "1",
-                        "collab/board/__data",
-                        json!([names.room]),
-                        true,
-                        |_| {},
-                    )
-                    .await?
+                    lr::stream(&mut w, "collab/board/__data", json!([names.room])).await?
                 }
-                Via::Publish => lr::call(&mut w, "1", "test/feed", json!([]), true, |_| {}).await?,
+                Via::Publish => lr::stream(&mut w, "test/feed", json!([])).await?,
             };
             Ok(w)
         }

@@ -39,15 +39,7 @@ async fn open(t: Target, i: usize, o: &Opts, room: &str) -> Result<Ws> {
         Kind::Liveroom => {
             let mut w = lr::connect(t.addr, Some(&format!("i{i}")), src, true).await?;
             if o.subscribed {
-                lr::call(
-                    &mut w,
-                    "1",
-                    "collab/board/__data",
-                    json!([room]),
-                    true,
-                    |_| {},
-                )
-                .await?;
+                lr::stream(&mut w, "collab/board/__data", json!([room])).await?;
             }
             Ok(w)
         }

@@ -118,15 +118,7 @@ pub(crate) async fn observer(t: Target, user: &str, room: &str) -> Result<Ws> {
     match t.kind {
         Kind::Liveroom => {
             let mut w = lr::connect(t.addr, Some(user), None, false).await?;
-            lr::call(
-                &mut w,
-                "o",
-                "collab/board/__presence",
-                json!([room]),
-                true,
-                |_| {},
-            )
-            .await?;
+            lr::stream(&mut w, "collab/board/__presence", json!([room])).await?;
             Ok(w)
         }
         Kind::Sockudo => {
@@ -153,15 +145,8 @@ pub(crate) async fn join(t: Target, user: &str, room: &str, sent: impl FnOnce())
             .to_string();
             sent();
             ws::send_text(&mut w, batch).await?;
-            loop {
-                let f = ws::next_payload_timeout(&mut w, Duration::from_secs(20)).await?;
-                for env in ws::envelopes(&f) {
-                    if let Some(r) = lr::reply_for(&env, "d") {
-                        lr::ok_data(r, "collab/board/__data")?;
-                        return Ok(w);
-                    }
-                }
-            }
+            lr::reply(&mut w, "d", "collab/board/__data", |_| {}).await?;
+            Ok(w)
         }
         Kind::Sockudo => {
             let (mut w, sid) = pusher::connect(t.addr, None, false).await?;

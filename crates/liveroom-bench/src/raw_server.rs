@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use anyhow::Result;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use liveroom::ws::{self, Message, Opcode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
@@ -24,21 +25,10 @@ struct Hub {
     next_id: AtomicU64,
 }
 
-/// Builds an unmasked server frame (FIN + opcode) around `payload`.
-pub fn frame(opcode: u8, payload: &[u8]) -> Bytes {
+/// One unmasked server frame around `payload`, in liveroom's codec.
+pub fn frame(opcode: Opcode, payload: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(payload.len() + 10);
-    b.put_u8(0x80 | opcode);
-    let n = payload.len();
-    if n < 126 {
-        b.put_u8(n as u8);
-    } else if n <= u16::MAX as usize {
-        b.put_u8(126);
-        b.put_u16(n as u16);
-    } else {
-        b.put_u8(127);
-        b.put_u64(n as u64);
-    }
-    b.put_slice(payload);
+    ws::encode(&mut b, opcode, payload);
     b.freeze()
 }
 
@@ -110,7 +100,7 @@ async fn conn(hub: Arc<Hub>, mut sock: TcpStream) -> Result<()> {
         sock.write_all(resp.as_bytes()).await?;
         let (mut rd, wr) = sock.into_split();
         let writer = tokio::spawn(writer(wr, rx));
-        let ack = frame(0x1, b"A");
+        let ack = frame(Opcode::Text, b"A");
         let r = read_loop(&hub, &mut rd, &mut buf, &tx, &ack).await;
         drop(tx);
         let _ = writer.await;
@@ -157,31 +147,24 @@ async fn read_loop(
     tx: &UnboundedSender<Bytes>,
     ack: &Bytes,
 ) -> Result<()> {
+    // The same RFC 6455 decoder liveroom uses: the baseline differs only in what it does with
+    // a message.
+    let mut decoder = ws::Decoder::new(16 << 20);
     loop {
-        while let Some((opcode, payload)) = parse_frame(buf)? {
-            match opcode {
-                0x1 | 0x2 => match payload.first() {
-                    Some(b'P') => {
-                        let f = frame(0x1, &payload[1..]);
-                        for (_, s) in hub.subs.read().unwrap().iter() {
-                            let _ = s.send(f.clone());
-                        }
-                        let _ = tx.send(ack.clone());
-                    }
-                    Some(b'E') => {
-                        let _ = tx.send(frame(0x1, &payload[1..]));
-                    }
-                    _ => {}
-                },
-                0x9 => {
-                    let _ = tx.send(frame(0xA, &payload));
+        while let Some(message) = decoder.decode(buf).map_err(|e| anyhow::anyhow!("{e}"))? {
+            match message {
+                Message::Text(text) => command(hub, text.as_bytes(), tx, ack),
+                Message::Binary(data) => command(hub, &data, tx, ack),
+                Message::Ping(payload) => {
+                    let _ = tx.send(frame(Opcode::Pong, &payload));
                 }
-                0x8 => {
-                    let _ = tx.send(frame(0x8, &payload[..payload.len().min(2)]));
+                Message::Close(code) => {
+                    let code = code.unwrap_or(liveroom::close::NORMAL);
+                    let _ = tx.send(frame(Opcode::Close, &code.to_be_bytes()));
                     let _ = tx.send(Bytes::new()); // close marker
                     return Ok(());
                 }
-                _ => {}
+                Message::Pong => {}
             }
         }
         if rd.read_buf(buf).await? == 0 {
@@ -190,53 +173,21 @@ async fn read_loop(
     }
 }
 
-/// Parses one masked client frame from the front of `buf` (None: need more bytes).
-fn parse_frame(buf: &mut BytesMut) -> Result<Option<(u8, Vec<u8>)>> {
-    if buf.len() < 2 {
-        return Ok(None);
-    }
-    let opcode = buf[0] & 0x0f;
-    let masked = buf[1] & 0x80 != 0;
-    let len7 = (buf[1] & 0x7f) as usize;
-    let (len, mut pos) = match len7 {
-        126 => {
-            if buf.len() < 4 {
-                return Ok(None);
+/// `P<payload>` broadcasts and acks, `E<payload>` echoes, anything else is ignored.
+fn command(hub: &Hub, payload: &[u8], tx: &UnboundedSender<Bytes>, ack: &Bytes) {
+    match payload.first() {
+        Some(b'P') => {
+            let f = frame(Opcode::Text, &payload[1..]);
+            for (_, s) in hub.subs.read().unwrap().iter() {
+                let _ = s.send(f.clone());
             }
-            (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4)
+            let _ = tx.send(ack.clone());
         }
-        127 => {
-            if buf.len() < 10 {
-                return Ok(None);
-            }
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&buf[2..10]);
-            (u64::from_be_bytes(a) as usize, 10)
+        Some(b'E') => {
+            let _ = tx.send(frame(Opcode::Text, &payload[1..]));
         }
-        n => (n, 2),
-    };
-    anyhow::ensure!(len <= 16 << 20, "frame too large");
-    let mask = if masked {
-        if buf.len() < pos + 4 {
-            return Ok(None);
-        }
-        let m = [buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]];
-        pos += 4;
-        Some(m)
-    } else {
-        None
-    };
-    if buf.len() < pos + len {
-        return Ok(None);
+        _ => {}
     }
-    buf.advance(pos);
-    let mut payload = buf.split_to(len).to_vec();
-    if let Some(m) = mask {
-        for (i, b) in payload.iter_mut().enumerate() {
-            *b ^= m[i & 3];
-        }
-    }
-    Ok(Some((opcode, payload)))
 }
 
 #[cfg(test)]
@@ -304,28 +255,5 @@ mod tests {
             settle: 0.0,
             subscribed: false,
         }
-    }
-
-    #[test]
-    fn frames_roundtrip_lengths() {
-        for n in [0usize, 5, 125, 126, 65535, 65536] {
-            let f = frame(0x1, &vec![b'x'; n]);
-            let mut b = BytesMut::from(&f[..]);
-            let (op, p) = parse_frame(&mut b).unwrap().unwrap();
-            assert_eq!(op, 1);
-            assert_eq!(p.len(), n);
-            assert!(b.is_empty());
-        }
-    }
-
-    #[test]
-    fn masked_frame_is_unmasked() {
-        let mut b = BytesMut::new();
-        b.put_u8(0x81);
-        b.put_u8(0x80 | 3);
-        b.put_slice(&[1, 2, 3, 4]);
-        b.put_slice(&[b'a' ^ 1, b'b' ^ 2, b'c' ^ 3]);
-        let (_, p) = parse_frame(&mut b).unwrap().unwrap();
-        assert_eq!(p, b"abc");
     }
 }

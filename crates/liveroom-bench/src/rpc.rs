@@ -159,20 +159,7 @@ async fn closed_loop(t: Target, o: &Opts, m: &mut Metrics) -> Result<()> {
     );
     let mut w = Metrics::default();
     win.finish(&mut w);
-    if let Some(c) = w.get("server_cpu") {
-        m.set("closed_server_cpu", "closed-loop server CPU", c, "% core");
-    }
-    if let Some(c) = w.get("gen_cpu") {
-        m.set("closed_gen_cpu", "closed-loop generator CPU", c, "% core");
-    }
-    if let Some(c) = w.get("other_cpu") {
-        m.set(
-            "closed_other_cpu",
-            "closed-loop other processes' CPU",
-            c,
-            "% core",
-        );
-    }
+    copy_cpu(m, &w, "closed", "closed-loop", &["server", "gen", "other"]);
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         if let Ok(w) = t.await {
@@ -300,17 +287,7 @@ async fn fixed_rate(t: Target, o: &Opts, m: &mut Metrics) -> Result<()> {
         lag.quantile(0.99).map(|v| v as f64 / 1000.0),
         "ms",
     );
-    if let Some(c) = w.get("server_cpu") {
-        m.set("rate_server_cpu", "fixed-rate server CPU", c, "% core");
-    }
-    if let Some(c) = w.get("other_cpu") {
-        m.set(
-            "rate_other_cpu",
-            "fixed-rate other processes' CPU",
-            c,
-            "% core",
-        );
-    }
+    copy_cpu(m, &w, "rate", "fixed-rate", &["server", "other"]);
     let missing = (total * k as u64).saturating_sub(replies.get());
     m.set(
         "rate_missing",
@@ -320,6 +297,26 @@ async fn fixed_rate(t: Target, o: &Opts, m: &mut Metrics) -> Result<()> {
     );
     m.set("rate_errors", "fixed-rate errors", errors.get() as f64, "");
     Ok(())
+}
+
+/// Copies the CPU figures of one measuring window (`server_cpu`, ...) into `m` as
+/// `<key>_server_cpu` ("<label> server CPU"), and so on for each of `which`.
+fn copy_cpu(m: &mut Metrics, window: &Metrics, key: &str, label: &str, which: &[&str]) {
+    for who in which {
+        if let Some(c) = window.get(&format!("{who}_cpu")) {
+            let name = match *who {
+                "gen" => "generator",
+                "other" => "other processes'",
+                other => other,
+            };
+            m.set(
+                &format!("{key}_{who}_cpu"),
+                &format!("{label} {name} CPU"),
+                c,
+                "% core",
+            );
+        }
+    }
 }
 
 #[cfg(test)]

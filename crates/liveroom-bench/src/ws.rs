@@ -163,9 +163,20 @@ pub mod lr {
         path: &str,
         args: Value,
         stream: bool,
-        mut other: impl FnMut(&Value),
+        other: impl FnMut(&Value),
     ) -> Result<Value> {
         send_text(ws, call_frame(id, path, args, stream)).await?;
+        reply(ws, id, path, other).await
+    }
+
+    /// Waits for the reply to call `id` (to `path`), passing other envelopes to `other`.
+    /// Returns the reply's `data`; an `ok:false` reply is an error.
+    pub async fn reply(
+        ws: &mut Ws,
+        id: &str,
+        path: &str,
+        mut other: impl FnMut(&Value),
+    ) -> Result<Value> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -179,6 +190,12 @@ pub mod lr {
                 other(&env);
             }
         }
+    }
+
+    /// Subscribes to the stream at `path` and returns its initial data (other frames that
+    /// arrive first are dropped).
+    pub async fn stream(ws: &mut Ws, path: &str, args: Value) -> Result<Value> {
+        call(ws, "s", path, args, true, |_| {}).await
     }
 
     /// Checks an RPC reply object and returns its `data`.

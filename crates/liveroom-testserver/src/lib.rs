@@ -75,19 +75,19 @@ impl State {
     pub fn leaves_of(&self, key: &str) -> usize {
         count_key(&self.leaves, key)
     }
+}
 
-    /// Applies a crud event to the `items` list, so its stream's init stays truthful.
-    fn apply(&self, event: &str, data: &Value) {
-        let mut items = self.items.lock().unwrap();
-        let at = items.iter().position(|i| i["id"] == data["id"]);
-        match (event, at) {
-            ("created" | "updated", Some(i)) => items[i] = data.clone(),
-            ("created", None) => items.push(data.clone()),
-            ("deleted", Some(i)) => {
-                items.remove(i);
-            }
-            _ => {}
+/// Merges an event into a `crud` list keyed by `id`, as the client does (and as `test/publish`
+/// keeps the `items` list, so its stream's init stays truthful).
+pub fn crud_apply(list: &mut Vec<Value>, event: &str, data: &Value) {
+    let at = list.iter().position(|i| i["id"] == data["id"]);
+    match (event, at) {
+        ("created" | "updated", Some(i)) => list[i] = data.clone(),
+        ("created", None) => list.push(data.clone()),
+        ("deleted", Some(i)) => {
+            list.remove(i);
         }
+        _ => {}
     }
 }
 
@@ -165,7 +165,7 @@ fn rpcs(app: App, state: &Arc<State>) -> App {
             let state = publish.clone();
             async move {
                 if topic == "items" {
-                    state.apply(&event, &data);
+                    crud_apply(&mut state.items.lock().unwrap(), &event, &data);
                 }
                 ctx.publish(&topic, &event, &data)
             }

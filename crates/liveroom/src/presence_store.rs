@@ -16,22 +16,19 @@ pub type StoreFuture<'a, T> = BoxFuture<'a, T>;
 ///
 /// Each method is called once per *process-level* transition: `join` when the first local
 /// socket of an identity subscribes, `leave` when the last one is gone and its grace ran out.
+/// The futures borrow only the store: an implementation copies what it needs of the arguments
+/// before it returns.
 pub trait PresenceStore: Send + Sync + 'static {
     /// Counts `key` in `topic`; `data` (`None`: counted, not listed) is stored first.
     /// Returns `true` if this made the identity present anywhere (publish `join`).
-    fn join<'a>(
-        &'a self,
-        topic: &'a str,
-        key: &'a str,
-        data: Option<&'a Value>,
-    ) -> StoreFuture<'a, bool>;
+    fn join(&self, topic: &str, key: &str, data: Option<&Value>) -> StoreFuture<'_, bool>;
     /// Uncounts `key` in `topic`. Returns `true` if the identity is now gone everywhere
     /// (publish `leave`).
-    fn leave<'a>(&'a self, topic: &'a str, key: &'a str) -> StoreFuture<'a, bool>;
+    fn leave(&self, topic: &str, key: &str) -> StoreFuture<'_, bool>;
     /// Replaces the presence data of a member that is already counted.
-    fn update<'a>(&'a self, topic: &'a str, key: &'a str, data: &'a Value) -> StoreFuture<'a, ()>;
+    fn update(&self, topic: &str, key: &str, data: &Value) -> StoreFuture<'_, ()>;
     /// The listed members of `topic`: `(key, data)` for every present identity with data.
-    fn roster<'a>(&'a self, topic: &'a str) -> StoreFuture<'a, Vec<(String, Value)>>;
+    fn roster(&self, topic: &str) -> StoreFuture<'_, Vec<(String, Value)>>;
 }
 
 /// Members of one room: identity -> (count, data).
@@ -44,12 +41,7 @@ pub struct MemoryPresence {
 }
 
 impl PresenceStore for MemoryPresence {
-    fn join<'a>(
-        &'a self,
-        topic: &'a str,
-        key: &'a str,
-        data: Option<&'a Value>,
-    ) -> StoreFuture<'a, bool> {
+    fn join(&self, topic: &str, key: &str, data: Option<&Value>) -> StoreFuture<'_, bool> {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         let entry = rooms
             .entry(topic.to_owned())
@@ -62,7 +54,7 @@ impl PresenceStore for MemoryPresence {
         Box::pin(async move { first })
     }
 
-    fn leave<'a>(&'a self, topic: &'a str, key: &'a str) -> StoreFuture<'a, bool> {
+    fn leave(&self, topic: &str, key: &str) -> StoreFuture<'_, bool> {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         let mut last = false;
         if let Some(room) = rooms.get_mut(topic) {
@@ -80,7 +72,7 @@ impl PresenceStore for MemoryPresence {
         Box::pin(async move { last })
     }
 
-    fn update<'a>(&'a self, topic: &'a str, key: &'a str, data: &'a Value) -> StoreFuture<'a, ()> {
+    fn update(&self, topic: &str, key: &str, data: &Value) -> StoreFuture<'_, ()> {
         let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(entry) = rooms.get_mut(topic).and_then(|r| r.get_mut(key)) {
             entry.1 = Some(data.clone());
@@ -88,7 +80,7 @@ impl PresenceStore for MemoryPresence {
         Box::pin(async {})
     }
 
-    fn roster<'a>(&'a self, topic: &'a str) -> StoreFuture<'a, Vec<(String, Value)>> {
+    fn roster(&self, topic: &str) -> StoreFuture<'_, Vec<(String, Value)>> {
         let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         let mut list: Vec<(String, Value)> = rooms
             .get(topic)

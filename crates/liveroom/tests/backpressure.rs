@@ -7,23 +7,44 @@
 mod common;
 
 use common::*;
-use liveroom::{Limits, ServerConfig};
 use serde_json::{json, Value};
 use std::time::Duration;
 
 /// The tests of this binary read one process-wide counter: they run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The events of a frame: a `{"type":"batch"}` frame's, or the frame itself.
+fn events_of(frame: Value) -> Vec<Value> {
+    if frame["type"] == "batch" {
+        frame["events"]
+            .as_array()
+            .expect("a batch has events")
+            .clone()
+    } else {
+        vec![frame]
+    }
+}
+
+/// Reads `fast`'s events until `received` reaches `published`: ids `received..published`, in
+/// order, none missing.
+async fn read_in_order(fast: &mut Peer, received: &mut u64, published: u64) {
+    while *received < published {
+        let f = fast
+            .client
+            .next_within(WAIT)
+            .await
+            .expect("fast gets events");
+        for e in events_of(f) {
+            assert_eq!(e["data"]["id"], *received, "in order, none missing");
+            *received += 1;
+        }
+    }
+}
+
 #[tokio::test]
 async fn slow_consumer_is_cut_off_with_1013_and_fast_one_gets_everything() {
     let _serial = SERIAL.lock().await;
-    let config = ServerConfig {
-        limits: Limits {
-            outbox_bytes: 64 * 1024,
-            ..Limits::default()
-        },
-        ..config()
-    };
+    let config = config_with_outbox(64 * 1024);
     let server = start_with(test_app().0, config).await;
     let mut fast = Peer::guest(&server).await;
     fast.send(&json!({"type":"subscribe","topic":"open:flood","ref":1}));
@@ -57,22 +78,7 @@ async fn slow_consumer_is_cut_off_with_1013_and_fast_one_gets_everything() {
             published += 1;
         }
         // The fast client keeps up (and the test paces itself on it).
-        while received < published {
-            let f = fast
-                .client
-                .next_within(WAIT)
-                .await
-                .expect("fast gets events");
-            let events: Vec<Value> = if f["type"] == "batch" {
-                f["events"].as_array().unwrap().clone()
-            } else {
-                vec![f]
-            };
-            for e in events {
-                assert_eq!(e["data"]["id"], received, "in order, none missing");
-                received += 1;
-            }
-        }
+        read_in_order(&mut fast, &mut received, published).await;
         if round % 8 == 0 && metric("liveroom_slow_consumer_disconnects_total") > cuts_before {
             cut = true;
             break;
@@ -90,20 +96,7 @@ async fn slow_consumer_is_cut_off_with_1013_and_fast_one_gets_everything() {
             .unwrap();
         published += 1;
     }
-    while received < published {
-        let f = fast
-            .client
-            .next_within(WAIT)
-            .await
-            .expect("fast gets events");
-        let n = if f["type"] == "batch" {
-            f["events"].as_array().unwrap().len() as u64
-        } else {
-            1
-        };
-        received += n;
-    }
-    assert_eq!(received, published);
+    read_in_order(&mut fast, &mut received, published).await;
     fast.assert_alive().await;
 
     // The slow client, reading again, finds the close frame after what was already on the wire.
@@ -131,13 +124,7 @@ async fn slow_consumer_is_cut_off_with_1013_and_fast_one_gets_everything() {
 #[tokio::test]
 async fn a_cut_off_peer_that_never_reads_is_dropped() {
     let _serial = SERIAL.lock().await;
-    let config = ServerConfig {
-        limits: Limits {
-            outbox_bytes: 64 * 1024,
-            ..Limits::default()
-        },
-        ..config()
-    };
+    let config = config_with_outbox(64 * 1024);
     let server = start_with(test_app().0, config).await;
     let mut slow = RawWs::connect(&server, "").await;
     slow.send_text(r#"{"type":"subscribe","topic":"open:stall","ref":1}"#)

@@ -31,7 +31,7 @@ async fn expect_reply_error(p: &mut Peer, id: &str, text: &str, code: &str, need
 
 #[tokio::test]
 async fn malformed_frames_get_error_frames() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let mut p = Peer::guest(&server).await;
     let other = Peer::guest(&server).await;
     expect_error_frame(&mut p, "not json", "invalid JSON").await;
@@ -82,7 +82,7 @@ async fn malformed_frames_get_error_frames() {
 
 #[tokio::test]
 async fn malformed_calls_with_an_id_get_error_replies() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let mut p = Peer::guest(&server).await;
     let other = Peer::guest(&server).await;
     let cases: &[(&str, &str, &str, &str)] = &[
@@ -223,7 +223,7 @@ async fn malformed_calls_with_an_id_get_error_replies() {
 
 #[tokio::test]
 async fn nesting_limit() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let mut p = Peer::guest(&server).await;
     // 64 levels in total are fine: the frame object plus 63 arrays (`args` and 62 inside).
     let ok = format!(
@@ -253,7 +253,7 @@ async fn nesting_limit() {
 
 #[tokio::test]
 async fn batch_size_limit_and_bad_entries() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let mut p = Peer::guest(&server).await;
     let call = |i: usize| json!({"rpc":"test/add","id":format!("b{i}"),"args":[i, 1]});
     let replies = p.batch((0..64).map(call).collect()).await.unwrap();
@@ -283,7 +283,7 @@ async fn batch_size_limit_and_bad_entries() {
 
 #[tokio::test]
 async fn binary_frames_are_answered_and_ignored() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let mut p = Peer::guest(&server).await;
     p.send_binary(br#"{"rpc":"test/add","id":"x","args":[1,2]}"#.to_vec());
     let e = p.typed("error").await;
@@ -298,7 +298,7 @@ async fn binary_frames_are_answered_and_ignored() {
 
 #[tokio::test]
 async fn oversized_message_closes_with_1009() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let mut p = Peer::guest(&server).await;
     let other = Peer::guest(&server).await;
     // Just under the limit is fine.
@@ -314,7 +314,7 @@ async fn oversized_message_closes_with_1009() {
 
 #[tokio::test]
 async fn framing_violations_close_with_their_codes() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let other = Peer::guest(&server).await;
     // Invalid UTF-8 in a text frame: 1007.
     let mut ws = RawWs::connect(&server, "").await;
@@ -344,7 +344,7 @@ async fn framing_violations_close_with_their_codes() {
 
 #[tokio::test]
 async fn fragments_and_pings_over_a_raw_socket() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let mut ws = RawWs::connect(&server, "").await;
     let text = r#"{"rpc":"test/add","id":"f","args":[20,22]}"#;
     let (a, b) = text.split_at(10);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn rpc_ok_reply_envelope_is_exact() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let mut p = Peer::guest(&server).await;
     p.send_text(r#"{"rpc":"test/add","id":"a1","args":[40,2]}"#);
     let frame = p.raw_frame(WAIT).await.expect("reply");
@@ -34,7 +34,7 @@ async fn rpc_ok_reply_envelope_is_exact() {
 
 #[tokio::test]
 async fn app_error_codes_pass_through() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let p = Peer::guest(&server).await;
     for code in [
         "FORBIDDEN",
@@ -69,7 +69,7 @@ async fn app_error_codes_pass_through() {
 
 #[tokio::test]
 async fn protocol_error_codes() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let p = Peer::guest(&server).await;
     // NOT_FOUND: no such path.
     assert_eq!(
@@ -104,7 +104,7 @@ async fn protocol_error_codes() {
 
 #[tokio::test]
 async fn fire_and_forget_runs_and_gets_no_reply() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let mut p = Peer::guest(&server).await;
     p.send(&json!({"type":"subscribe","topic":"open:ff","ref":1}));
     p.typed("subscribed").await;
@@ -123,8 +123,7 @@ async fn fire_and_forget_runs_and_gets_no_reply() {
 
 #[tokio::test]
 async fn batch_runs_in_parallel_and_replies_once() {
-    let (app, state) = test_app();
-    let server = start(app).await;
+    let (server, state) = serve().await;
     let mut p = Peer::guest(&server).await;
     let started = Instant::now();
     let replies = p
@@ -165,8 +164,7 @@ async fn batch_runs_in_parallel_and_replies_once() {
 
 #[tokio::test]
 async fn sequential_batch_runs_in_order() {
-    let (app, state) = test_app();
-    let server = start(app).await;
+    let (server, state) = serve().await;
     let mut p = Peer::guest(&server).await;
     let rx = p.expect_reply("__batch");
     p.send(&json!({"sequential": true, "batch": [
@@ -189,7 +187,7 @@ async fn sequential_batch_runs_in_order() {
 
 #[tokio::test]
 async fn batch_caps_merge_events_into_one_frame() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let mut batching = Peer::connect_with(&server, "", &[], true).await;
     let mut plain = Peer::connect_with(&server, "", &[], false).await;
     for p in [&mut batching, &mut plain] {
@@ -227,7 +225,7 @@ async fn batch_caps_merge_events_into_one_frame() {
 
 #[tokio::test]
 async fn subscribe_acks_denials_and_ignored_topics() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let mut p = Peer::guest(&server).await;
     p.send(&json!({"type":"subscribe","topic":"open:a","ref":1}));
     assert_eq!(
@@ -281,7 +279,7 @@ async fn subscribe_acks_denials_and_ignored_topics() {
 
 #[tokio::test]
 async fn events_reach_subscribers_only_and_unsubscribe_stops_them() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let mut a = Peer::guest(&server).await;
     let mut b = Peer::guest(&server).await;
     let mut c = Peer::guest(&server).await;
@@ -317,7 +315,7 @@ async fn events_reach_subscribers_only_and_unsubscribe_stops_them() {
 
 #[tokio::test]
 async fn ignored_frames_get_no_answer() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let mut p = Peer::guest(&server).await;
     for f in [
         json!({"type":"resume","lastSeq":3}),
@@ -337,7 +335,7 @@ async fn ignored_frames_get_no_answer() {
 /// exactly one live subscription per topic.
 #[tokio::test]
 async fn reconnect_sequence_ends_with_one_subscription() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let mut old = Peer::guest(&server).await;
     old.stream("test/topic", json!(["r"])).await.unwrap();
     old.send(&json!({"type":"subscribe","topic":"open:r","ref":1}));
@@ -381,7 +379,7 @@ async fn reconnect_sequence_ends_with_one_subscription() {
 
 #[tokio::test]
 async fn upgrade_rejections_close_with_4401_and_4403() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let mut p = Peer::connect(&server, "reject=401").await;
     assert_eq!(p.close_code().await, Some(4401));
     let mut p = Peer::connect(&server, "reject=403").await;
@@ -396,7 +394,7 @@ async fn upgrade_rejections_close_with_4401_and_4403() {
 
 #[tokio::test]
 async fn origin_allow_list() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let same = format!("http://{}", server.addr());
     let mut evil =
         Peer::connect_with(&server, "", &[("Origin", "https://evil.example")], true).await;
@@ -432,7 +430,7 @@ async fn origin_allow_list() {
 
 #[tokio::test]
 async fn topic_validation() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let mut p = Peer::guest(&server).await;
     let long_ok = format!("open:{}", "x".repeat(251));
     assert_eq!(long_ok.len(), 256);
@@ -472,7 +470,7 @@ async fn topic_validation() {
 
 #[tokio::test]
 async fn healthz_and_manifest() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let (status, body) = http_get(&server, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok"));
     let (status, manifest) = http_get(&server, "/__live/manifest.json").await;

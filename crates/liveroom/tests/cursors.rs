@@ -15,8 +15,7 @@ fn moved(p: &Peer, board: &str, x: i64, y: i64) {
 
 #[tokio::test]
 async fn moves_are_throttled_and_the_latest_position_wins() {
-    let (app, _) = test_app_with(GRACE);
-    let server = start(app).await;
+    let (server, _) = serve_with(GRACE).await;
     let alice = Peer::user(&server, "alice").await;
     enter_board(&alice, "b1").await;
     let mut bob = Peer::user(&server, "bob").await;
@@ -44,8 +43,7 @@ async fn moves_are_throttled_and_the_latest_position_wins() {
 
 #[tokio::test]
 async fn late_joiner_gets_current_cursors_and_roster() {
-    let (app, _) = test_app_with(GRACE);
-    let server = start(app).await;
+    let (server, _) = serve_with(GRACE).await;
     let mut alice = Peer::user(&server, "alice").await;
     enter_board(&alice, "b1").await;
     let bob = Peer::user(&server, "bob").await;
@@ -78,8 +76,7 @@ async fn late_joiner_gets_current_cursors_and_roster() {
 
 #[tokio::test]
 async fn a_leaving_users_cursor_is_removed_after_the_grace() {
-    let (app, _) = test_app_with(GRACE);
-    let server = start(app).await;
+    let (server, _) = serve_with(GRACE).await;
     let alice = Peer::user(&server, "alice").await;
     enter_board(&alice, "b1").await;
     let mut bob = Peer::user(&server, "bob").await;
@@ -107,8 +104,7 @@ async fn a_leaving_users_cursor_is_removed_after_the_grace() {
 
 #[tokio::test]
 async fn moves_are_accepted_only_from_sockets_in_the_room() {
-    let (app, _) = test_app_with(GRACE);
-    let server = start(app).await;
+    let (server, _) = serve_with(GRACE).await;
     let mut bob = Peer::user(&server, "bob").await;
     enter_board(&bob, "b1").await;
     // Not subscribed to the room at all: refused.
@@ -148,8 +144,7 @@ async fn moves_are_accepted_only_from_sockets_in_the_room() {
 
 #[tokio::test]
 async fn guests_cursors_use_their_guest_key() {
-    let (app, _) = test_app_with(GRACE);
-    let server = start(app).await;
+    let (server, _) = serve_with(GRACE).await;
     let mut g = Peer::guest(&server).await;
     let r = try_enter(&g, "collab/lobby", json!([])).await;
     let key = r[1]["data"][0]["key"].as_str().unwrap().to_owned();
@@ -166,8 +161,7 @@ async fn guests_cursors_use_their_guest_key() {
 /// goes when its socket does (or when it unsubscribes the cursors topic).
 #[tokio::test]
 async fn a_cursors_only_subscribers_cursor_goes_with_its_socket() {
-    let (app, _) = test_app_with(GRACE);
-    let server = start(app).await;
+    let (server, _) = serve_with(GRACE).await;
     let mut bob = Peer::user(&server, "bob").await;
     enter_board(&bob, "b1").await;
     let watcher = Peer::user(&server, "watcher").await;

@@ -6,18 +6,11 @@
 mod common;
 
 use common::*;
-use liveroom::{Limits, ServerConfig};
 use serde_json::json;
 
 #[tokio::test]
 async fn every_series_counts_what_happened() {
-    let config = ServerConfig {
-        limits: Limits {
-            outbox_bytes: 4 * 1024,
-            ..Limits::default()
-        },
-        ..config()
-    };
+    let config = config_with_outbox(4 * 1024);
     let server = start_with(test_app().0, config).await;
     // A series' samples before and after, by the start of its line.
     let series = [

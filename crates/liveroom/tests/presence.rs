@@ -13,8 +13,7 @@ const PAST_GRACE: Duration = Duration::from_millis(600);
 
 #[tokio::test]
 async fn two_users_see_each_other_and_the_joiner_sees_itself() {
-    let (app, _) = test_app_with(GRACE);
-    let server = start(app).await;
+    let (server, _) = serve_with(GRACE).await;
     let mut alice = Peer::connect(&server, "user=alice&name=Alice").await;
     let a = enter_board(&alice, "b1").await;
     assert_eq!(
@@ -46,8 +45,7 @@ async fn two_users_see_each_other_and_the_joiner_sees_itself() {
 
 #[tokio::test]
 async fn two_tabs_one_join_and_one_leave_after_the_grace() {
-    let (app, state) = test_app_with(GRACE);
-    let server = start(app).await;
+    let (server, state) = serve_with(GRACE).await;
     let mut obs = observe_board(&server, "b1").await;
     let tab1 = Peer::user(&server, "alice").await;
     enter_board(&tab1, "b1").await;
@@ -78,8 +76,7 @@ async fn two_tabs_one_join_and_one_leave_after_the_grace() {
 
 #[tokio::test]
 async fn reload_inside_the_grace_produces_neither_leave_nor_join() {
-    let (app, state) = test_app_with(GRACE);
-    let server = start(app).await;
+    let (server, state) = serve_with(GRACE).await;
     let mut obs = observe_board(&server, "b1").await;
     let tab = Peer::user(&server, "alice").await;
     enter_board(&tab, "b1").await;
@@ -118,8 +115,7 @@ async fn reload_inside_the_grace_produces_neither_leave_nor_join() {
 
 #[tokio::test]
 async fn wire_unsubscribe_of_the_data_topic_ends_membership() {
-    let (app, state) = test_app_with(GRACE);
-    let server = start(app).await;
+    let (server, state) = serve_with(GRACE).await;
     let mut obs = observe_board(&server, "b1").await;
     let alice = Peer::user(&server, "alice").await;
     enter_board(&alice, "b1").await;
@@ -143,8 +139,7 @@ async fn wire_unsubscribe_of_the_data_topic_ends_membership() {
 
 #[tokio::test]
 async fn guard_denial_returns_the_code_and_nobody_sees_a_join() {
-    let (app, state) = test_app_with(GRACE);
-    let server = start(app).await;
+    let (server, state) = serve_with(GRACE).await;
     let mut member = Peer::user(&server, "alice").await;
     enter_board(&member, "b1").await;
     let mut obs = observe_board(&server, "b1").await;
@@ -192,8 +187,7 @@ async fn guard_denial_returns_the_code_and_nobody_sees_a_join() {
 
 #[tokio::test]
 async fn observers_are_not_members() {
-    let (app, state) = test_app_with(GRACE);
-    let server = start(app).await;
+    let (server, state) = serve_with(GRACE).await;
     let mut alice = Peer::user(&server, "alice").await;
     enter_board(&alice, "b1").await;
     let watcher = Peer::user(&server, "watcher").await;
@@ -218,8 +212,7 @@ async fn observers_are_not_members() {
 
 #[tokio::test]
 async fn hooks_fire_once_per_actual_join_and_leave() {
-    let (app, state) = test_app_with(GRACE);
-    let server = start(app).await;
+    let (server, state) = serve_with(GRACE).await;
     let mut obs = observe_board(&server, "b1").await;
     let a1 = Peer::user(&server, "alice").await;
     let a2 = Peer::user(&server, "alice").await;
@@ -255,8 +248,7 @@ async fn hooks_fire_once_per_actual_join_and_leave() {
 
 #[tokio::test]
 async fn null_presence_counts_but_is_not_listed() {
-    let (app, state) = test_app_with(GRACE);
-    let server = start(app).await;
+    let (server, state) = serve_with(GRACE).await;
     let mut obs = observe_board(&server, "b1").await;
     let ghost = Peer::connect(&server, "user=ghost&hidden=1").await;
     let e = enter_board(&ghost, "b1").await;
@@ -279,8 +271,7 @@ async fn null_presence_counts_but_is_not_listed() {
 
 #[tokio::test]
 async fn guests_get_per_connection_keys() {
-    let (app, _) = test_app_with(GRACE);
-    let server = start(app).await;
+    let (server, _) = serve_with(GRACE).await;
     let mut g1 = Peer::guest(&server).await;
     let r1 = try_enter(&g1, "collab/lobby", json!([])).await;
     let key1 = r1[1]["data"][0]["key"].as_str().unwrap().to_owned();
@@ -351,8 +342,7 @@ async fn identity_keys_follow_the_protocol_rules() {
 
 #[tokio::test]
 async fn a_failed_data_load_leaves_no_ghost() {
-    let (app, _) = test_app_with(GRACE);
-    let server = start(app).await;
+    let (server, _) = serve_with(GRACE).await;
     let mut observer = observe_board(&server, "broken").await;
     let alice = Peer::user(&server, "alice").await;
     let replies = try_enter(&alice, "collab/board", json!(["broken"])).await;

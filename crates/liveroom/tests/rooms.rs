@@ -12,8 +12,7 @@ const GRACE: Duration = Duration::from_millis(250);
 
 #[tokio::test]
 async fn seed_board_end_to_end() {
-    let (app, state) = test_app_with(GRACE);
-    let server = start(app).await;
+    let (server, state) = serve_with(GRACE).await;
     let mut alice = Peer::connect(&server, "user=alice&name=Alice").await;
     let a = enter_board(&alice, "b1").await;
     // The three stream replies of a room page.
@@ -56,8 +55,7 @@ async fn seed_board_end_to_end() {
 
 #[tokio::test]
 async fn multi_argument_rooms_route_actions_and_pass_every_arg() {
-    let (app, _) = test_app_with(GRACE);
-    let server = start(app).await;
+    let (server, _) = serve_with(GRACE).await;
     let mut xy = Peer::user(&server, "u1").await;
     let r = try_enter(&xy, "collab/pair", json!(["x", "y"])).await;
     assert_eq!(r[0]["topic"], "pair:x:y");
@@ -105,8 +103,7 @@ async fn multi_argument_rooms_route_actions_and_pass_every_arg() {
 
 #[tokio::test]
 async fn rooms_with_different_args_are_isolated() {
-    let (app, _) = test_app_with(GRACE);
-    let server = start(app).await;
+    let (server, _) = serve_with(GRACE).await;
     let mut in_b1 = Peer::user(&server, "alice").await;
     enter_board(&in_b1, "b1").await;
     let mut in_b2 = Peer::user(&server, "bob").await;
@@ -128,8 +125,7 @@ async fn rooms_with_different_args_are_isolated() {
 
 #[tokio::test]
 async fn unknown_and_malformed_actions() {
-    let (app, _) = test_app_with(GRACE);
-    let server = start(app).await;
+    let (server, _) = serve_with(GRACE).await;
     let mut alice = Peer::user(&server, "alice").await;
     enter_board(&alice, "b1").await;
     let r = alice
@@ -162,8 +158,7 @@ async fn unknown_and_malformed_actions() {
 
 #[tokio::test]
 async fn guards_run_before_actions() {
-    let (app, state) = test_app_with(GRACE);
-    let server = start(app).await;
+    let (server, state) = serve_with(GRACE).await;
     let mut alice = Peer::user(&server, "alice").await;
     enter_board(&alice, "b1").await;
     let guest = Peer::guest(&server).await;
@@ -187,8 +182,7 @@ async fn guards_run_before_actions() {
 
 #[tokio::test]
 async fn guard_failing_with_a_plain_error() {
-    let (app, _) = test_app_with(GRACE);
-    let server = start(app).await;
+    let (server, _) = serve_with(GRACE).await;
     let guest = Peer::guest(&server).await;
     let user = Peer::user(&server, "alice").await;
     for (p, code) in [(&guest, "UNAUTHENTICATED"), (&user, "FORBIDDEN")] {
@@ -204,8 +198,7 @@ async fn guard_failing_with_a_plain_error() {
 
 #[tokio::test]
 async fn manifest_describes_rooms() {
-    let (app, _) = test_app_with(GRACE);
-    let server = start(app).await;
+    let (server, _) = serve_with(GRACE).await;
     let (status, body) = http_get(&server, "/__live/manifest.json").await;
     assert_eq!(status, 200);
     let m: Value = serde_json::from_str(&body).unwrap();

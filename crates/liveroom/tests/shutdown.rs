@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn shutdown_closes_every_socket_with_1001() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let addr = server.addr();
     let mut idle = Peer::guest(&server).await;
     let mut subscribed = Peer::user(&server, "ann").await;
@@ -65,7 +65,7 @@ async fn shutdown_releases_presence_without_waiting_for_the_grace() {
 
 #[tokio::test]
 async fn shutdown_does_not_wait_for_a_peer_that_never_reads() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let mut raw = RawWs::connect(&server, "").await;
     raw.send_text(r#"{"type":"subscribe","topic":"open:x","ref":1}"#)
         .await;

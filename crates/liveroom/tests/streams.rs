@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, Notify};
 
 #[tokio::test]
 async fn stream_reply_shapes() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let p = Peer::guest(&server).await;
     let recent = p.reply_to(stream_call("test/recent", json!([]))).await;
     let id = recent["id"].clone();
@@ -50,7 +50,7 @@ async fn stream_reply_shapes() {
 
 #[tokio::test]
 async fn guarded_and_failing_streams_do_not_subscribe() {
-    let server = start(test_app().0).await;
+    let (server, _) = serve().await;
     let mut p = Peer::guest(&server).await;
     let denied = p.stream("test/denied", json!([])).await.map(|r| r.data);
     assert_eq!(code_of(denied), "FORBIDDEN");

@@ -236,6 +236,23 @@ impl RedisPresence {
         Ok(list)
     }
 
+    /// Runs a join or leave script: `true` if it was the first join or the last leave anywhere.
+    /// With Redis down the replica serves locally, counts it as such, and re-asserts after the
+    /// outage so the others hear of it.
+    async fn transition(&self, inv: redis::ScriptInvocation<'static>) -> bool {
+        let ran = self
+            .redis
+            .run(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
+            .await;
+        match ran {
+            Ok(n) => n == 1,
+            Err(_) => {
+                self.dirty.store(true, Ordering::Relaxed);
+                true
+            }
+        }
+    }
+
     /// Refreshes the expiry of the hashes this replica takes part in.
     pub async fn refresh_ttl(&self) {
         let topics = self.topics();
@@ -256,12 +273,7 @@ impl RedisPresence {
 }
 
 impl PresenceStore for RedisPresence {
-    fn join<'a>(
-        &'a self,
-        topic: &'a str,
-        key: &'a str,
-        data: Option<&'a Value>,
-    ) -> StoreFuture<'a, bool> {
+    fn join(&self, topic: &str, key: &str, data: Option<&Value>) -> StoreFuture<'_, bool> {
         {
             let mut local = self.local();
             let e = local
@@ -270,29 +282,16 @@ impl PresenceStore for RedisPresence {
             e.0 += 1;
             e.1 = data.cloned();
         }
-        Box::pin(async move {
-            let mut inv = scripts().join.key(format!("{PRESENCE_PREFIX}{topic}"));
-            inv.key(owned_key(&self.replica))
-                .arg(key)
-                .arg(data.map(Value::to_string).unwrap_or_default())
-                .arg(field(topic, key))
-                .arg(TTL_MS);
-            match self
-                .redis
-                .run(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
-                .await
-            {
-                Ok(count) => count == 1,
-                Err(_) => {
-                    // Serve locally; the re-assertion after the outage tells the others.
-                    self.dirty.store(true, Ordering::Relaxed);
-                    true
-                }
-            }
-        })
+        let mut inv = scripts().join.key(format!("{PRESENCE_PREFIX}{topic}"));
+        inv.key(owned_key(&self.replica))
+            .arg(key)
+            .arg(data.map(Value::to_string).unwrap_or_default())
+            .arg(field(topic, key))
+            .arg(TTL_MS);
+        Box::pin(self.transition(inv))
     }
 
-    fn leave<'a>(&'a self, topic: &'a str, key: &'a str) -> StoreFuture<'a, bool> {
+    fn leave(&self, topic: &str, key: &str) -> StoreFuture<'_, bool> {
         {
             let mut local = self.local();
             let k = (topic.to_owned(), key.to_owned());
@@ -303,32 +302,20 @@ impl PresenceStore for RedisPresence {
                 }
             }
         }
-        Box::pin(async move {
-            let mut inv = scripts().leave.key(format!("{PRESENCE_PREFIX}{topic}"));
-            inv.key(owned_key(&self.replica))
-                .arg(key)
-                .arg(field(topic, key));
-            match self
-                .redis
-                .run(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
-                .await
-            {
-                Ok(last) => last == 1,
-                Err(_) => {
-                    self.dirty.store(true, Ordering::Relaxed);
-                    true
-                }
-            }
-        })
+        let mut inv = scripts().leave.key(format!("{PRESENCE_PREFIX}{topic}"));
+        inv.key(owned_key(&self.replica))
+            .arg(key)
+            .arg(field(topic, key));
+        Box::pin(self.transition(inv))
     }
 
-    fn update<'a>(&'a self, topic: &'a str, key: &'a str, data: &'a Value) -> StoreFuture<'a, ()> {
+    fn update(&self, topic: &str, key: &str, data: &Value) -> StoreFuture<'_, ()> {
         if let Some(e) = self.local().get_mut(&(topic.to_owned(), key.to_owned())) {
             e.1 = Some(data.clone());
         }
+        let hash = format!("{PRESENCE_PREFIX}{topic}");
+        let (field, value) = (format!("d:{key}"), data.to_string());
         Box::pin(async move {
-            let hash = format!("{PRESENCE_PREFIX}{topic}");
-            let (field, value) = (format!("d:{key}"), data.to_string());
             let set = self
                 .redis
                 .run(|mut c| async move {
@@ -341,15 +328,16 @@ impl PresenceStore for RedisPresence {
         })
     }
 
-    fn roster<'a>(&'a self, topic: &'a str) -> StoreFuture<'a, Vec<(String, Value)>> {
+    fn roster(&self, topic: &str) -> StoreFuture<'_, Vec<(String, Value)>> {
+        let topic = topic.to_owned();
         Box::pin(async move {
-            match self.cluster_roster(topic).await {
+            match self.cluster_roster(&topic).await {
                 Ok(list) => list,
                 Err(_) => {
                     let mut list: Vec<(String, Value)> = self
                         .local()
                         .iter()
-                        .filter(|((t, _), _)| t == topic)
+                        .filter(|((t, _), _)| *t == topic)
                         .filter_map(|((_, k), (_, d))| Some((k.clone(), d.clone()?)))
                         .collect();
                     list.sort_by(|a, b| a.0.cmp(&b.0));

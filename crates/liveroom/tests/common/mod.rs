@@ -8,7 +8,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use liveroom::{App, Running, Server, ServerConfig};
 use liveroom_client::Client;
 #[allow(unused_imports)] // not every test binary builds its own app
-pub use liveroom_testserver::{with_auth, Options, State};
+pub use liveroom_testserver::{crud_apply, with_auth, Options, State};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -298,19 +298,6 @@ pub fn stream_call(path: &str, args: Value) -> Value {
     json!({ "rpc": path, "args": args, "stream": true })
 }
 
-/// Merges an event into a `crud` list keyed by `id`, as the client does.
-pub fn crud_apply(list: &mut Vec<Value>, event: &str, data: &Value) {
-    let at = list.iter().position(|i| i["id"] == data["id"]);
-    match (event, at) {
-        ("created" | "updated", Some(i)) => list[i] = data.clone(),
-        ("created", None) => list.push(data.clone()),
-        ("deleted", Some(i)) => {
-            list.remove(i);
-        }
-        _ => {}
-    }
-}
-
 /// One plain HTTP/1.1 GET: `(status, body)`.
 pub async fn http_get(server: &Running, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(server.addr()).await.expect("connects");
@@ -504,6 +491,28 @@ pub fn test_app_with(grace: Duration) -> (App, Arc<State>) {
         grace,
         ..Options::default()
     })
+}
+
+/// Starts the shared test app (5 s leave grace).
+pub async fn serve() -> (Running, Arc<State>) {
+    serve_with(Duration::from_secs(5)).await
+}
+
+/// Starts the shared test app with a leave grace of `grace`.
+pub async fn serve_with(grace: Duration) -> (Running, Arc<State>) {
+    let (app, state) = test_app_with(grace);
+    (start(app).await, state)
+}
+
+/// [`config`] with an outbox limit of `bytes`.
+pub fn config_with_outbox(bytes: usize) -> ServerConfig {
+    ServerConfig {
+        limits: liveroom::Limits {
+            outbox_bytes: bytes,
+            ..liveroom::Limits::default()
+        },
+        ..config()
+    }
 }
 
 /// The three stream replies of a room page.
