@@ -1,6 +1,6 @@
 //! [`App`], the registry builder, and [`Live`], the built registry that serves connections.
 //!
-//! The registry maps paths to what they resolve to ([`Entry`]): an RPC, a stream, one of a
+//! The registry maps paths to what they resolve to (`Entry`): an RPC, a stream, one of a
 //! room's streams, or a room action. Layers above extend [`Live`] where they need to: the
 //! manifest (`manifest.rs`) and the connection hooks (`session`).
 

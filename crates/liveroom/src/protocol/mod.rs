@@ -1,6 +1,6 @@
 //! The wire protocol of protocol.md sections 1-4, in three parts that read like the spec:
 //! - [`names`]: what a valid RPC path and a valid topic are;
-//! - [`decode`]: the frames a client sends, decoded strictly, with reasons;
+//! - [`decode`](mod@decode): the frames a client sends, decoded strictly, with reasons;
 //! - [`encode`]: the frames the server sends, written straight into bytes.
 
 pub mod decode;

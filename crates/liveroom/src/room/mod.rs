@@ -4,7 +4,7 @@
 //! - [`Room`] (here) is the builder; register it with [`App::room`](crate::App::room). Its data
 //!   part is a [`Stream`]: the room's guard and topic are that stream's, and every other part
 //!   (presence, cursors, actions) passes the same gate first.
-//! - [`def`] is the erased room with its runtime state, what the session talks to.
+//! - `def` is the erased room with its runtime state, what the session talks to.
 //! - [`presence`] is the per-process tracker (refcount + leave grace) over the
 //!   [`PresenceStore`](crate::presence_store::PresenceStore).
 //! - [`cursors`] holds the per-room cursor tables and their ticker.

@@ -1,7 +1,7 @@
 //! Presence: who is in a room.
 //!
 //! Two layers, so that reloads never flicker and clusters stay consistent:
-//! - [`Tracker`] (per process, here): counts this process's sockets per (room topic, identity)
+//! - `Tracker` (per process, here): counts this process's sockets per (room topic, identity)
 //!   and runs the leave grace. Only its 0→1 and (after the grace) 1→0 transitions reach the
 //!   store.
 //! - [`PresenceStore`] (in memory, or Redis in cluster mode): counts processes per identity and

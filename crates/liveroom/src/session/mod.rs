@@ -10,8 +10,8 @@
 //!    first) or the initial-data load, then the reply. A slow call never delays the frames
 //!    after it.
 //!
-//! - [`subs`]: what the socket is subscribed to and which rooms it is in;
-//! - [`reply`]: phase 2's result and how replies are queued.
+//! - `subs`: what the socket is subscribed to and which rooms it is in;
+//! - `reply`: phase 2's result and how replies are queued.
 
 mod reply;
 mod subs;
