@@ -7,6 +7,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod proxy;
+
 use liveroom_client::Client;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};

@@ -19,7 +19,9 @@ pub enum ClusterError {
 ///
 /// Every command goes through [`Redis::run`]: while the breaker is open it fails at once
 /// (nothing waits on a dead Redis); after a few consecutive failures it opens, for a delay that
-/// grows up to 5 s; the heartbeat probes and closes it.
+/// grows up to one heartbeat; the heartbeat probes and closes it. The cap keeps recovery within
+/// a heartbeat or two of Redis coming back (the convergence bound of docs/clustering.md), and
+/// one probe per heartbeat does not hammer a Redis that is down.
 #[derive(Clone)]
 pub struct Redis {
     client: redis::Client,
@@ -27,6 +29,8 @@ pub struct Redis {
     failures: Arc<AtomicU32>,
     open_until: Arc<Mutex<Option<Instant>>>,
     timeout: Duration,
+    /// The longest the breaker stays open before the next probe.
+    max_open: Duration,
 }
 
 /// A Redis command failed, or was not tried because the breaker is open.
@@ -60,6 +64,7 @@ impl Redis {
             failures: Arc::new(AtomicU32::new(0)),
             open_until: Arc::new(Mutex::new(None)),
             timeout: Duration::from_millis(1000),
+            max_open: config.heartbeat,
         })
     }
 
@@ -118,9 +123,13 @@ impl Redis {
     }
 
     fn succeeded(&self) {
-        if self.failures.swap(0, Ordering::Relaxed) > 0 {
+        let failures = self.failures.swap(0, Ordering::Relaxed);
+        if failures > 0 {
             *self.open_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
             metrics::gauge!("liveroom_redis_up").set(1.0);
+            if failures >= 3 {
+                tracing::info!("redis reachable again: circuit closed");
+            }
         }
     }
 
@@ -131,7 +140,7 @@ impl Redis {
             tracing::warn!(error = %e, "redis command failed");
         }
         if n >= 3 {
-            let delay = Duration::from_millis((250u64 << (n - 3).min(5)).min(5000));
+            let delay = Duration::from_millis(250u64 << (n - 3).min(5)).min(self.max_open);
             *self.open_until.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some(Instant::now() + delay);
             metrics::gauge!("liveroom_redis_up").set(0.0);

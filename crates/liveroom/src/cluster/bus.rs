@@ -21,6 +21,10 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 /// Channel prefix.
 pub const CHANNEL_PREFIX: &str = "__live-bus:";
+/// The control channel every replica subscribes to: a replica that may have lost presence
+/// events publishes its id here once Redis is back, and every other replica then corrects its
+/// local rosters from Redis (docs/clustering.md, "Convergence").
+pub const RESYNC_CHANNEL: &str = "__live-ctl:resync";
 /// Prefix of the per-room cursor position hashes (`<identity>` -> position JSON).
 pub const CURSORS_PREFIX: &str = "__live-cursors:";
 /// Cursor hashes expire after a minute without moves.
@@ -49,6 +53,10 @@ pub struct RedisBus {
     connections: AtomicU64,
     /// Signalled when the subscriber is back after a gap (events may have been missed).
     reconnected: Notify,
+    /// Signalled when another replica asked for a roster correction.
+    resync: Notify,
+    /// A publish of this replica failed or was dropped since the last [`RedisBus::take_lost`].
+    lost: AtomicBool,
     subscribed: Mutex<HashSet<String>>,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     idle: Notify,
@@ -69,6 +77,8 @@ impl RedisBus {
             connected: AtomicBool::new(false),
             connections: AtomicU64::new(0),
             reconnected: Notify::new(),
+            resync: Notify::new(),
+            lost: AtomicBool::new(false),
             subscribed: Mutex::new(HashSet::new()),
             waiters: Mutex::new(HashMap::new()),
             idle: Notify::new(),
@@ -95,6 +105,29 @@ impl RedisBus {
     /// the meantime were missed, so local rosters need a correction.
     pub(crate) async fn reconnected(&self) {
         self.reconnected.notified().await;
+    }
+
+    /// Resolves when another replica published on [`RESYNC_CHANNEL`]: events it published may
+    /// have been lost, so local rosters need a correction.
+    pub(crate) async fn resync_requested(&self) {
+        self.resync.notified().await;
+    }
+
+    /// Whether a publish failed or was dropped since the last call (and clears that).
+    pub(crate) fn take_lost(&self) -> bool {
+        self.lost.swap(false, Ordering::Relaxed)
+    }
+
+    /// Asks every other replica to correct its rosters from Redis (see [`RESYNC_CHANNEL`]).
+    pub(crate) fn request_resync(&self) {
+        let payload = Bytes::copy_from_slice(self.replica.as_bytes());
+        if self
+            .publish_tx
+            .try_send((RESYNC_CHANNEL.to_owned(), payload))
+            .is_err()
+        {
+            self.lost.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Waits (bounded) until every queued publish was sent.
@@ -127,7 +160,10 @@ impl RedisBus {
                 .await;
             match sent {
                 Ok(()) => metrics::counter!("liveroom_redis_published_total").increment(n),
-                Err(_) => metrics::counter!("liveroom_redis_publish_dropped_total").increment(n),
+                Err(_) => {
+                    self.lost.store(true, Ordering::Relaxed);
+                    metrics::counter!("liveroom_redis_publish_dropped_total").increment(n)
+                }
             }
             if rx.is_empty() {
                 self.idle.notify_waiters();
@@ -182,8 +218,9 @@ impl RedisBus {
             let channels: Vec<String> = interests
                 .iter()
                 .map(|t| format!("{CHANNEL_PREFIX}{t}"))
+                .chain([RESYNC_CHANNEL.to_owned()])
                 .collect();
-            if !channels.is_empty() && sink.subscribe(&channels).await.is_err() {
+            if sink.subscribe(&channels).await.is_err() {
                 continue;
             }
             *self.subscribed.lock().unwrap() = interests.clone();
@@ -226,6 +263,12 @@ impl RedisBus {
     }
 
     fn receive(&self, live: &Live, channel: &str, payload: &[u8]) {
+        if channel == RESYNC_CHANNEL {
+            if payload != self.replica.as_bytes() {
+                self.resync.notify_one();
+            }
+            return;
+        }
         let Some(topic) = channel.strip_prefix(CHANNEL_PREFIX) else {
             return;
         };
@@ -260,6 +303,7 @@ impl Bus for RedisBus {
             .try_send((format!("{CHANNEL_PREFIX}{topic}"), payload.into()))
             .is_err()
         {
+            self.lost.store(true, Ordering::Relaxed);
             metrics::counter!("liveroom_redis_publish_dropped_total").increment(1);
         }
     }

@@ -21,6 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
+/// How many times a roster correction is sent (see the heartbeat).
+const CORRECTIONS: u8 = 2;
+
 /// The set of live replica ids.
 pub const REPLICAS: &str = "__live-replicas";
 
@@ -83,14 +86,19 @@ impl Cluster {
         let mut tick = tokio::time::interval(self.config.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut registered = false;
+        let mut ever_registered = false;
         let mut beats: u64 = 0;
-        // The bus came back after a gap: local rosters may have missed joins and leaves that
-        // other replicas published meanwhile (e.g. their re-assertion after a Redis restart).
-        let mut resync = false;
+        // Rounds of roster correction still to do. Local rosters may be wrong after this
+        // replica's bus came back (it missed others' events), or after another replica asked
+        // (it lost some of its own). Each correction is sent twice, a heartbeat apart: a `set`
+        // read from Redis can race an event already in flight, the second one cannot race the
+        // same event.
+        let mut corrections: u8 = 0;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = self.bus.reconnected() => resync = true,
+                _ = self.bus.reconnected() => corrections = CORRECTIONS,
+                _ = self.bus.resync_requested() => corrections = CORRECTIONS,
                 _ = self.stop.notified() => return,
             }
             if self.stopped.load(Ordering::Relaxed) {
@@ -98,20 +106,35 @@ impl Cluster {
             }
             beats += 1;
             let held = self.renew(registered).await;
+            tracing::debug!(?held, registered, corrections, "heartbeat");
             let Ok(held) = held else {
                 continue; // Redis down: serve locally, the breaker keeps this cheap
             };
-            if !held || !registered || self.store.dirty() {
+            // Events this replica published may not have reached everyone: a presence
+            // transition failed (dirty), the lease was lost (reaped meanwhile), or a publish
+            // was dropped.
+            let mut announce = false;
+            let dirty = self.store.dirty();
+            if !held || !registered || dirty {
                 if registered && !held {
                     tracing::warn!(replica = %self.replica, "lease was lost; re-registering");
                 }
                 registered = self.register().await && self.reassert(&live).await;
                 if registered {
-                    resync = false; // the re-assertion just sent every local roster
+                    // Whatever changed while Redis was away, local clients now get the truth.
+                    corrections = CORRECTIONS;
+                    announce = ever_registered || dirty;
+                    ever_registered = true;
                 }
             }
-            if resync && registered {
-                resync = !self.correct_rosters(&live).await;
+            if registered && (announce || self.bus.take_lost()) {
+                tracing::info!(replica = %self.replica, "back after losing events; asking every replica to correct its rosters");
+                metrics::counter!("liveroom_cluster_resyncs_total").increment(1);
+                self.bus.request_resync();
+                corrections = CORRECTIONS;
+            }
+            if corrections > 0 && registered && self.correct_rosters(&live).await {
+                corrections -= 1;
             }
             self.reap(&live).await;
             if beats % 30 == 0 {
@@ -165,7 +188,8 @@ impl Cluster {
             .is_ok()
     }
 
-    /// Re-asserts this replica's members and corrects local rosters. `false` if Redis failed.
+    /// Re-asserts this replica's members, publishing the cluster-wide transitions that causes.
+    /// `false` if Redis failed.
     async fn reassert(&self, live: &Live) -> bool {
         let Ok(changes) = self.store.reassert().await else {
             return false;
@@ -183,8 +207,6 @@ impl Cluster {
                 self.publish_gone(live, &topic, &key);
             }
         }
-        // Whatever changed while Redis was away, local clients now get the truth.
-        self.correct_rosters(live).await;
         true
     }
 
