@@ -24,6 +24,10 @@ pub struct Limits {
     /// Largest client message accepted; larger ones close the socket with 1009.
     #[arg(long, env = "LIVEROOM_MAX_MESSAGE", default_value_t = Limits::MAX_MESSAGE)]
     pub max_message: usize,
+    /// Largest cursor position accepted, in bytes of JSON; larger moves are refused
+    /// (`INVALID_REQUEST`), counted, and never broadcast.
+    #[arg(long, env = "LIVEROOM_MAX_CURSOR_BYTES", default_value_t = Limits::MAX_CURSOR_BYTES)]
+    pub max_cursor_bytes: usize,
 }
 
 impl Limits {
@@ -31,6 +35,9 @@ impl Limits {
     pub const OUTBOX_BYTES: usize = 1 << 20;
     /// Default of [`Limits::max_message`]: 1 MiB.
     pub const MAX_MESSAGE: usize = 1 << 20;
+    /// Default of [`Limits::max_cursor_bytes`]: 1 KiB, plenty for coordinates and a little
+    /// state, small enough that a room's tick stays small.
+    pub const MAX_CURSOR_BYTES: usize = 1024;
 }
 
 impl Default for Limits {
@@ -38,6 +45,7 @@ impl Default for Limits {
         Limits {
             outbox_bytes: Self::OUTBOX_BYTES,
             max_message: Self::MAX_MESSAGE,
+            max_cursor_bytes: Self::MAX_CURSOR_BYTES,
         }
     }
 }

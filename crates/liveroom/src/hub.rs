@@ -1,7 +1,7 @@
 //! The topic table: who is subscribed to what, and publishing to them.
 //!
 //! The table is sharded by topic hash so publishes to different topics never contend, and a
-//! publish takes only a read lock. An event is serialized once into a `Bytes` envelope that every
+//! publish holds a read lock only long enough to clone the topic's subscriber list. An event is serialized once into a `Bytes` envelope that every
 //! subscriber's [`Outbox`](crate::outbox::Outbox) shares.
 
 use crate::conn::Conn;
@@ -43,7 +43,11 @@ pub trait Bus: Send + Sync + 'static {
     }
 }
 
-type Shard = RwLock<HashMap<Arc<str>, Vec<Arc<Conn>>>>;
+/// A topic's subscribers, copied on write: a publish clones the `Arc` under the read lock and
+/// delivers after releasing it, so a subscribe in the same shard never waits for a fan-out (and
+/// copies the list only if a fan-out is running on it at that moment).
+type Subscribers = Arc<Vec<Arc<Conn>>>;
+type Shard = RwLock<HashMap<Arc<str>, Subscribers>>;
 
 /// The sharded topic table. See the module docs.
 pub struct Hub {
@@ -93,7 +97,7 @@ impl Hub {
         if subs.iter().any(|c| c.id == conn.id) {
             return false;
         }
-        subs.push(conn.clone());
+        Arc::make_mut(subs).push(conn.clone());
         drop(shard);
         if first {
             if let Some(bus) = self.bus.get() {
@@ -112,7 +116,7 @@ impl Hub {
         let Some(i) = subs.iter().position(|c| c.id == id) else {
             return false;
         };
-        subs.swap_remove(i);
+        Arc::make_mut(subs).swap_remove(i);
         let last = subs.is_empty();
         if last {
             shard.remove(topic);
@@ -150,7 +154,7 @@ impl Hub {
     /// Number of local subscribers of `topic`.
     pub fn subscribers(&self, topic: &str) -> usize {
         let shard = self.shard(topic).read().unwrap_or_else(|p| p.into_inner());
-        shard.get(topic).map_or(0, Vec::len)
+        shard.get(topic).map_or(0, |s| s.len())
     }
 
     /// Publishes `event` with `data` on `topic`, here and on the bus.
@@ -183,12 +187,15 @@ impl Hub {
 
     /// Calls `push` for every local subscriber of `topic`, accounting drops and cut-offs.
     pub fn each(&self, topic: &str, mut push: impl FnMut(&Conn) -> Push) -> usize {
-        let shard = self.shard(topic).read().unwrap_or_else(|p| p.into_inner());
-        let Some(subs) = shard.get(topic) else {
-            return 0;
+        let subs = {
+            let shard = self.shard(topic).read().unwrap_or_else(|p| p.into_inner());
+            match shard.get(topic) {
+                Some(subs) => subs.clone(),
+                None => return 0,
+            }
         };
         let (mut delivered, mut dropped) = (0u64, 0u64);
-        for conn in subs {
+        for conn in subs.iter() {
             match push(conn) {
                 Push::Queued => delivered += 1,
                 Push::Dropped => dropped += 1,
@@ -199,7 +206,6 @@ impl Hub {
                 }
             }
         }
-        drop(shard);
         metrics::counter!("liveroom_events_delivered_total").increment(delivered);
         if dropped > 0 {
             metrics::counter!("liveroom_frames_dropped_total").increment(dropped);

@@ -29,6 +29,20 @@ pub fn accept_key(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
+/// Whether a `Sec-WebSocket-Key` is what RFC 6455 section 4.1 asks for: the base64 of 16 bytes.
+///
+/// ```
+/// assert!(liveroom::ws::valid_key("dGhlIHNhbXBsZSBub25jZQ=="));
+/// assert!(!liveroom::ws::valid_key("hello"));
+/// assert!(!liveroom::ws::valid_key("dGhlIHNhbXBsZSBub25jZSE=")); // 17 bytes
+/// ```
+pub fn valid_key(key: &str) -> bool {
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|k| k.len() == 16)
+}
+
 /// Frame opcodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Opcode {
@@ -57,7 +71,8 @@ pub enum Message {
     Ping(Bytes),
     /// A pong (ignored).
     Pong,
-    /// The client closes, with its code if it sent one.
+    /// The client closes, with its code if it sent one (always a valid one: see
+    /// [`valid_close_code`]).
     Close(Option<u16>),
 }
 
@@ -66,11 +81,30 @@ pub enum Message {
 #[error("websocket protocol error, closing with {0}")]
 pub struct DecodeError(pub u16);
 
+/// Most frames one fragmented message may span: past it the message is refused (close 1008), so
+/// a peer cannot make the server do per-frame work for one byte at a time.
+pub const MAX_FRAGMENTS: u32 = 1024;
+
+/// Whether `code` may appear in a close frame (RFC 6455 section 7.4): the defined codes (1000 to
+/// 1003, 1007 to 1011, and 1012 to 1014 of the IANA registry) and 3000 to 4999. 1004, 1005, 1006
+/// and 1015 are reserved and must never be sent.
+///
+/// ```
+/// use liveroom::ws::valid_close_code;
+/// assert!(valid_close_code(1000) && valid_close_code(4401));
+/// assert!(!valid_close_code(1005) && !valid_close_code(999) && !valid_close_code(5000));
+/// ```
+pub fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 /// Incremental decoder for client (masked) frames, reassembling fragments.
 #[derive(Debug)]
 pub struct Decoder {
     max_message: usize,
-    partial: Option<(Opcode, BytesMut)>,
+    /// The fragments of a message so far: its opcode, its bytes, how many frames (a `u32`
+    /// keeps the decoder, which every connection's reader holds, small).
+    partial: Option<(Opcode, BytesMut, u32)>,
 }
 
 impl Decoder {
@@ -92,11 +126,7 @@ impl Decoder {
             match opcode {
                 Opcode::Ping => return Ok(Some(Message::Ping(payload.freeze()))),
                 Opcode::Pong => return Ok(Some(Message::Pong)),
-                Opcode::Close => {
-                    let code =
-                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
-                    return Ok(Some(Message::Close(code)));
-                }
+                Opcode::Close => return close_frame(&payload).map(Some),
                 Opcode::Text | Opcode::Binary => {
                     if self.partial.is_some() {
                         return Err(DecodeError(close::PROTOCOL));
@@ -104,20 +134,23 @@ impl Decoder {
                     if fin {
                         return finish(opcode, payload).map(Some);
                     }
-                    self.partial = Some((opcode, payload));
+                    self.partial = Some((opcode, payload, 1));
                 }
                 Opcode::Continuation => {
-                    let Some((first, mut acc)) = self.partial.take() else {
+                    let Some((first, mut acc, frames)) = self.partial.take() else {
                         return Err(DecodeError(close::PROTOCOL));
                     };
                     if acc.len() + payload.len() > self.max_message {
                         return Err(DecodeError(close::TOO_BIG));
                     }
+                    if frames >= MAX_FRAGMENTS {
+                        return Err(DecodeError(close::POLICY));
+                    }
                     acc.extend_from_slice(&payload);
                     if fin {
                         return finish(first, acc).map(Some);
                     }
-                    self.partial = Some((first, acc));
+                    self.partial = Some((first, acc, frames + 1));
                 }
             }
         }
@@ -174,7 +207,8 @@ impl Decoder {
         }
         let len = len as usize;
         if buf.len() < header + 4 + len {
-            buf.reserve(header + 4 + len - buf.len());
+            // Wait for the payload without reserving it: the buffer grows as bytes arrive, so a
+            // header that only declares a large frame costs nothing.
             return Ok(None);
         }
         let mut mask = [0u8; 4];
@@ -185,6 +219,24 @@ impl Decoder {
             *b ^= mask[i & 3];
         }
         Ok(Some((fin, opcode, payload)))
+    }
+}
+
+/// A close frame's payload: empty, or a valid code and a UTF-8 reason (RFC 6455 section 5.5.1).
+fn close_frame(payload: &[u8]) -> Result<Message, DecodeError> {
+    match payload {
+        [] => Ok(Message::Close(None)),
+        [_] => Err(DecodeError(close::PROTOCOL)),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !valid_close_code(code) {
+                return Err(DecodeError(close::PROTOCOL));
+            }
+            if std::str::from_utf8(reason).is_err() {
+                return Err(DecodeError(close::INVALID_DATA));
+            }
+            Ok(Message::Close(Some(code)))
+        }
     }
 }
 
@@ -274,5 +326,55 @@ mod tests {
         let mut d = Decoder::new(100);
         let mut buf = BytesMut::from(&masked(1, true, &[0xff, 0xfe])[..]);
         assert_eq!(d.decode(&mut buf), Err(DecodeError(close::INVALID_DATA)));
+    }
+
+    #[test]
+    fn a_declared_length_reserves_nothing() {
+        let mut d = Decoder::new(1 << 20);
+        let frame = masked(1, true, &vec![b'a'; 100_000]);
+        let mut buf = BytesMut::from(&frame[..14]);
+        let before = buf.capacity();
+        assert_eq!(d.decode(&mut buf).unwrap(), None);
+        assert_eq!(buf.capacity(), before, "no room reserved for the payload");
+    }
+
+    #[test]
+    fn close_frames_follow_section_7() {
+        let close = |payload: &[u8]| {
+            let mut buf = BytesMut::from(&masked(8, true, payload)[..]);
+            Decoder::new(1024).decode(&mut buf)
+        };
+        assert_eq!(close(b""), Ok(Some(Message::Close(None))));
+        assert_eq!(close(&[0x03, 0xe8]), Ok(Some(Message::Close(Some(1000)))));
+        assert_eq!(
+            close(&[0x0f, 0xa0, b'o', b'k']),
+            Ok(Some(Message::Close(Some(4000))))
+        );
+        assert_eq!(close(&[0x03]), Err(DecodeError(close::PROTOCOL)));
+        for code in [
+            0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
+            assert_eq!(
+                close(&code.to_be_bytes()),
+                Err(DecodeError(close::PROTOCOL)),
+                "{code}"
+            );
+        }
+        assert_eq!(
+            close(&[0x03, 0xe8, 0xff]),
+            Err(DecodeError(close::INVALID_DATA))
+        );
+    }
+
+    #[test]
+    fn fragments_are_bounded_in_number() {
+        let mut d = Decoder::new(1 << 20);
+        let mut buf = BytesMut::from(&masked(1, false, b"a")[..]);
+        for _ in 1..MAX_FRAGMENTS {
+            buf.extend_from_slice(&masked(0, false, b"a"));
+        }
+        assert_eq!(d.decode(&mut buf), Ok(None));
+        buf.extend_from_slice(&masked(0, true, b"a"));
+        assert_eq!(d.decode(&mut buf), Err(DecodeError(close::POLICY)));
     }
 }

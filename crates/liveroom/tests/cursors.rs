@@ -210,3 +210,35 @@ async fn a_cursors_only_subscribers_cursor_goes_with_its_socket() {
         .await;
     server.shutdown().await.unwrap();
 }
+
+/// A cursor position is small: an oversized one (a hostile client's 900 KiB, or just over the
+/// 1 KiB limit) is refused, and nobody in the room receives it or loses its connection.
+#[tokio::test]
+async fn oversized_cursor_positions_are_refused_and_never_broadcast() {
+    let (server, _) = serve_with(GRACE).await;
+    let alice = Peer::user(&server, "alice").await;
+    enter_board(&alice, "b1").await;
+    let mut bob = Peer::user(&server, "bob").await;
+    enter_board(&bob, "b1").await;
+    for pad in [1100, 900 * 1024] {
+        let position = json!({"x": 1, "y": 2, "note": "n".repeat(pad)});
+        let r = alice
+            .reply_to(json!({"rpc":"collab/board/__cursor","args":["b1", position]}))
+            .await;
+        assert_eq!(r["code"], "INVALID_REQUEST", "{pad}: {}", r["error"]);
+        assert!(r["error"].as_str().unwrap().contains("1024"), "{r}");
+    }
+    bob.quiet("board:b1:cursors", Duration::from_millis(200))
+        .await;
+    // Just under the limit goes out as usual.
+    let fits = json!({"x": 3, "note": "n".repeat(900)});
+    moved_to(&alice, "b1", &fits);
+    assert_eq!(bob.event("board:b1:cursors", "update").await["x"], json!(3));
+    alice.assert_alive().await;
+    bob.assert_alive().await;
+    server.shutdown().await.unwrap();
+}
+
+fn moved_to(p: &Peer, board: &str, position: &serde_json::Value) {
+    p.fire("collab/board/__cursor", json!([board, position]));
+}

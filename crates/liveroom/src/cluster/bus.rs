@@ -364,16 +364,17 @@ impl Bus for RedisBus {
     }
 
     fn ready(&self, topic: &str) -> BoxFuture<'static, ()> {
+        // Checked and registered under the waiters' lock: the subscriber changes `connected`
+        // and `subscribed` before it takes that lock to release waiters, so either this sees
+        // the change or the subscriber sees this waiter. (Checking first and registering after
+        // could miss the wake-up and stall the socket for the whole 2 s bound.)
+        let mut waiters = self.waiters.lock().unwrap();
         if !self.connected() || self.subscribed.lock().unwrap().contains(topic) {
             return Box::pin(async {});
         }
         let (tx, rx) = oneshot::channel();
-        self.waiters
-            .lock()
-            .unwrap()
-            .entry(topic.to_owned())
-            .or_default()
-            .push(tx);
+        waiters.entry(topic.to_owned()).or_default().push(tx);
+        drop(waiters);
         Box::pin(async move {
             let _ = rx.await;
         })

@@ -21,6 +21,9 @@ use tokio::sync::Notify;
 
 #[derive(Debug, Default)]
 struct State {
+    /// The pong for the latest ping not answered yet: at most one (RFC 6455 section 5.5.3 lets
+    /// a pong answer only the most recent ping), so a peer that pings and never reads holds one
+    /// pong here, not one per ping.
     pongs: Vec<Bytes>,
     replies: Vec<Bytes>,
     events: Vec<Out>,
@@ -100,11 +103,16 @@ impl Outbox {
         self.notify.notify_one();
     }
 
-    /// Queues a pong with the ping's payload.
+    /// Queues a pong with the ping's payload, replacing an unsent one. Its bytes count against
+    /// the limit like everything else queued.
     pub fn pong(&self, payload: Bytes) {
         let mut s = self.lock();
         if s.close.is_some() {
             return;
+        }
+        s.bytes += payload.len();
+        if let Some(old) = s.pongs.pop() {
+            s.bytes -= old.len();
         }
         s.pongs.push(payload);
         drop(s);
@@ -141,22 +149,35 @@ impl Outbox {
     /// Queues `frame` under `key`, replacing an unsent frame with the same key: for state where
     /// only the newest value matters (cursor snapshots), so a congested client never queues more
     /// than one per key.
-    pub fn latest(&self, key: Arc<str>, frame: Bytes) {
+    pub fn latest(&self, key: Arc<str>, frame: Bytes) -> Push {
         let mut s = self.lock();
         if s.close.is_some() {
-            return;
+            return Push::Dropped;
+        }
+        let held = s.held.iter().any(|(t, _)| *t == key);
+        let replaced = if held {
+            0
+        } else {
+            s.latest.get(&key).map_or(0, Bytes::len)
+        };
+        if s.bytes - replaced + frame.len() > self.limit {
+            Self::cut(&mut s);
+            drop(s);
+            self.notify.notify_one();
+            return Push::Overflow;
         }
         s.bytes += frame.len();
         if let Some((_, held)) = s.held.iter_mut().find(|(t, _)| *t == key) {
             // The topic's stream reply is not out yet: keep the ordering rule.
             held.push_back(Out::One(frame));
-            return;
+            return Push::Queued;
         }
         if let Some(old) = s.latest.insert(key, frame) {
             s.bytes -= old.len();
         }
         drop(s);
         self.notify.notify_one();
+        Push::Queued
     }
 
     /// Whether an unsent frame is queued under `key`.
@@ -215,6 +236,7 @@ impl Outbox {
 
     /// The slow-consumer cut-off: drop what is queued, close with 1013.
     fn cut(s: &mut State) {
+        s.pongs.clear();
         s.replies.clear();
         s.events.clear();
         s.held.clear();
@@ -329,6 +351,18 @@ mod tests {
             d.messages(false),
             vec![Bytes::from_static(b"reply"), Bytes::from_static(b"set")]
         );
+    }
+
+    #[test]
+    fn a_ping_flood_without_reading_holds_one_pong() {
+        let o = Outbox::new(1000);
+        for i in 0..10_000u32 {
+            o.pong(Bytes::from(i.to_string()));
+        }
+        let mut d = Drain::default();
+        o.drain(&mut d);
+        assert_eq!(d.pongs, vec![Bytes::from_static(b"9999")]);
+        assert!(!o.drain(&mut d), "nothing left");
     }
 
     #[test]

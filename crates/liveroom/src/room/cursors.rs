@@ -8,7 +8,7 @@
 //! conflated slot instead, so its queue holds at most one cursor frame per room.
 
 use crate::hub::Hub;
-use crate::outbox::{Out, Push};
+use crate::outbox::Out;
 use bytes::Bytes;
 use indexmap::IndexMap;
 use serde_json::{Map, Value};
@@ -188,8 +188,7 @@ impl CursorTable {
                     });
                     crate::protocol::envelope(cursor_topic, "set", &raw)
                 });
-                o.latest(key.clone(), frame.clone());
-                Push::Queued
+                o.latest(key.clone(), frame.clone())
             } else {
                 o.event(cursor_topic, Out::Many(frames.clone()))
             }

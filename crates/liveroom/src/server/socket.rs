@@ -26,13 +26,31 @@ pub(super) struct Shared {
     pub closed: Notify,
 }
 
+/// One open WebSocket connection in [`Shared::open`], from the moment its upgrade is accepted
+/// (before the 101, so a shutdown that starts meanwhile waits for it) until it is dropped.
+pub(super) struct Open(Arc<Shared>);
+
+impl Open {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        shared.open.fetch_add(1, Ordering::SeqCst);
+        Open(shared)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.closed.notify_waiters();
+    }
+}
+
 /// Serves one upgraded connection until it closes.
 pub(super) async fn serve_socket(
-    shared: Arc<Shared>,
+    open: Open,
     upgraded: hyper::upgrade::Upgraded,
     verdict: Result<Option<serde_json::Value>, u16>,
 ) {
-    shared.open.fetch_add(1, Ordering::SeqCst);
+    let shared = &open.0;
     // The plain TCP stream lets an idle connection wait for readability holding no buffer.
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) if parts.read_buf.is_empty() => {
@@ -43,22 +61,21 @@ pub(super) async fn serve_socket(
             // hold the next small write back until the peer's delayed ACK (~40 ms).
             let _ = tcp.set_nodelay(true);
             let (rd, wr) = tcp.into_split();
-            run_socket(&shared, Reader::Tcp(rd), wr, verdict).await;
+            run_socket(shared, Reader::Tcp(rd), wr, verdict).await;
         }
         Ok(parts) => {
             let tcp = parts.io.into_inner();
             let _ = tcp.set_nodelay(true);
             let io = TokioIo::new(Prefixed::new(parts.read_buf, tcp));
             let (rd, wr) = tokio::io::split(io);
-            run_socket(&shared, Reader::Any(Box::new(rd)), wr, verdict).await;
+            run_socket(shared, Reader::Any(Box::new(rd)), wr, verdict).await;
         }
         Err(upgraded) => {
             let (rd, wr) = tokio::io::split(TokioIo::new(upgraded));
-            run_socket(&shared, Reader::Any(Box::new(rd)), wr, verdict).await;
+            run_socket(shared, Reader::Any(Box::new(rd)), wr, verdict).await;
         }
     }
-    shared.open.fetch_sub(1, Ordering::SeqCst);
-    shared.closed.notify_waiters();
+    drop(open);
 }
 
 /// Bytes hyper read past the upgrade request, then the stream.
@@ -177,8 +194,9 @@ async fn run_socket<W>(
                         Ok(Some(Message::Binary(_))) => session.binary(),
                         Ok(Some(Message::Ping(p))) => conn.outbox.pong(p),
                         Ok(Some(Message::Pong)) => {}
-                        Ok(Some(Message::Close(_))) => {
-                            conn.outbox.close(close::NORMAL);
+                        Ok(Some(Message::Close(code))) => {
+                            // Echo the peer's code (RFC 6455 section 5.5.1).
+                            conn.outbox.close(code.unwrap_or(close::NORMAL));
                             break 'read;
                         }
                         Err(ws::DecodeError(code)) => {
@@ -210,4 +228,33 @@ async fn run_socket<W>(
 
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod size_probe {
+    use super::*;
+    #[tokio::test]
+    async fn sizes() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (rd, wr) = a.into_split();
+        let (_tx, rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            live: crate::App::new().build(),
+            config: ServerConfig::default(),
+            shutdown: rx,
+            open: AtomicUsize::new(0),
+            closed: Notify::new(),
+        });
+        let f = run_socket(&shared, Reader::Tcp(rd), wr, Ok(None));
+        eprintln!("run_socket future: {} bytes", std::mem::size_of_val(&f));
+        let c = crate::conn::Conn::new(None, 1024);
+        eprintln!("Conn: {} bytes", std::mem::size_of_val(&*c));
+        let s = crate::App::new().build().connect(None);
+        eprintln!("Session: {} bytes", std::mem::size_of_val(&s));
+        let d = crate::ws::Decoder::new(1);
+        eprintln!("Decoder: {} bytes", std::mem::size_of_val(&d));
+        let w = super::super::writer::write_loop(c.clone(), tokio::io::sink());
+        eprintln!("write_loop: {} bytes", std::mem::size_of_val(&w));
+    }
 }

@@ -2,7 +2,7 @@
 //! and the app's upgrade hook, then the 101 and the hand-over to [`socket`](super::socket).
 
 use super::config::ServerConfig;
-use super::socket::{serve_socket, Shared};
+use super::socket::{serve_socket, Open, Shared};
 use crate::auth::UpgradeRequest;
 use crate::close;
 use crate::ws;
@@ -37,6 +37,47 @@ fn origin_allowed(config: &ServerConfig, headers: &HeaderMap) -> bool {
         .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
 }
 
+/// The client's opening handshake (RFC 6455 section 4.2.1): its `Sec-WebSocket-Key`, or the
+/// answer that refuses it: 426 with the version we speak for a wrong version (section 4.4),
+/// 400 for anything else.
+#[allow(clippy::result_large_err)] // the refusal is a whole HTTP response
+fn handshake(method: &Method, headers: &HeaderMap) -> Result<String, Response<Body>> {
+    let refuse = |status: StatusCode, why: &'static str| {
+        let mut r = Response::builder().status(status);
+        if status == StatusCode::UPGRADE_REQUIRED {
+            r = r
+                .header(header::SEC_WEBSOCKET_VERSION, "13")
+                .header(header::UPGRADE, "websocket");
+        }
+        Err(r.body(Body::from(why)).expect("valid response"))
+    };
+    if method != Method::GET
+        || !header_has(headers, header::UPGRADE, "websocket")
+        || !header_has(headers, header::CONNECTION, "upgrade")
+    {
+        return refuse(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade");
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v != "13")
+    {
+        return refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported Sec-WebSocket-Version: this server speaks 13",
+        );
+    }
+    match headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|k| k.to_str().ok())
+    {
+        Some(key) if ws::valid_key(key) => Ok(key.to_owned()),
+        _ => refuse(
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Key must be the base64 of 16 bytes",
+        ),
+    }
+}
+
 /// The `/ws` route.
 pub(super) async fn ws_handler(
     State(shared): State<Arc<Shared>>,
@@ -44,21 +85,9 @@ pub(super) async fn ws_handler(
     req: Request<Body>,
 ) -> Response<Body> {
     let headers = req.headers();
-    let key = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .and_then(|k| k.to_str().ok())
-        .map(str::to_owned);
-    let upgrade_ok = req.method() == Method::GET
-        && header_has(headers, header::UPGRADE, "websocket")
-        && header_has(headers, header::CONNECTION, "upgrade")
-        && headers
-            .get(header::SEC_WEBSOCKET_VERSION)
-            .is_some_and(|v| v == "13");
-    let Some(key) = key.filter(|_| upgrade_ok) else {
-        return Response::builder()
-            .status(StatusCode::BAD_REQUEST)
-            .body(Body::from("expected a WebSocket upgrade"))
-            .expect("valid response");
+    let key = match handshake(req.method(), headers) {
+        Ok(key) => key,
+        Err(refusal) => return refusal,
     };
     // A refused origin or user is still accepted, then closed with a terminal code: an HTTP
     // error here would look like 1006 to the client, which retries forever.
@@ -73,9 +102,10 @@ pub(super) async fn ws_handler(
             .map_err(|r| r.close_code())
     };
     let on_upgrade = hyper::upgrade::on(req);
+    let open = Open::new(shared);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => serve_socket(shared, upgraded, verdict).await,
+            Ok(upgraded) => serve_socket(open, upgraded, verdict).await,
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
     });

@@ -354,13 +354,18 @@ impl Session {
     fn cursor_move(&mut self, room: &Arc<RoomDef>, args: Vec<Value>) -> Result<(), LiveError> {
         let (args, position) = room.cursor_args(args)?;
         let topic = self.subs.entered(&room_key(room, &args)).cloned();
-        match topic {
-            Some(topic) if self.subs.may_move_cursor(&topic, room) => {
-                room.cursor_move(&topic, &self.conn, position);
-                Ok(())
-            }
-            _ => Err(LiveError::forbidden("not subscribed to this room")),
+        let Some(topic) = topic.filter(|t| self.subs.may_move_cursor(t, room)) else {
+            return Err(LiveError::forbidden("not subscribed to this room"));
+        };
+        let (size, max) = (json_len(&position), self.live.limits().max_cursor_bytes);
+        if size > max {
+            metrics::counter!("liveroom_oversized_payloads_total", "kind" => "cursor").increment(1);
+            return Err(LiveError::invalid(format!(
+                "cursor position is {size} bytes of JSON, more than the {max} allowed"
+            )));
         }
+        room.cursor_move(&topic, &self.conn, position);
+        Ok(())
     }
 
     /// In cluster mode, waits until other replicas' events of `topic` flow here, so the
@@ -368,6 +373,23 @@ impl Session {
     async fn remote_ready(&self, topic: &str) {
         self.live.hub().ready(topic).await;
     }
+}
+
+/// How many bytes `value` takes as JSON, without building the string.
+fn json_len(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 impl Drop for Session {
