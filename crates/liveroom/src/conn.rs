@@ -3,8 +3,9 @@
 
 use crate::outbox::Outbox;
 use serde_json::Value;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -28,6 +29,14 @@ pub struct Limits {
     /// (`INVALID_REQUEST`), counted, and never broadcast.
     #[arg(long, env = "LIVEROOM_MAX_CURSOR_BYTES", default_value_t = Limits::MAX_CURSOR_BYTES)]
     pub max_cursor_bytes: usize,
+    /// After this many milliseconds without a byte from the peer, the server pings it (0: never,
+    /// and never time a peer out).
+    #[arg(long, env = "LIVEROOM_PING_INTERVAL_MS", default_value_t = Limits::PING_INTERVAL_MS)]
+    pub ping_interval_ms: u64,
+    /// A peer that stays silent this many milliseconds more after the ping is closed (1001):
+    /// half-open TCP connections do not stay forever.
+    #[arg(long, env = "LIVEROOM_PING_TIMEOUT_MS", default_value_t = Limits::PING_TIMEOUT_MS)]
+    pub ping_timeout_ms: u64,
 }
 
 impl Limits {
@@ -38,6 +47,10 @@ impl Limits {
     /// Default of [`Limits::max_cursor_bytes`]: 1 KiB, plenty for coordinates and a little
     /// state, small enough that a room's tick stays small.
     pub const MAX_CURSOR_BYTES: usize = 1024;
+    /// Default of [`Limits::ping_interval_ms`]: 30 s.
+    pub const PING_INTERVAL_MS: u64 = 30_000;
+    /// Default of [`Limits::ping_timeout_ms`]: 30 s.
+    pub const PING_TIMEOUT_MS: u64 = 30_000;
 }
 
 impl Default for Limits {
@@ -46,6 +59,8 @@ impl Default for Limits {
             outbox_bytes: Self::OUTBOX_BYTES,
             max_message: Self::MAX_MESSAGE,
             max_cursor_bytes: Self::MAX_CURSOR_BYTES,
+            ping_interval_ms: Self::PING_INTERVAL_MS,
+            ping_timeout_ms: Self::PING_TIMEOUT_MS,
         }
     }
 }
@@ -65,6 +80,25 @@ pub struct Conn {
     /// those subscriptions (and room memberships) as soon as it can.
     failed: Mutex<Vec<Arc<str>>>,
     failed_notify: Notify,
+    /// When the peer last sent anything, in milliseconds since [`epoch`], wrapping (a `u32`
+    /// keeps `Conn` small; silences are compared with wrapping arithmetic).
+    heard: AtomicU32,
+    /// When the server last wrote to the peer, likewise.
+    wrote: AtomicU32,
+}
+
+/// The instant connection times are counted from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn since(at: &AtomicU32) -> Duration {
+    Duration::from_millis(now_ms().wrapping_sub(at.load(Ordering::Relaxed)).into())
+}
+
+fn now_ms() -> u32 {
+    epoch().elapsed().as_millis() as u32 // wraps every 49 days; see `silent_for`
 }
 
 impl Conn {
@@ -79,6 +113,8 @@ impl Conn {
             outbox: Outbox::new(limit),
             failed: Mutex::new(Vec::new()),
             failed_notify: Notify::new(),
+            heard: AtomicU32::new(now_ms()),
+            wrote: AtomicU32::new(now_ms()),
         })
     }
 
@@ -99,6 +135,26 @@ impl Conn {
     /// Resolves when a stream load failed (the session's `settle` then undoes it).
     pub async fn stream_failure(&self) {
         self.failed_notify.notified().await;
+    }
+
+    /// The peer sent something (any frame, a pong included).
+    pub fn heard(&self) {
+        self.heard.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long the peer has been silent.
+    pub fn silent_for(&self) -> Duration {
+        since(&self.heard)
+    }
+
+    /// The server wrote to the peer.
+    pub(crate) fn wrote(&self) {
+        self.wrote.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long the server has written nothing to the peer.
+    pub(crate) fn quiet_for(&self) -> Duration {
+        since(&self.wrote)
     }
 
     /// Whether the identity is a per-connection guest key.

@@ -239,3 +239,34 @@ async fn pings_pongs_and_limits() {
     other.assert_alive().await;
     server.shutdown().await.unwrap();
 }
+
+/// The server pings a silent peer and closes it (1001) when it stays silent: half-open
+/// connections do not stay forever. A client that answers pings, even one that sends nothing
+/// else, stays connected.
+#[tokio::test]
+async fn silent_peers_are_pinged_then_closed() {
+    let mut config = config();
+    config.limits.ping_interval_ms = 200;
+    config.limits.ping_timeout_ms = 300;
+    let server = start_with(test_app().0, config).await;
+    let mut answering = Peer::guest(&server).await; // its client answers pings by itself
+    let mut silent = RawWs::connect(&server, "").await;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        silent.read_frame(WAIT).await,
+        Some(RawFrame::Other(0x09)),
+        "a ping"
+    );
+    let (code, _) = silent.until_close(WAIT).await;
+    assert_eq!(code, Some(1001));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(450),
+        "closed before the timeout: {took:?}"
+    );
+    // Twice the whole timeout later, the peer that answers pings is still there.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    answering.assert_alive().await;
+    assert!(answering.collect_all(Duration::ZERO).await.is_empty());
+    server.shutdown().await.unwrap();
+}

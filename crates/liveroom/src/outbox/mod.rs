@@ -51,7 +51,9 @@ pub enum Push {
 pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
-    limit: usize,
+    /// The byte limit, as a `u32` (4 GiB is far past any sane limit): every connection holds
+    /// one, and the smaller field leaves room in `Conn` for the liveness clock.
+    limit: u32,
     batch: AtomicBool,
 }
 
@@ -61,9 +63,13 @@ impl Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
-            limit,
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
             batch: AtomicBool::new(false),
         }
+    }
+
+    fn limit(&self) -> usize {
+        self.limit as usize
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -90,7 +96,7 @@ impl Outbox {
         if s.close.is_some() {
             return;
         }
-        if s.bytes + frame.len() > self.limit.saturating_mul(2) {
+        if s.bytes + frame.len() > self.limit() * 2 {
             Self::cut(&mut s);
             drop(s);
             metrics::counter!("liveroom_slow_consumer_disconnects_total").increment(1);
@@ -126,7 +132,7 @@ impl Outbox {
         if s.close.is_some() {
             return Push::Dropped;
         }
-        if s.bytes + frame.len() > self.limit {
+        if s.bytes + frame.len() > self.limit() {
             Self::cut(&mut s);
             drop(s);
             self.notify.notify_one();
@@ -160,7 +166,7 @@ impl Outbox {
         } else {
             s.latest.get(&key).map_or(0, Bytes::len)
         };
-        if s.bytes - replaced + frame.len() > self.limit {
+        if s.bytes - replaced + frame.len() > self.limit() {
             Self::cut(&mut s);
             drop(s);
             self.notify.notify_one();
@@ -187,7 +193,7 @@ impl Outbox {
 
     /// More than a quarter of the limit is waiting: time to conflate rather than queue.
     pub fn congested(&self) -> bool {
-        self.lock().bytes > self.limit / 4
+        self.lock().bytes > self.limit() / 4
     }
 
     /// Holds events of `topic` until [`release`](Self::release): a stream's reply must reach the

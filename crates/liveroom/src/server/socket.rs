@@ -2,7 +2,7 @@
 //! the session, the writer task drains the outbox. An idle connection holds no read buffer.
 
 use super::config::ServerConfig;
-use super::writer::write_loop;
+use super::writer::{write_loop, Liveness};
 use crate::close;
 use crate::registry::Live;
 use crate::ws::{self, Decoder, Message};
@@ -174,7 +174,8 @@ async fn run_socket<W>(
     };
     let mut session = shared.live.connect(user);
     let conn = session.conn().clone();
-    let mut write_task = tokio::spawn(write_loop(conn.clone(), writer));
+    let liveness = Liveness::of(&shared.config.limits);
+    let mut write_task = tokio::spawn(write_loop(conn.clone(), writer, liveness));
     let mut shutdown = shared.shutdown.clone();
     let mut decoder = Decoder::new(shared.config.limits.max_message);
     let mut buf = BytesMut::new();
@@ -183,7 +184,7 @@ async fn run_socket<W>(
             read = reader.fill(&mut buf) => {
                 match read {
                     Ok(0) | Err(_) => break 'read,
-                    Ok(_) => {}
+                    Ok(_) => conn.heard(),
                 }
                 loop {
                     match decoder.decode(&mut buf) {
@@ -228,33 +229,4 @@ async fn run_socket<W>(
 
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
-}
-
-#[cfg(test)]
-mod size_probe {
-    use super::*;
-    #[tokio::test]
-    async fn sizes() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (rd, wr) = a.into_split();
-        let (_tx, rx) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            live: crate::App::new().build(),
-            config: ServerConfig::default(),
-            shutdown: rx,
-            open: AtomicUsize::new(0),
-            closed: Notify::new(),
-        });
-        let f = run_socket(&shared, Reader::Tcp(rd), wr, Ok(None));
-        eprintln!("run_socket future: {} bytes", std::mem::size_of_val(&f));
-        let c = crate::conn::Conn::new(None, 1024);
-        eprintln!("Conn: {} bytes", std::mem::size_of_val(&*c));
-        let s = crate::App::new().build().connect(None);
-        eprintln!("Session: {} bytes", std::mem::size_of_val(&s));
-        let d = crate::ws::Decoder::new(1);
-        eprintln!("Decoder: {} bytes", std::mem::size_of_val(&d));
-        let w = super::super::writer::write_loop(c.clone(), tokio::io::sink());
-        eprintln!("write_loop: {} bytes", std::mem::size_of_val(&w));
-    }
 }
