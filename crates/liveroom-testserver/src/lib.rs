@@ -38,8 +38,8 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            grace: Duration::from_secs(5),
-            cursor_throttle: Duration::from_millis(50),
+            grace: liveroom::room::DEFAULT_GRACE,
+            cursor_throttle: liveroom::Cursors::DEFAULT_THROTTLE,
         }
     }
 }

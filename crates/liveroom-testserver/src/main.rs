@@ -12,10 +12,10 @@ struct Args {
     #[command(flatten)]
     server: ServerConfig,
     /// Leave grace of the rooms, in milliseconds.
-    #[arg(long, env = "LIVEROOM_GRACE_MS", default_value_t = 5000)]
+    #[arg(long, env = "LIVEROOM_GRACE_MS", default_value_t = liveroom::room::DEFAULT_GRACE.as_millis() as u64)]
     grace_ms: u64,
     /// Cursor throttle of the board, in milliseconds.
-    #[arg(long, env = "LIVEROOM_CURSOR_MS", default_value_t = 50)]
+    #[arg(long, env = "LIVEROOM_CURSOR_MS", default_value_t = liveroom::Cursors::DEFAULT_THROTTLE.as_millis() as u64)]
     cursor_ms: u64,
     /// Redis URL: switches on cluster mode.
     #[arg(long, env = "REDIS_URL")]

@@ -10,7 +10,11 @@ use std::time::Duration;
 const GRACE: Duration = Duration::from_millis(250);
 
 fn moved(p: &Peer, board: &str, x: i64, y: i64) {
-    p.fire("collab/board/__cursor", json!([board, {"x": x, "y": y}]));
+    moved_to(p, board, &json!({"x": x, "y": y}));
+}
+
+fn moved_to(p: &Peer, board: &str, position: &serde_json::Value) {
+    p.fire("collab/board/__cursor", json!([board, position]));
 }
 
 #[tokio::test]
@@ -237,8 +241,4 @@ async fn oversized_cursor_positions_are_refused_and_never_broadcast() {
     alice.assert_alive().await;
     bob.assert_alive().await;
     server.shutdown().await.unwrap();
-}
-
-fn moved_to(p: &Peer, board: &str, position: &serde_json::Value) {
-    p.fire("collab/board/__cursor", json!([board, position]));
 }

@@ -25,10 +25,10 @@ struct Cli {
     #[arg(long, env = "REDIS_URL")]
     redis_url: Option<String>,
     /// How long a member stays in a board's presence after its last tab closed, in ms.
-    #[arg(long, env = "GRACE_MS", default_value_t = 5000)]
+    #[arg(long, env = "GRACE_MS", default_value_t = liveroom::room::DEFAULT_GRACE.as_millis() as u64)]
     grace_ms: u64,
     /// Minimum interval between two cursor broadcasts of one user, in ms.
-    #[arg(long, env = "CURSOR_MS", default_value_t = 50)]
+    #[arg(long, env = "CURSOR_MS", default_value_t = liveroom::Cursors::DEFAULT_THROTTLE.as_millis() as u64)]
     cursor_ms: u64,
     #[command(flatten)]
     server: ServerConfig,

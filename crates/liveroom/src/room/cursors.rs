@@ -32,6 +32,9 @@ pub struct Cursors {
 }
 
 impl Cursors {
+    /// The default throttle: one tick per room every 50 ms.
+    pub const DEFAULT_THROTTLE: Duration = Duration::from_millis(50);
+
     /// Cursors on, publishing at most once per `interval` per room (default 50 ms).
     pub fn throttle(interval: Duration) -> Self {
         Cursors {
@@ -45,7 +48,7 @@ impl From<bool> for Cursors {
     fn from(enabled: bool) -> Self {
         Cursors {
             enabled,
-            throttle: Duration::from_millis(50),
+            throttle: Self::DEFAULT_THROTTLE,
         }
     }
 }

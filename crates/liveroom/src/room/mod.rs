@@ -119,6 +119,9 @@ pub struct Room<A: RoomArgs> {
     grace: Duration,
 }
 
+/// The default leave grace of a room ([`Room::grace`]): 5 s, long enough for a reload.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+
 impl<A: RoomArgs> Room<A> {
     /// A room whose data topic is `topic(ctx, room_args)`. The topic function runs only for
     /// callers the [guard](Room::guard) let in.
@@ -130,7 +133,7 @@ impl<A: RoomArgs> Room<A> {
             actions: BTreeMap::new(),
             on_join: None,
             on_leave: None,
-            grace: Duration::from_secs(5),
+            grace: DEFAULT_GRACE,
         }
     }
 

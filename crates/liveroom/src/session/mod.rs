@@ -24,7 +24,7 @@ use crate::outbox::Outbox;
 use crate::protocol::{self, Call, Frame, FrameError, TopicError};
 use crate::registry::{Entry, Live};
 use crate::room::def::{cursors_topic, presence_topic, RoomDef, RoomPart};
-use reply::{failed, finish, finish_batch, timed, Done, Pending};
+use reply::{finish, finish_batch, timed, Done, Pending};
 use serde_json::Value;
 use std::sync::Arc;
 use subs::{room_key, Subscriptions};
@@ -180,7 +180,7 @@ impl Session {
                 for call in calls {
                     pending.push(match call {
                         Ok(call) => self.prepare(call).await,
-                        Err(e) => failed(e.id.clone(), e.to_error()),
+                        Err(e) => Done::now(e.id.clone(), Err(e.to_error())),
                     });
                 }
                 let conn = self.conn.clone();
@@ -259,7 +259,7 @@ impl Session {
         };
         let pending = match self.resolve(&path, id.clone(), args, stream).await {
             Ok(pending) => pending,
-            Err(e) => failed(id, e),
+            Err(e) => Done::now(id, Err(e)),
         };
         timed(label, pending)
     }

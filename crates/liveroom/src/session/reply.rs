@@ -2,7 +2,6 @@
 //! stream's held events follow its reply.
 
 use crate::conn::Conn;
-use crate::error::LiveError;
 use crate::handler::Reply;
 use crate::merge::Merge;
 use crate::protocol;
@@ -131,9 +130,4 @@ pub(super) fn finish_batch(conn: &Conn, done: Vec<Done>) {
     }
     conn.outbox
         .release(&topics, Some(protocol::batch_reply(&bodies)));
-}
-
-/// The answer to a call that failed in phase 1.
-pub(super) fn failed(id: Option<Value>, e: LiveError) -> Pending {
-    Done::now(id, Err(e))
 }

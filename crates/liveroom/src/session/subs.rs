@@ -29,8 +29,13 @@ pub(super) struct Subscriptions {
 
 /// The key of a room entered with `args` in [`Subscriptions::entered`].
 pub(super) fn room_key(room: &RoomDef, args: &[Value]) -> String {
-    let args = serde_json::to_string(args).unwrap_or_default();
-    format!("{}/{}{args}", room.module(), room.name())
+    // Built in one buffer: this runs on every `__cursor` move.
+    let mut key = Vec::with_capacity(room.module().len() + room.name().len() + 32);
+    key.extend_from_slice(room.module().as_bytes());
+    key.push(b'/');
+    key.extend_from_slice(room.name().as_bytes());
+    let _ = serde_json::to_writer(&mut key, args); // a `Value` always serializes
+    String::from_utf8(key).unwrap_or_default()
 }
 
 impl Subscriptions {
