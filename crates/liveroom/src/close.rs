@@ -20,3 +20,5 @@ pub const TRY_AGAIN: u16 = 1013;
 pub const UNAUTHENTICATED: u16 = 4401;
 /// Upgrade hook said forbidden.
 pub const FORBIDDEN: u16 = 4403;
+/// Too many connections from one address: the client backs off hard.
+pub const THROTTLED: u16 = 4429;

@@ -2,6 +2,7 @@
 //! and every [`Ctx`](crate::Ctx) made for it.
 
 use crate::outbox::Outbox;
+use crate::rate::RateLimit;
 use serde_json::Value;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -37,6 +38,37 @@ pub struct Limits {
     /// half-open TCP connections do not stay forever.
     #[arg(long, env = "LIVEROOM_PING_TIMEOUT_MS", default_value_t = Limits::PING_TIMEOUT_MS)]
     pub ping_timeout_ms: u64,
+    /// Most calls of one connection running at once; more are answered `OVERLOADED`.
+    #[arg(long, env = "LIVEROOM_MAX_IN_FLIGHT", default_value_t = Limits::MAX_IN_FLIGHT)]
+    pub max_in_flight: u32,
+    /// Most topics one connection is subscribed to; more are refused (`RATE_LIMITED`).
+    #[arg(long, env = "LIVEROOM_MAX_SUBSCRIPTIONS", default_value_t = Limits::MAX_SUBSCRIPTIONS)]
+    pub max_subscriptions: usize,
+    /// Most rooms one connection is in at once; more are refused (`RATE_LIMITED`).
+    #[arg(long, env = "LIVEROOM_MAX_ROOMS", default_value_t = Limits::MAX_ROOMS)]
+    pub max_rooms: usize,
+    /// Largest presence data of a member, in bytes of JSON; a larger one refuses the join
+    /// (`INVALID_REQUEST`), is counted, and is never broadcast.
+    #[arg(long, env = "LIVEROOM_MAX_PRESENCE_BYTES", default_value_t = Limits::MAX_PRESENCE_BYTES)]
+    pub max_presence_bytes: usize,
+    /// Calls (RPCs, stream loads, actions) per second per identity, sustained (0: no limit);
+    /// beyond it calls are answered `RATE_LIMITED` with `retryAfter`.
+    #[arg(long, env = "LIVEROOM_CALL_RATE", default_value_t = Limits::CALL_RATE)]
+    pub call_rate: u32,
+    /// Calls per identity let through at once before [`Limits::call_rate`] applies.
+    #[arg(long, env = "LIVEROOM_CALL_BURST", default_value_t = Limits::CALL_BURST)]
+    pub call_burst: u32,
+    /// Cursor moves per second per identity, sustained (0: no limit); beyond it moves are
+    /// dropped and counted.
+    #[arg(long, env = "LIVEROOM_CURSOR_RATE", default_value_t = Limits::CURSOR_RATE)]
+    pub cursor_rate: u32,
+    /// Cursor moves per identity let through at once.
+    #[arg(long, env = "LIVEROOM_CURSOR_BURST", default_value_t = Limits::CURSOR_BURST)]
+    pub cursor_burst: u32,
+    /// Answer calls to unknown paths exactly like a guard denial (`UNAUTHENTICATED` for guests,
+    /// `FORBIDDEN` otherwise) instead of `NOT_FOUND`, so probing cannot map the paths.
+    #[arg(long, env = "LIVEROOM_MASK_UNKNOWN_PATHS")]
+    pub mask_unknown_paths: bool,
 }
 
 impl Limits {
@@ -51,6 +83,32 @@ impl Limits {
     pub const PING_INTERVAL_MS: u64 = 30_000;
     /// Default of [`Limits::ping_timeout_ms`]: 30 s.
     pub const PING_TIMEOUT_MS: u64 = 30_000;
+    /// Default of [`Limits::max_in_flight`]: 64, far above what a page keeps waiting.
+    pub const MAX_IN_FLIGHT: u32 = 64;
+    /// Default of [`Limits::max_subscriptions`]: 1024 (a room is three topics).
+    pub const MAX_SUBSCRIPTIONS: usize = 1024;
+    /// Default of [`Limits::max_rooms`]: 128.
+    pub const MAX_ROOMS: usize = 128;
+    /// Default of [`Limits::max_presence_bytes`]: 1 KiB, a name, a colour and an avatar URL.
+    pub const MAX_PRESENCE_BYTES: usize = 1024;
+    /// Default of [`Limits::call_rate`]: 100 per second per identity.
+    pub const CALL_RATE: u32 = 100;
+    /// Default of [`Limits::call_burst`]: 500, a dashboard's first load in several tabs.
+    pub const CALL_BURST: u32 = 500;
+    /// Default of [`Limits::cursor_rate`]: 120 per second per identity, two tabs at 60 Hz.
+    pub const CURSOR_RATE: u32 = 120;
+    /// Default of [`Limits::cursor_burst`]: 240.
+    pub const CURSOR_BURST: u32 = 240;
+
+    /// The default limit of calls per identity.
+    pub fn calls(&self) -> RateLimit {
+        RateLimit::per_second(self.call_rate).burst(self.call_burst)
+    }
+
+    /// The limit of cursor moves per identity.
+    pub fn cursor_moves(&self) -> RateLimit {
+        RateLimit::per_second(self.cursor_rate).burst(self.cursor_burst)
+    }
 }
 
 impl Default for Limits {
@@ -61,6 +119,15 @@ impl Default for Limits {
             max_cursor_bytes: Self::MAX_CURSOR_BYTES,
             ping_interval_ms: Self::PING_INTERVAL_MS,
             ping_timeout_ms: Self::PING_TIMEOUT_MS,
+            max_in_flight: Self::MAX_IN_FLIGHT,
+            max_subscriptions: Self::MAX_SUBSCRIPTIONS,
+            max_rooms: Self::MAX_ROOMS,
+            max_presence_bytes: Self::MAX_PRESENCE_BYTES,
+            call_rate: Self::CALL_RATE,
+            call_burst: Self::CALL_BURST,
+            cursor_rate: Self::CURSOR_RATE,
+            cursor_burst: Self::CURSOR_BURST,
+            mask_unknown_paths: false,
         }
     }
 }
@@ -85,6 +152,8 @@ pub struct Conn {
     heard: AtomicU32,
     /// When the server last wrote to the peer, likewise.
     wrote: AtomicU32,
+    /// Calls running now (phase 2), bounded by [`Limits::max_in_flight`].
+    in_flight: AtomicU32,
 }
 
 /// The instant connection times are counted from.
@@ -115,6 +184,7 @@ impl Conn {
             failed_notify: Notify::new(),
             heard: AtomicU32::new(now_ms()),
             wrote: AtomicU32::new(now_ms()),
+            in_flight: AtomicU32::new(0),
         })
     }
 
@@ -157,9 +227,27 @@ impl Conn {
         since(&self.wrote)
     }
 
+    /// Counts one more call running, unless `max` already are: the returned guard counts it
+    /// down when dropped.
+    pub(crate) fn start_call(self: &Arc<Self>, max: u32) -> Option<InFlight> {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| InFlight(self.clone()))
+    }
+
     /// Whether the identity is a per-connection guest key.
     pub fn is_guest(&self) -> bool {
         self.identity.starts_with("__guest_")
+    }
+}
+
+/// One call of a connection running; see [`Conn::start_call`].
+pub(crate) struct InFlight(Arc<Conn>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

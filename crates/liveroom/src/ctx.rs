@@ -46,6 +46,27 @@ impl Ctx {
         self.conn.is_guest()
     }
 
+    /// The plain denial: `UNAUTHENTICATED` for guests, `FORBIDDEN` otherwise. Guards that
+    /// return it answer exactly like a call to a path that does not exist when
+    /// [`Limits::mask_unknown_paths`](crate::Limits::mask_unknown_paths) is on, so probing
+    /// cannot tell them apart.
+    ///
+    /// ```
+    /// # use liveroom::{Ctx, LiveError, Room};
+    /// Room::new(|_: &Ctx, (id,): &(String,)| format!("doc:{id}"))
+    ///     .guard(|ctx, (id,)| async move {
+    ///         if id.starts_with("private-") { return Err(ctx.deny()); }
+    ///         Ok::<_, LiveError>(())
+    ///     });
+    /// ```
+    pub fn deny(&self) -> LiveError {
+        if self.is_guest() {
+            LiveError::unauthenticated("Authentication required")
+        } else {
+            LiveError::forbidden("Access denied")
+        }
+    }
+
     /// Publishes `event` with `data` to every subscriber of `topic` (on every replica in
     /// cluster mode). `data` is serialized once.
     pub fn publish(

@@ -3,6 +3,7 @@
 use serde::Serialize;
 use std::borrow::Cow;
 use std::fmt;
+use std::time::Duration;
 
 /// Error codes the protocol defines. Apps may use any other code too.
 pub mod code {
@@ -56,6 +57,8 @@ pub struct LiveError {
     code: Cow<'static, str>,
     message: String,
     issues: Vec<Issue>,
+    /// For `RATE_LIMITED`: when to try again, in milliseconds (`retryAfter` on the wire).
+    retry_after_ms: Option<u64>,
 }
 
 impl LiveError {
@@ -65,6 +68,7 @@ impl LiveError {
             code: code.into(),
             message: message.into(),
             issues: Vec::new(),
+            retry_after_ms: None,
         }
     }
 
@@ -98,7 +102,27 @@ impl LiveError {
                 message: message.clone(),
             }],
             message,
+            retry_after_ms: None,
         }
+    }
+
+    /// `RATE_LIMITED`, to be retried after `retry_after` (sent as `retryAfter`, in ms).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let e = liveroom::LiveError::rate_limited("slow down", Duration::from_millis(250));
+    /// assert_eq!((e.code(), e.retry_after()), ("RATE_LIMITED", Some(Duration::from_millis(250))));
+    /// ```
+    pub fn rate_limited(message: impl Into<String>, retry_after: Duration) -> Self {
+        LiveError {
+            retry_after_ms: Some(retry_after.as_millis().max(1) as u64),
+            ..Self::new(code::RATE_LIMITED, message)
+        }
+    }
+
+    /// `OVERLOADED`: the server sheds this call; the client may retry.
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        Self::new(code::OVERLOADED, message)
     }
 
     /// `INTERNAL_ERROR` with a generic message.
@@ -128,6 +152,11 @@ impl LiveError {
     /// Validation issues (empty for other errors).
     pub fn issues(&self) -> &[Issue] {
         &self.issues
+    }
+
+    /// When a `RATE_LIMITED` call may be retried.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after_ms.map(Duration::from_millis)
     }
 }
 

@@ -11,6 +11,7 @@ use crate::error::LiveError;
 use crate::handler::{erase_call, CallFn};
 use crate::hub::Hub;
 use crate::presence_store::{MemoryPresence, PresenceStore};
+use crate::rate::{Buckets, RateLimit, Scoped};
 use crate::room::def::{RoomDef, RoomPart};
 use crate::room::{Room, RoomArgs};
 use crate::stream::{Stream, StreamDef};
@@ -29,6 +30,7 @@ type SubscribeFilter = Arc<dyn Fn(&Ctx, &str) -> bool + Send + Sync>;
 pub(crate) struct RpcDef {
     pub call: CallFn,
     pub arg_names: Vec<String>,
+    pub rate: Option<Scoped>,
 }
 
 /// What a path resolves to.
@@ -37,8 +39,21 @@ pub(crate) enum Entry {
     Stream(StreamDef),
     /// One of a room's streams, or its `__cursor`.
     Room(Arc<RoomDef>, RoomPart),
-    /// A room action: a call whose guard and topic are its room's.
-    Action(CallFn),
+    /// A room action: a call whose guard and topic are its room's, and its rate limit if not
+    /// the default.
+    Action(CallFn, Option<Scoped>),
+}
+
+impl Entry {
+    /// The rate limit calls to this entry draw from: an override, or the default scope
+    /// (`None`).
+    pub(crate) fn rate(&self) -> Option<Scoped> {
+        match self {
+            Entry::Rpc(def) => def.rate,
+            Entry::Action(_, rate) => *rate,
+            Entry::Stream(_) | Entry::Room(..) => None,
+        }
+    }
 }
 
 /// The registry builder: RPCs, streams and rooms at paths, plus the upgrade hook.
@@ -114,6 +129,7 @@ impl App {
         let rpc = RpcDef {
             call: erase_call(handler),
             arg_names: Vec::new(),
+            rate: None,
         };
         self.insert(path.to_owned(), Entry::Rpc(rpc));
         self
@@ -134,6 +150,27 @@ impl App {
             Some(Entry::Rpc(def)) => def.arg_names = names,
             Some(Entry::Stream(def)) => def.arg_names = names,
             _ => panic!("no RPC or stream at `{path}`"),
+        }
+        self
+    }
+
+    /// Limits calls of the RPC at `path` per identity, with a bucket of its own, instead of
+    /// the server-wide [`Limits::calls`]. Beyond it a call is answered `RATE_LIMITED` with
+    /// `retryAfter`, without running. (Room actions: [`Room::rate_limit`].)
+    ///
+    /// ```
+    /// use liveroom::{App, Ctx, LiveError, RateLimit};
+    /// App::new()
+    ///     .rpc("mail/send", |_: Ctx, (to,): (String,)| async move { Ok::<_, LiveError>(to) })
+    ///     .rate_limit("mail/send", RateLimit::per_second(1).burst(5));
+    /// ```
+    ///
+    /// # Panics
+    /// If no RPC is registered at `path`.
+    pub fn rate_limit(mut self, path: &str, limit: RateLimit) -> Self {
+        match self.entries.get_mut(path) {
+            Some(Entry::Rpc(def)) => def.rate = Some(Scoped::new(limit)),
+            _ => panic!("rate_limit(\"{path}\", ..): no RPC at `{path}`"),
         }
         self
     }
@@ -166,7 +203,7 @@ impl App {
         for (action, a) in def.actions() {
             self.insert(
                 format!("{module}/{name}/__action/{action}"),
-                Entry::Action(a.call.clone()),
+                Entry::Action(a.call.clone(), a.rate),
             );
         }
         self.rooms.push(def);
@@ -255,6 +292,7 @@ impl App {
                 presence,
                 limits: self.limits,
                 on_shutdown: self.on_shutdown,
+                buckets: Buckets::default(),
             }),
         };
         for hook in self.on_build {
@@ -273,6 +311,8 @@ struct Inner {
     presence: Arc<dyn PresenceStore>,
     limits: Limits,
     on_shutdown: Vec<ShutdownHook>,
+    /// Rate limit buckets by scope and identity.
+    buckets: Buckets<(u32, Arc<str>)>,
 }
 
 /// A built registry: cheap to clone, shared by every connection.
@@ -358,6 +398,16 @@ impl Live {
 
     pub(crate) fn rooms(&self) -> &[Arc<RoomDef>] {
         &self.inner.rooms
+    }
+
+    /// Takes one token of `identity`'s bucket in `scope`.
+    pub(crate) fn take_token(
+        &self,
+        scope: u32,
+        identity: &Arc<str>,
+        limit: RateLimit,
+    ) -> Result<(), std::time::Duration> {
+        self.inner.buckets.take(&(scope, identity.clone()), limit)
     }
 
     /// Whether [`App::allow_subscribe`] lets `ctx` subscribe to `topic` from the wire.

@@ -85,6 +85,9 @@ pub fn reply_body(
                 buf.put_slice(b",\"issues\":");
                 put_json(buf, &e.issues());
             }
+            if let Some(wait) = e.retry_after() {
+                buf.put_slice(format!(",\"retryAfter\":{}", wait.as_millis()).as_bytes());
+            }
         }
     }
     buf.put_u8(b'}');

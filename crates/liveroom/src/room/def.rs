@@ -9,6 +9,7 @@ use crate::error::LiveError;
 use crate::handler::{to_raw, CallFn, Reply};
 use crate::hub::Hub;
 use crate::presence_store::PresenceStore;
+use crate::rate::Scoped;
 use crate::stream::StreamDef;
 use futures_util::future::BoxFuture;
 use serde_json::{json, Map, Value};
@@ -24,6 +25,8 @@ pub(crate) struct Action {
     pub call: CallFn,
     /// Names of the action's own args (after the room args).
     pub arg_names: Vec<String>,
+    /// Its rate limit, if not the default one.
+    pub rate: Option<Scoped>,
 }
 
 /// Which room stream a call is for (actions are registered as calls of their own).
@@ -164,10 +167,14 @@ impl RoomDef {
         self.runtime().cursors.as_ref()
     }
 
-    /// A data subscription made `ctx`'s identity a member (once per socket).
-    pub async fn join(&self, topic: &Arc<str>, ctx: &Ctx) {
+    /// What others see of `ctx`'s identity as a member (`None`: counted, not listed).
+    pub fn presence_of(&self, ctx: &Ctx) -> Option<Value> {
         let data = self.parts.presence.as_ref().map(|p| p(ctx));
-        let data = data.filter(|d| !d.is_null());
+        data.filter(|d| !d.is_null())
+    }
+
+    /// A data subscription made `ctx`'s identity a member (once per socket), seen as `data`.
+    pub async fn join(&self, topic: &Arc<str>, ctx: &Ctx, data: Option<Value>) {
         self.runtime()
             .tracker
             .join(topic, &ctx.conn.identity, data)

@@ -20,6 +20,7 @@ use crate::ctx::Ctx;
 use crate::error::LiveError;
 use crate::handler::{args_from, to_raw, CallFn, Reply};
 use crate::merge::Merge;
+use crate::rate::{RateLimit, Scoped};
 use crate::stream::Stream;
 use def::{Action, PresenceFn, RoomDef};
 use futures_util::future::BoxFuture;
@@ -114,6 +115,9 @@ pub struct Room<A: RoomArgs> {
     presence: Option<PresenceFn>,
     cursors: Cursors,
     actions: BTreeMap<String, (ActionFn<A>, Vec<String>)>,
+    /// Rate limits: one for all actions, and per action.
+    rate: Option<Scoped>,
+    action_rates: BTreeMap<String, Scoped>,
     on_join: Option<PresenceHook>,
     on_leave: Option<PresenceHook>,
     grace: Duration,
@@ -131,6 +135,8 @@ impl<A: RoomArgs> Room<A> {
             presence: None,
             cursors: false.into(),
             actions: BTreeMap::new(),
+            rate: None,
+            action_rates: BTreeMap::new(),
             on_join: None,
             on_leave: None,
             grace: DEFAULT_GRACE,
@@ -215,6 +221,34 @@ impl<A: RoomArgs> Room<A> {
         self
     }
 
+    /// Limits the calls of this room's actions per identity, all actions together, instead of
+    /// the server-wide [`Limits::calls`](crate::Limits::calls). Beyond it an action is answered
+    /// `RATE_LIMITED` with `retryAfter`, without running.
+    ///
+    /// ```
+    /// # use liveroom::{Ctx, RateLimit, Room};
+    /// let room = Room::new(|_: &Ctx, (id,): &(String,)| format!("board:{id}"))
+    ///     .rate_limit(RateLimit::per_second(10).burst(30));
+    /// ```
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate = Some(Scoped::new(limit));
+        self
+    }
+
+    /// Limits one action per identity (overrides [`Room::rate_limit`] for it).
+    ///
+    /// # Panics
+    /// If no action `name` was added before.
+    pub fn action_rate_limit(mut self, name: &str, limit: RateLimit) -> Self {
+        assert!(
+            self.actions.contains_key(name),
+            "action_rate_limit(\"{name}\", ..): no action `{name}` was added before"
+        );
+        self.action_rates
+            .insert(name.to_owned(), Scoped::new(limit));
+        self
+    }
+
     /// Names of the room args, for the manifest and generated clients.
     pub fn args<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
         self.data = self.data.args(names);
@@ -268,7 +302,15 @@ impl<A: RoomArgs> Room<A> {
                         f(RoomCtx { ctx, topic }, room_args, own).await
                     })
                 });
-                (action_name, Action { call, arg_names })
+                let rate = self.action_rates.get(&action_name).copied().or(self.rate);
+                (
+                    action_name,
+                    Action {
+                        call,
+                        arg_names,
+                        rate,
+                    },
+                )
             })
             .collect();
         RoomDef::new(def::Parts {

@@ -1,11 +1,13 @@
 //! The HTTP side: axum routes (`/ws`, `/healthz`, `/metrics`, the manifest, static files) and
 //! graceful shutdown, here; then, in the order a connection meets them:
+//! - `listen`: the accept loop, the connection caps, HTTP/1 with its timeouts and limits;
 //! - `upgrade`: the WebSocket handshake, the Origin allow-list and the upgrade hook;
 //! - `socket`: one reader per connection, feeding the session;
 //! - `writer`: one writer per connection, framing what the outbox drained into one write;
 //! - `config`: [`ServerConfig`].
 
 mod config;
+mod listen;
 mod socket;
 mod upgrade;
 mod writer;
@@ -126,6 +128,8 @@ impl Server {
         let shared = Arc::new(Shared {
             live: live.clone(),
             config: self.config.clone(),
+            admission: Default::default(),
+            upgrades: Default::default(),
             shutdown: shutdown.clone(),
             open: AtomicUsize::new(0),
             closed: Notify::new(),
@@ -157,18 +161,11 @@ impl Server {
         if let Some(dir) = &self.config.static_dir {
             router = router.fallback_service(tower_http::services::ServeDir::new(dir));
         }
-        let mut stop_rx = shutdown;
+        let stop_rx = shutdown;
         let deadline = Duration::from_millis(self.config.shutdown_timeout_ms);
         let live_for_task = live.clone();
         let task = tokio::spawn(async move {
-            let serve = axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            });
-            serve.await?;
+            listen::accept_loop(listener, router, shared.clone(), stop_rx).await;
             // No new connections now. Every open one saw the shutdown signal and is closing
             // with 1001; wait for them, bounded.
             let wait = async {

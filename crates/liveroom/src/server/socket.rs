@@ -2,6 +2,9 @@
 //! the session, the writer task drains the outbox. An idle connection holds no read buffer.
 
 use super::config::ServerConfig;
+use super::listen::{Admission, Slot};
+use crate::rate::Buckets;
+use std::net::IpAddr;
 use super::writer::{write_loop, Liveness};
 use crate::close;
 use crate::registry::Live;
@@ -16,9 +19,13 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 
 /// What every connection of one server shares.
-pub(super) struct Shared {
+pub(crate) struct Shared {
     pub live: Live,
     pub config: ServerConfig,
+    /// Open TCP connections, for the connection caps.
+    pub admission: Admission,
+    /// Upgrade buckets per remote address (4429 beyond them).
+    pub upgrades: Buckets<IpAddr>,
     /// Turns `true` when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
     /// Open WebSocket connections; `closed` is notified whenever one ends.
@@ -27,20 +34,22 @@ pub(super) struct Shared {
 }
 
 /// One open WebSocket connection in [`Shared::open`], from the moment its upgrade is accepted
-/// (before the 101, so a shutdown that starts meanwhile waits for it) until it is dropped.
-pub(super) struct Open(Arc<Shared>);
+/// (before the 101, so a shutdown that starts meanwhile waits for it) until it is dropped. It
+/// keeps its TCP connection's [`Slot`] taken.
+pub(super) struct Open(Arc<Slot>);
 
 impl Open {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        shared.open.fetch_add(1, Ordering::SeqCst);
-        Open(shared)
+    pub fn new(slot: Arc<Slot>) -> Self {
+        slot.shared.open.fetch_add(1, Ordering::SeqCst);
+        Open(slot)
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::SeqCst);
-        self.0.closed.notify_waiters();
+        let shared = &self.0.shared;
+        shared.open.fetch_sub(1, Ordering::SeqCst);
+        shared.closed.notify_waiters();
     }
 }
 
@@ -50,7 +59,7 @@ pub(super) async fn serve_socket(
     upgraded: hyper::upgrade::Upgraded,
     verdict: Result<Option<serde_json::Value>, u16>,
 ) {
-    let shared = &open.0;
+    let shared = &open.0.shared;
     // The plain TCP stream lets an idle connection wait for readability holding no buffer.
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) if parts.read_buf.is_empty() => {

@@ -7,7 +7,11 @@ use crate::auth::UpgradeRequest;
 use crate::close;
 use crate::ws;
 use axum::body::Body;
+use super::listen::Slot;
+use crate::rate::RateLimit;
 use axum::extract::{ConnectInfo, State};
+use axum::Extension;
+use std::time::Duration;
 use axum::http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -82,6 +86,7 @@ fn handshake(method: &Method, headers: &HeaderMap) -> Result<String, Response<Bo
 pub(super) async fn ws_handler(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Extension(slot): Extension<Arc<Slot>>,
     req: Request<Body>,
 ) -> Response<Body> {
     let headers = req.headers();
@@ -89,20 +94,33 @@ pub(super) async fn ws_handler(
         Ok(key) => key,
         Err(refusal) => return refusal,
     };
-    // A refused origin or user is still accepted, then closed with a terminal code: an HTTP
-    // error here would look like 1006 to the client, which retries forever.
-    let verdict = if !origin_allowed(&shared.config, headers) {
+    let config = &shared.config;
+    let upgrades = RateLimit::per_second(config.upgrade_rate).burst(config.upgrade_burst);
+    // A refused origin, flood or user is still accepted, then closed with a code the client
+    // understands: an HTTP error here would look like 1006 to it, which it retries at once.
+    let verdict = if !origin_allowed(config, headers) {
         Err(close::POLICY)
+    } else if shared.upgrades.take(&slot.ip(), upgrades).is_err() {
+        metrics::counter!("liveroom_rate_limited_total", "kind" => "upgrade").increment(1);
+        Err(close::THROTTLED)
     } else {
         let view = UpgradeRequest::new(headers.clone(), req.uri().query(), Some(remote));
-        shared
-            .live
-            .authenticate(view)
-            .await
-            .map_err(|r| r.close_code())
+        let hook = shared.live.authenticate(view);
+        let limit = Duration::from_millis(config.upgrade_timeout_ms);
+        match tokio::time::timeout(limit, hook).await {
+            Ok(verdict) => verdict.map_err(|r| r.close_code()),
+            Err(_) => {
+                metrics::counter!("liveroom_upgrade_timeouts_total").increment(1);
+                tracing::warn!(%remote, "upgrade hook timed out");
+                return Response::builder()
+                    .status(StatusCode::GATEWAY_TIMEOUT)
+                    .body(Body::from("the upgrade hook timed out"))
+                    .expect("valid response");
+            }
+        }
     };
     let on_upgrade = hyper::upgrade::on(req);
-    let open = Open::new(shared);
+    let open = Open::new(slot);
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => serve_socket(open, upgraded, verdict).await,

@@ -16,12 +16,13 @@
 mod reply;
 mod subs;
 
-use crate::conn::Conn;
+use crate::conn::{Conn, InFlight};
 use crate::ctx::Ctx;
 use crate::error::{code, LiveError};
 use crate::merge::Merge;
 use crate::outbox::Outbox;
 use crate::protocol::{self, Call, Frame, FrameError, TopicError};
+use crate::rate;
 use crate::registry::{Entry, Live};
 use crate::room::def::{cursors_topic, presence_topic, RoomDef, RoomPart};
 use reply::{finish, finish_batch, timed, Done, Pending};
@@ -216,8 +217,12 @@ impl Session {
             // that follows on reconnect subscribes it server-side.
             return;
         }
-        self.subs.subscribe(topic.into());
-        let ack = protocol::subscribe_ack(topic, r#ref, None);
+        let max = self.live.limits().max_subscriptions;
+        let reason = match self.subs.subscribe(topic.into(), max) {
+            Ok(()) => None,
+            Err(_) => Some(code::RATE_LIMITED),
+        };
+        let ack = protocol::subscribe_ack(topic, r#ref, reason);
         self.conn.outbox.reply(ack);
     }
 
@@ -252,16 +257,66 @@ impl Session {
             args,
             stream,
         } = call;
-        let label = if self.live.entry(&path).is_some() {
+        let entry = self.live.entry(&path);
+        let label = if entry.is_some() {
             path.clone()
         } else {
             "unknown".to_owned()
+        };
+        let running = match self.admit(entry) {
+            Ok(running) => running,
+            Err(e) => return timed(label, Done::now(id, Err(e)), None),
         };
         let pending = match self.resolve(&path, id.clone(), args, stream).await {
             Ok(pending) => pending,
             Err(e) => Done::now(id, Err(e)),
         };
-        timed(label, pending)
+        timed(label, pending, running)
+    }
+
+    /// The per-identity rate limit and the per-connection in-flight limit. Cursor moves only
+    /// draw from their own bucket: they are answered at once.
+    fn admit(&self, entry: Option<&Entry>) -> Result<Option<InFlight>, LiveError> {
+        let limits = self.live.limits();
+        let (scope, limit, kind) = match entry {
+            Some(Entry::Room(_, RoomPart::Cursor)) => (rate::CURSORS, limits.cursor_moves(), "cursor"),
+            Some(entry) => match entry.rate() {
+                Some(scoped) => (scoped.scope, scoped.limit, "call"),
+                None => (rate::CALLS, limits.calls(), "call"),
+            },
+            None => (rate::CALLS, limits.calls(), "call"),
+        };
+        if let Err(wait) = self.live.take_token(scope, &self.conn.identity, limit) {
+            metrics::counter!("liveroom_rate_limited_total", "kind" => kind).increment(1);
+            return Err(LiveError::rate_limited(
+                format!("too many calls; retry in {} ms", wait.as_millis().max(1)),
+                wait,
+            ));
+        }
+        if kind == "cursor" {
+            return Ok(None);
+        }
+        match self.conn.start_call(limits.max_in_flight) {
+            Some(running) => Ok(Some(running)),
+            None => {
+                metrics::counter!("liveroom_overloaded_total").increment(1);
+                Err(LiveError::overloaded(format!(
+                    "{} calls of this connection are already running",
+                    limits.max_in_flight
+                )))
+            }
+        }
+    }
+
+    /// What a call to a path that does not exist (or is called the wrong way) gets: `NOT_FOUND`
+    /// or `INVALID_REQUEST`, or with [`Limits::mask_unknown_paths`] the same answer as a guard
+    /// denial ([`Ctx::deny`]).
+    fn unknown(&self, error: LiveError) -> LiveError {
+        if self.live.limits().mask_unknown_paths {
+            self.ctx().deny()
+        } else {
+            error
+        }
     }
 
     async fn resolve(
@@ -277,7 +332,7 @@ impl Session {
             .is_some_and(|p| !path.starts_with(&**p));
         let live = self.live.clone();
         let Some(entry) = live.entry(path).filter(|_| !outside) else {
-            return Err(LiveError::not_found(format!("no such path `{path}`")));
+            return Err(self.unknown(LiveError::not_found(format!("no such path `{path}`"))));
         };
         let is_stream = matches!(
             entry,
@@ -285,20 +340,21 @@ impl Session {
                 | Entry::Room(_, RoomPart::Data | RoomPart::Presence | RoomPart::Cursors)
         );
         if stream != is_stream {
-            return Err(LiveError::invalid(if is_stream {
+            return Err(self.unknown(LiveError::invalid(if is_stream {
                 format!("`{path}` is a stream: call it with \"stream\":true")
             } else {
                 format!("`{path}` is not a stream")
-            }));
+            })));
         }
         let ctx = self.ctx();
+        let max = self.live.limits().max_subscriptions;
         match entry {
             Entry::Rpc(def) => Ok(Done::call(id, (def.call)(ctx, args))),
-            Entry::Action(call) => Ok(Done::call(id, call(ctx, args))),
+            Entry::Action(call, _) => Ok(Done::call(id, call(ctx, args))),
             Entry::Stream(def) => {
                 let prepared = def.prepare(ctx, args).await?;
                 let topic = prepared.topic.clone();
-                self.subs.hold_and_subscribe(topic.clone());
+                self.subs.hold_and_subscribe(topic.clone(), max)?;
                 self.remote_ready(&topic).await;
                 Ok(Done::stream(id, topic, def.merge.clone(), prepared.load()))
             }
@@ -320,33 +376,62 @@ impl Session {
         id: Option<Value>,
         args: Vec<Value>,
     ) -> Result<Pending, LiveError> {
+        let limits = self.live.limits();
         let args = room.room_args(args)?;
         let key = room_key(room, &args);
         let prepared = room.data().prepare(ctx.clone(), args).await?;
         let topic = prepared.topic.clone();
-        self.subs.enter(key, topic.clone());
+        // A member's presence data is checked before anything changes, so a refused join
+        // leaves no trace.
+        let joining = part == RoomPart::Data && !self.subs.is_member(&topic);
+        let presence = if joining {
+            Some(self.presence_of(room, &ctx)?)
+        } else {
+            None
+        };
+        self.subs.enter(key, topic.clone(), limits.max_rooms)?;
+        let max = limits.max_subscriptions;
         let (sub_topic, merge, load) = match part {
             RoomPart::Data => {
-                self.subs.hold_and_subscribe(topic.clone());
-                if self.subs.add_member(&topic, room) {
-                    room.join(&topic, &ctx).await;
+                self.subs.hold_and_subscribe(topic.clone(), max)?;
+                if let Some(data) = presence {
+                    self.subs.add_member(&topic, room);
+                    room.join(&topic, &ctx, data).await;
                 }
                 (topic, room.data().merge.clone(), prepared.load())
             }
             RoomPart::Presence => {
                 let t = presence_topic(&topic);
-                self.subs.hold_and_subscribe(t.clone());
+                self.subs.hold_and_subscribe(t.clone(), max)?;
                 (t, Merge::Presence, room.roster(topic))
             }
             // `__cursor` is not a stream: `resolve` answered it before.
             RoomPart::Cursors | RoomPart::Cursor => {
                 let t = cursors_topic(&topic);
-                self.subs.hold_and_subscribe(t.clone());
+                self.subs.hold_and_subscribe(t.clone(), max)?;
                 (t, Merge::Cursor, room.cursor_snapshot(&topic))
             }
         };
         self.remote_ready(&sub_topic).await;
         Ok(Done::stream(id, sub_topic, merge, load))
+    }
+
+    /// What others will see of this member, refused when larger than
+    /// [`Limits::max_presence_bytes`].
+    fn presence_of(&self, room: &RoomDef, ctx: &Ctx) -> Result<Option<Value>, LiveError> {
+        let data = room.presence_of(ctx);
+        let (size, max) = (
+            data.as_ref().map_or(0, json_len),
+            self.live.limits().max_presence_bytes,
+        );
+        if size > max {
+            metrics::counter!("liveroom_oversized_payloads_total", "kind" => "presence")
+                .increment(1);
+            return Err(LiveError::invalid(format!(
+                "presence data is {size} bytes of JSON, more than the {max} allowed"
+            )));
+        }
+        Ok(data)
     }
 
     /// `__cursor`, fire-and-forget and hot: only from a socket that entered the room (its gate

@@ -1,7 +1,7 @@
 //! Phase 2 of a call: what it resolves to ([`Done`]), and how replies are queued so that a
 //! stream's held events follow its reply.
 
-use crate::conn::Conn;
+use crate::conn::{Conn, InFlight};
 use crate::handler::Reply;
 use crate::merge::Merge;
 use crate::protocol;
@@ -60,11 +60,13 @@ impl Done {
     }
 }
 
-/// Wraps phase 2 with the call's metrics (`label` is the path, or `unknown`).
-pub(super) fn timed(label: String, pending: Pending) -> Pending {
+/// Wraps phase 2 with the call's metrics (`label` is the path, or `unknown`); `running`
+/// counts it in the connection's calls in flight until it is done.
+pub(super) fn timed(label: String, pending: Pending, running: Option<InFlight>) -> Pending {
     let started = Instant::now();
     Box::pin(async move {
         let done = pending.await;
+        drop(running);
         metrics::counter!("liveroom_rpc_total", "path" => label.clone()).increment(1);
         metrics::histogram!("liveroom_rpc_duration_seconds", "path" => label.clone())
             .record(started.elapsed().as_secs_f64());

@@ -3,7 +3,8 @@
 
 use crate::conn::Conn;
 use crate::hub::Hub;
-use crate::room::def::{cursors_topic, RoomDef};
+use crate::error::{code, LiveError};
+use crate::room::def::{cursors_topic, presence_topic, RoomDef};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -56,23 +57,53 @@ impl Subscriptions {
         self.authorized.contains(topic)
     }
 
-    /// Subscribes the socket to `topic` (again, if it was) and authorizes it.
-    pub fn subscribe(&mut self, topic: Arc<str>) {
+    /// Subscribes the socket to `topic` (again, if it was) and authorizes it, unless it already
+    /// holds `max` other subscriptions.
+    pub fn subscribe(&mut self, topic: Arc<str>, max: usize) -> Result<(), LiveError> {
+        self.room_for(&topic, max)?;
         if self.hub.subscribe(&topic, &self.conn) {
             self.subscribed.insert(topic.clone());
         }
+        if self.authorized.len() >= max.saturating_mul(2) {
+            // Forget what was given and given up since: a stream call gives it again.
+            let subscribed = &self.subscribed;
+            self.authorized.retain(|t| subscribed.contains(t));
+        }
         self.authorized.insert(topic);
+        Ok(())
     }
 
     /// Subscribes a stream call's topic, holding its events until the stream's reply is out.
-    pub fn hold_and_subscribe(&mut self, topic: Arc<str>) {
+    pub fn hold_and_subscribe(&mut self, topic: Arc<str>, max: usize) -> Result<(), LiveError> {
+        self.room_for(&topic, max)?;
         self.conn.outbox.hold(topic.clone());
-        self.subscribe(topic);
+        self.subscribe(topic, max)
     }
 
-    /// Records that the room at `key` passed its gate and resolved to `topic`.
-    pub fn enter(&mut self, key: String, topic: Arc<str>) {
+    /// Whether `topic` fits in this socket's `max` subscriptions.
+    fn room_for(&self, topic: &str, max: usize) -> Result<(), LiveError> {
+        if self.subscribed.len() < max || self.subscribed.contains(topic) {
+            return Ok(());
+        }
+        metrics::counter!("liveroom_limited_total", "kind" => "subscriptions").increment(1);
+        Err(LiveError::new(
+            code::RATE_LIMITED,
+            format!("this connection already holds {max} subscriptions"),
+        ))
+    }
+
+    /// Records that the room at `key` passed its gate and resolved to `topic`, unless the
+    /// socket is in `max` other rooms.
+    pub fn enter(&mut self, key: String, topic: Arc<str>, max: usize) -> Result<(), LiveError> {
+        if !self.entered.contains_key(&key) && self.entered.len() >= max {
+            metrics::counter!("liveroom_limited_total", "kind" => "rooms").increment(1);
+            return Err(LiveError::new(
+                code::RATE_LIMITED,
+                format!("this connection is already in {max} rooms"),
+            ));
+        }
         self.entered.insert(key, topic);
+        Ok(())
     }
 
     /// The topic of the room at `key`, if this socket entered it.
@@ -89,7 +120,8 @@ impl Subscriptions {
         true
     }
 
-    fn is_member(&self, topic: &str) -> bool {
+    /// Whether the socket is a presence member of room `topic`.
+    pub fn is_member(&self, topic: &str) -> bool {
         self.members.iter().any(|(t, _)| &**t == topic)
     }
 
@@ -113,6 +145,14 @@ impl Subscriptions {
     pub fn unsubscribe(&mut self, topic: &str) {
         if self.subscribed.remove(topic) {
             self.hub.unsubscribe(topic, self.conn.id);
+            // A room none of whose streams the socket holds any more is left: entering it
+            // again runs its gate again.
+            let subscribed = &self.subscribed;
+            self.entered.retain(|_, t| {
+                subscribed.contains(t)
+                    || subscribed.contains(&*presence_topic(t))
+                    || subscribed.contains(&*cursors_topic(t))
+            });
         }
         if let Some(i) = self.members.iter().position(|(t, _)| &**t == topic) {
             let (topic, room) = self.members.swap_remove(i);
