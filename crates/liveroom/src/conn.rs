@@ -231,7 +231,9 @@ impl Conn {
     /// down when dropped.
     pub(crate) fn start_call(self: &Arc<Self>, max: u32) -> Option<InFlight> {
         self.in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()
             .map(|_| InFlight(self.clone()))
     }

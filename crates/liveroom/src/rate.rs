@@ -228,7 +228,11 @@ mod tests {
             buckets.take(&key, limit).unwrap();
         }
         // The refilled first half was swept while the second half went in.
-        assert!(buckets.len() < held + SHARDS * MIN_SWEEP, "{}", buckets.len());
+        assert!(
+            buckets.len() < held + SHARDS * MIN_SWEEP,
+            "{}",
+            buckets.len()
+        );
     }
 
     #[test]

@@ -3,14 +3,14 @@
 
 use super::config::ServerConfig;
 use super::listen::{Admission, Slot};
-use crate::rate::Buckets;
-use std::net::IpAddr;
 use super::writer::{write_loop, Liveness};
 use crate::close;
+use crate::rate::Buckets;
 use crate::registry::Live;
 use crate::ws::{self, Decoder, Message};
 use bytes::BytesMut;
 use hyper_util::rt::TokioIo;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

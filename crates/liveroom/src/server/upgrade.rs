@@ -2,19 +2,19 @@
 //! and the app's upgrade hook, then the 101 and the hand-over to [`socket`](super::socket).
 
 use super::config::ServerConfig;
+use super::listen::Slot;
 use super::socket::{serve_socket, Open, Shared};
 use crate::auth::UpgradeRequest;
 use crate::close;
+use crate::rate::RateLimit;
 use crate::ws;
 use axum::body::Body;
-use super::listen::Slot;
-use crate::rate::RateLimit;
 use axum::extract::{ConnectInfo, State};
-use axum::Extension;
-use std::time::Duration;
 use axum::http::{header, HeaderMap, Method, Request, Response, StatusCode};
+use axum::Extension;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers

@@ -279,7 +279,9 @@ impl Session {
     fn admit(&self, entry: Option<&Entry>) -> Result<Option<InFlight>, LiveError> {
         let limits = self.live.limits();
         let (scope, limit, kind) = match entry {
-            Some(Entry::Room(_, RoomPart::Cursor)) => (rate::CURSORS, limits.cursor_moves(), "cursor"),
+            Some(Entry::Room(_, RoomPart::Cursor)) => {
+                (rate::CURSORS, limits.cursor_moves(), "cursor")
+            }
             Some(entry) => match entry.rate() {
                 Some(scoped) => (scoped.scope, scoped.limit, "call"),
                 None => (rate::CALLS, limits.calls(), "call"),

@@ -2,8 +2,8 @@
 //! rooms it entered or is a member of.
 
 use crate::conn::Conn;
-use crate::hub::Hub;
 use crate::error::{code, LiveError};
+use crate::hub::Hub;
 use crate::room::def::{cursors_topic, presence_topic, RoomDef};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
