@@ -22,6 +22,11 @@ struct Args {
     redis_url: Option<String>,
 }
 
+/// jemalloc gives freed memory back to the system after a few seconds, so a server's RSS comes
+/// back down after a burst (a flood, a reconnect storm) instead of staying at its peak.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     tracing_subscriber::fmt()

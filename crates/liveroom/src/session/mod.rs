@@ -25,9 +25,10 @@ use crate::protocol::{self, Call, Frame, FrameError, TopicError};
 use crate::rate;
 use crate::registry::{Entry, Live};
 use crate::room::def::{cursors_topic, presence_topic, RoomDef, RoomPart};
-use reply::{finish, finish_batch, timed, Done, Pending};
+use reply::{finish, finish_batch, refused, timed, Done, Pending};
 use serde_json::Value;
 use std::sync::Arc;
+use std::task::Poll;
 use subs::{room_key, Subscriptions};
 
 /// The connection hooks: run a registry inside any WebSocket server.
@@ -172,7 +173,13 @@ impl Session {
             }
             Frame::Unsubscribe { topic } => self.unsubscribe(&topic),
             Frame::Call(call) => {
-                let pending = self.prepare(call).await;
+                let mut pending = self.prepare(call).await;
+                // Answered at once (a refusal, a cursor move, a handler that never waits):
+                // reply inline. A spawn per refused call would let a flood pile up tasks
+                // faster than they run.
+                if let Poll::Ready(done) = futures_util::poll!(&mut pending) {
+                    return finish(&self.conn, done);
+                }
                 let conn = self.conn.clone();
                 tokio::spawn(async move { finish(&conn, pending.await) });
             }
@@ -184,9 +191,8 @@ impl Session {
                         Err(e) => Done::now(e.id.clone(), Err(e.to_error())),
                     });
                 }
-                let conn = self.conn.clone();
-                tokio::spawn(async move {
-                    let done = if sequential {
+                let mut all = Box::pin(async move {
+                    if sequential {
                         let mut out = Vec::with_capacity(pending.len());
                         for p in pending {
                             out.push(p.await);
@@ -194,9 +200,14 @@ impl Session {
                         out
                     } else {
                         futures_util::future::join_all(pending).await
-                    };
-                    finish_batch(&conn, done);
+                    }
                 });
+                // As for single calls: what is answered at once is answered inline.
+                if let Poll::Ready(done) = futures_util::poll!(&mut all) {
+                    return finish_batch(&self.conn, done);
+                }
+                let conn = self.conn.clone();
+                tokio::spawn(async move { finish_batch(&conn, all.await) });
             }
         }
     }
@@ -265,7 +276,7 @@ impl Session {
         };
         let running = match self.admit(entry) {
             Ok(running) => running,
-            Err(e) => return timed(label, Done::now(id, Err(e)), None),
+            Err(e) => return refused(label, id, e),
         };
         let pending = match self.resolve(&path, id.clone(), args, stream).await {
             Ok(pending) => pending,

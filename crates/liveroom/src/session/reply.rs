@@ -2,6 +2,7 @@
 //! stream's held events follow its reply.
 
 use crate::conn::{Conn, InFlight};
+use crate::error::LiveError;
 use crate::handler::Reply;
 use crate::merge::Merge;
 use crate::protocol;
@@ -77,6 +78,15 @@ pub(super) fn timed(label: String, pending: Pending, running: Option<InFlight>) 
         }
         done
     })
+}
+
+/// A call refused before it ran (rate limited, overloaded): counted, but kept out of the
+/// duration histogram, whose samples a flood would otherwise pile up.
+pub(super) fn refused(label: String, id: Option<Value>, error: LiveError) -> Pending {
+    metrics::counter!("liveroom_rpc_total", "path" => label.clone()).increment(1);
+    let code = error.code().to_owned();
+    metrics::counter!("liveroom_rpc_errors_total", "path" => label, "code" => code).increment(1);
+    Done::now(id, Err(error))
 }
 
 /// Queues the reply of one call (releasing its stream's held events).
