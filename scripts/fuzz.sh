@@ -17,6 +17,6 @@ for target in $(cargo fuzz list --fuzz-dir fuzz); do
     echo "fuzz: $target failed; inputs in fuzz/artifacts/$target/" >&2
     exit 1
   fi
-  grep -E "^#[0-9]+ +DONE" "$log" || tail -n 3 "$log"
+  grep -E "^Done [0-9]+ runs" "$log" || tail -n 3 "$log"
   rm -f "$log"
 done

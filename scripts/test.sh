@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: `bash scripts/test.sh`. Works on a fresh Debian machine: it installs
-# what it needs (apt: redis-server, chromium, python3; npm packages per package-lock), builds, and runs
+# what it needs (apt: redis-server, chromium, python3, make; npm packages per package-lock;
+# cargo-fuzz from crates.io), builds, and runs
 # every suite. Each suite starts its own services (redis-server on free ports, servers on
 # port 0); nothing shared is touched.
 set -euo pipefail
@@ -14,6 +15,7 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v node >/dev/null || need_apt+=(nodejs npm)
 command -v python3 >/dev/null || need_apt+=(python3)
+command -v make >/dev/null || need_apt+=(make) # jemalloc, built from source
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "installing ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -32,7 +34,7 @@ python3 scripts/check-module-cycles.py crates/liveroom/src --layers
 step "build"
 cargo build --workspace --quiet
 
-step "Rust tests (core, rooms, cluster, demo server)"
+step "Rust tests (core, rooms, limits, cluster, demo server)"
 cargo test --workspace 2>&1 | tee target/rust-tests.log
 
 step "JS client"
@@ -49,6 +51,13 @@ fi
 
 step "browser end-to-end tests (chromium)"
 (cd examples/board/e2e && npm ci --silent --no-audit --no-fund && BOARD_BIN="$ROOT/target/debug/board" npm test)
+
+step "attacks: hostile clients against the release server, one at a time"
+cargo test --release --quiet -p liveroom-testserver --test attacks -- --ignored --test-threads=1 --nocapture 2>&1 \
+  | tee target/attacks.log | grep -E "victim:|test result|panicked"
+
+step "fuzz targets (20 s each, stable Rust, no sanitizer)"
+bash scripts/fuzz.sh 20
 
 step "benchmark smoke run"
 cargo run --quiet -p liveroom-bench -- suite --size smoke --strict
