@@ -45,11 +45,11 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// One scene at a time: scenes measure latency and memory, and share two cores.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A server, a victim at work, and a memory sampler.
 struct Scene {
-    _turn: std::sync::MutexGuard<'static, ()>,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
     name: &'static str,
     server: Replica,
     addr: SocketAddr,
@@ -84,7 +84,7 @@ struct Report {
 
 impl Scene {
     async fn start(name: &'static str, env: &[(&str, &str)]) -> Scene {
-        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let turn = ONE_AT_A_TIME.lock().await;
         let mut opts = ReplicaOpts::new(None, 1000);
         opts.env = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
         let server = Replica::start_with(name, opts);

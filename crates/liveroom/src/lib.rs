@@ -41,7 +41,8 @@
 //!    codes. [`ws`]: the RFC 6455 codec. [`protocol`]: client frames decoded strictly, server
 //!    frames encoded straight into bytes.
 //! 2. **Delivery.** [`outbox`]: the per-connection queue, bounded in bytes, that one writer
-//!    drains at a time. [`conn`]: the connection record and its [`Limits`]. [`hub`]: the
+//!    drains at a time. [`rate`]: token buckets ([`RateLimit`]). [`conn`]: the connection
+//!    record and its [`Limits`]. [`hub`]: the
 //!    sharded topic table and the [`Bus`](hub::Bus) seam to other replicas.
 //!    [`presence_store`]: the [`PresenceStore`](presence_store::PresenceStore) seam and its
 //!    in-memory implementation.
@@ -52,7 +53,7 @@
 //! 4. **Registry.** [`registry`]: the builder [`App`] and the built [`Live`]; [`manifest`]:
 //!    its description for code generators.
 //! 5. **Connections.** [`session`]: one connection's state machine, and the
-//!    [`Hooks`](session::Hooks) for running inside your own server. [`server`]: axum routes,
+//!    [`Hooks`](session::Hooks) for running inside your own server. [`server`]: the accept loop and its caps, axum routes,
 //!    the upgrade, one reader and one writer per socket, graceful shutdown. [`metrics`]: the
 //!    Prometheus exporter.
 //! 6. **Cluster.** [`cluster`]: Redis-backed event bus and presence for several replicas, plugged

@@ -2,36 +2,20 @@
 //! then hyper's HTTP/1 with a header-read timeout and a head-size limit, upgrades on, and the
 //! graceful stop of connections that are still HTTP.
 
-use super::socket::Shared;
+use super::shared::{stopped, Refused, Shared, Slot};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
-
-/// Open TCP connections, in total and per remote address.
-#[derive(Debug, Default)]
-pub(super) struct Admission {
-    total: AtomicUsize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// Why a connection was refused before HTTP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refused {
-    Total,
-    PerAddress,
-}
 
 impl Refused {
     /// The whole answer: nothing of the request was read, and the socket closes after it.
@@ -47,56 +31,6 @@ impl Refused {
             Refused::Total => "total",
             Refused::PerAddress => "per_address",
         }
-    }
-}
-
-/// One admitted TCP connection. Shared by its HTTP connection and, after an upgrade, its
-/// WebSocket: it leaves [`Admission`] when both are gone.
-pub(crate) struct Slot {
-    pub(super) shared: Arc<Shared>,
-    ip: IpAddr,
-}
-
-impl Slot {
-    fn admit(shared: &Arc<Shared>, ip: IpAddr) -> Result<Arc<Slot>, Refused> {
-        let admission = &shared.admission;
-        let config = &shared.config;
-        if admission.total.fetch_add(1, Ordering::AcqRel) >= config.max_connections {
-            admission.total.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refused::Total);
-        }
-        let mut per_ip = admission.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let n = per_ip.entry(ip).or_insert(0);
-        if *n >= config.max_connections_per_ip {
-            drop(per_ip);
-            admission.total.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refused::PerAddress);
-        }
-        *n += 1;
-        Ok(Arc::new(Slot {
-            shared: shared.clone(),
-            ip,
-        }))
-    }
-
-    /// The remote address.
-    pub fn ip(&self) -> IpAddr {
-        self.ip
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let admission = &self.shared.admission;
-        let mut per_ip = admission.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
-        drop(per_ip);
-        admission.total.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -178,8 +112,4 @@ async fn serve_http(
             let _ = conn.await;
         }
     }
-}
-
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }

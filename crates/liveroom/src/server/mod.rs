@@ -1,5 +1,6 @@
 //! The HTTP side: axum routes (`/ws`, `/healthz`, `/metrics`, the manifest, static files) and
 //! graceful shutdown, here; then, in the order a connection meets them:
+//! - `shared`: what every connection shares, and each TCP connection's admission (the caps);
 //! - `listen`: the accept loop, the connection caps, HTTP/1 with its timeouts and limits;
 //! - `upgrade`: the WebSocket handshake, the Origin allow-list and the upgrade hook;
 //! - `socket`: one reader per connection, feeding the session;
@@ -8,6 +9,7 @@
 
 mod config;
 mod listen;
+mod shared;
 mod socket;
 mod upgrade;
 mod writer;
@@ -17,7 +19,7 @@ pub use config::ServerConfig;
 use crate::registry::{App, Live};
 use axum::routing::get;
 use axum::Router;
-use socket::Shared;
+use shared::Shared;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1,37 +1,17 @@
 //! One WebSocket connection after the upgrade: the reader (this task) decodes frames and feeds
 //! the session, the writer task drains the outbox. An idle connection holds no read buffer.
 
-use super::config::ServerConfig;
-use super::listen::{Admission, Slot};
+use super::shared::{stopped, Shared, Slot};
 use super::writer::{write_loop, Liveness};
 use crate::close;
-use crate::rate::Buckets;
-use crate::registry::Live;
 use crate::ws::{self, Decoder, Message};
 use bytes::BytesMut;
 use hyper_util::rt::TokioIo;
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Notify};
-
-/// What every connection of one server shares.
-pub(crate) struct Shared {
-    pub live: Live,
-    pub config: ServerConfig,
-    /// Open TCP connections, for the connection caps.
-    pub admission: Admission,
-    /// Upgrade buckets per remote address (4429 beyond them).
-    pub upgrades: Buckets<IpAddr>,
-    /// Turns `true` when the server shuts down.
-    pub shutdown: watch::Receiver<bool>,
-    /// Open WebSocket connections; `closed` is notified whenever one ends.
-    pub open: AtomicUsize,
-    pub closed: Notify,
-}
 
 /// One open WebSocket connection in [`Shared::open`], from the moment its upgrade is accepted
 /// (before the 101, so a shutdown that starts meanwhile waits for it) until it is dropped. It
@@ -234,8 +214,4 @@ async fn run_socket<W>(
     }
     session.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), write_task).await;
-}
-
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
 }

@@ -2,8 +2,8 @@
 //! and the app's upgrade hook, then the 101 and the hand-over to [`socket`](super::socket).
 
 use super::config::ServerConfig;
-use super::listen::Slot;
-use super::socket::{serve_socket, Open, Shared};
+use super::shared::{Shared, Slot};
+use super::socket::{serve_socket, Open};
 use crate::auth::UpgradeRequest;
 use crate::close;
 use crate::rate::RateLimit;

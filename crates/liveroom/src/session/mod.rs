@@ -6,9 +6,13 @@
 //!    topic function) of a stream or room, subscribe the socket and register presence. Doing
 //!    this before the next frame is read is what makes the reconnect sequence of protocol.md
 //!    section 2 and the batch roster rule of section 5 hold.
-//! 2. concurrently, in a spawned task: the RPC or action handler (an action's guard runs here,
-//!    first) or the initial-data load, then the reply. A slow call never delays the frames
-//!    after it.
+//! 2. concurrently: the RPC or action handler (an action's guard runs here, first) or the
+//!    initial-data load, then the reply. It is polled once inline, so a refusal or a handler
+//!    that never waits is answered without a task; whatever has to wait goes on in a spawned
+//!    task. A slow call never delays the frames after it.
+//!
+//! Between the two, every call is admitted: the identity's rate limit (its path's own, or the
+//! default; cursor moves have theirs) and the connection's calls in flight.
 //!
 //! - `subs`: what the socket is subscribed to and which rooms it is in;
 //! - `reply`: phase 2's result and how replies are queued.
