@@ -3,8 +3,11 @@
 //! Metric names (all prefixed `liveroom_`): `connections` (gauge), `rpc_total`,
 //! `rpc_errors_total` and `rpc_duration_seconds` by `path`, `events_published_total`,
 //! `events_delivered_total`, `frames_dropped_total`, `slow_consumer_disconnects_total`,
-//! `bad_frames_total`, `cursor_moves_coalesced_total`, and the cluster's `redis_*` and
-//! `cluster_*` series.
+//! `bad_frames_total`, `cursor_moves_coalesced_total`, `silent_disconnects_total`; the refusals
+//! of docs/security.md: `refused_connections_total{reason}`, `rate_limited_total{kind}`,
+//! `overloaded_total`, `limited_total{kind}`, `oversized_payloads_total{kind}`,
+//! `upgrade_timeouts_total`, `http_errors_total`; and the cluster's `redis_*` and `cluster_*`
+//! series.
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
