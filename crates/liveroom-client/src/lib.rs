@@ -80,6 +80,32 @@ pub struct StreamReply {
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>;
 
+/// What a client needs to resume after its connection is lost: the server's `welcome` id and
+/// the newest seq seen per topic.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resume {
+    /// The `welcome` session id of the lost connection.
+    pub session: Option<String>,
+    /// The newest seq seen per topic.
+    pub last_seen: HashMap<String, u64>,
+}
+
+impl Resume {
+    fn saw(&mut self, envelope: &Value) {
+        if let (Some(topic), Some(seq)) = (envelope["topic"].as_str(), envelope["seq"].as_u64()) {
+            let last = self.last_seen.entry(topic.to_owned()).or_default();
+            *last = (*last).max(seq);
+        }
+    }
+
+    /// The `resume` frame, if there is anything to resume.
+    pub fn frame(&self) -> Option<Value> {
+        let session = self.session.as_ref()?;
+        (!self.last_seen.is_empty())
+            .then(|| json!({ "type": "resume", "sessionId": session, "lastSeenSeqs": self.last_seen }))
+    }
+}
+
 /// A connection to a liveroom server.
 pub struct Client {
     out: mpsc::UnboundedSender<Message>,
@@ -89,6 +115,7 @@ pub struct Client {
     pending: Pending,
     next_id: AtomicU64,
     closed: Arc<Mutex<Option<Option<u16>>>>,
+    resume: Arc<Mutex<Resume>>,
     timeout: Duration,
 }
 
@@ -125,6 +152,7 @@ impl Client {
         let (frames_tx, frames) = mpsc::unbounded_channel();
         let pending: Pending = Arc::default();
         let closed: Arc<Mutex<Option<Option<u16>>>> = Arc::default();
+        let resume: Arc<Mutex<Resume>> = Arc::default();
         tokio::spawn(async move {
             while let Some(m) = out_rx.recv().await {
                 let close = matches!(m, Message::Close(_));
@@ -133,7 +161,7 @@ impl Client {
                 }
             }
         });
-        let (p, c) = (pending.clone(), closed.clone());
+        let (p, c, r) = (pending.clone(), closed.clone(), resume.clone());
         tokio::spawn(async move {
             let mut code = None;
             while let Some(msg) = stream.next().await {
@@ -142,7 +170,7 @@ impl Client {
                         let Ok(v) = serde_json::from_str::<Value>(&t) else {
                             continue;
                         };
-                        route(&p, &frames_tx, v);
+                        route(&p, &r, &frames_tx, v);
                     }
                     Ok(Message::Close(f)) => {
                         code = f.map(|f| u16::from(f.code));
@@ -163,12 +191,46 @@ impl Client {
             pending,
             next_id: AtomicU64::new(1),
             closed,
+            resume,
             timeout: Duration::from_secs(10),
         };
         client.send(
             &json!({ "type": "hello", "caps": if batch { json!(["batch"]) } else { json!([]) } }),
         );
         Ok(client)
+    }
+
+    /// Connects like [`connect_with`](Self::connect_with), then resumes what `lost` (the state of
+    /// a connection that was lost, from [`resume_state`](Self::resume_state)) saw: the server
+    /// replays the events missed since, which [`next`](Self::next) hands out in order before
+    /// the `{"type":"resumed"}` frame. Without anything to resume this is a plain connect.
+    ///
+    /// ```no_run
+    /// # async fn run(old: liveroom_client::Client) -> Result<(), liveroom_client::Error> {
+    /// let lost = old.resume_state();
+    /// let mut client = liveroom_client::Client::resume("ws://127.0.0.1:3000/ws", &[], &lost).await?;
+    /// while let Some(frame) = client.next().await {
+    ///     if frame["type"] == "resumed" { break; } // caught up
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn resume(
+        url: &str,
+        headers: &[(&str, &str)],
+        lost: &Resume,
+    ) -> Result<Client, Error> {
+        let client = Self::connect_with(url, headers, true).await?;
+        if let Some(frame) = lost.frame() {
+            client.resume.lock().unwrap().last_seen = lost.last_seen.clone();
+            client.send(&frame);
+        }
+        Ok(client)
+    }
+
+    /// The `welcome` id and the newest seq seen per topic so far, to [`resume`](Self::resume)
+    /// with after this connection is lost.
+    pub fn resume_state(&self) -> Resume {
+        self.resume.lock().unwrap().clone()
     }
 
     /// Sets how long calls wait for their reply (default 10 s).
@@ -253,6 +315,27 @@ impl Client {
         })
     }
 
+    /// Subscribes to a stream whose data the caller holds up to `seq` (from an earlier reply):
+    /// the reply is `replay:true` with the missed events as `data` when the server's buffer
+    /// covers them, else a full load (`replay:false`).
+    pub async fn stream_since(
+        &self,
+        path: &str,
+        args: Value,
+        seq: u64,
+    ) -> Result<StreamReply, Error> {
+        let id = self.id();
+        let rx = self.expect_reply(&id);
+        self.send(&json!({ "rpc": path, "id": id, "args": args, "stream": true, "seq": seq }));
+        let raw = into_result(self.reply(rx).await?)?;
+        Ok(StreamReply {
+            data: raw["data"].clone(),
+            topic: raw["topic"].as_str().unwrap_or_default().to_owned(),
+            merge: raw["merge"].as_str().unwrap_or_default().to_owned(),
+            raw,
+        })
+    }
+
     /// Sends `{"batch":calls}` (each call needs an `id`) and returns the `__batch` reply list.
     pub async fn batch(&self, calls: Vec<Value>) -> Result<Vec<Value>, Error> {
         let rx = self.expect_reply("__batch");
@@ -318,7 +401,24 @@ impl Client {
     }
 }
 
-fn route(pending: &Pending, frames: &mpsc::UnboundedSender<Value>, v: Value) {
+fn route(
+    pending: &Pending,
+    resume: &Mutex<Resume>,
+    frames: &mpsc::UnboundedSender<Value>,
+    v: Value,
+) {
+    if v["type"] == "welcome" {
+        resume.lock().unwrap().session = v["sessionId"].as_str().map(str::to_owned);
+        return;
+    }
+    if v["type"] == "batch" {
+        let mut r = resume.lock().unwrap();
+        for e in v["events"].as_array().into_iter().flatten() {
+            r.saw(e);
+        }
+    } else if v.get("seq").is_some() {
+        resume.lock().unwrap().saw(&v);
+    }
     if v["topic"] == "__rpc" {
         if let Some(event) = v["event"].as_str() {
             if let Some(tx) = pending.lock().unwrap().remove(event) {

@@ -186,6 +186,8 @@ fn rpcs(app: App, state: &Arc<State>) -> App {
     .rpc("test/whoami", |ctx: Ctx, (): ()| async move {
         Ok(json!({ "identity": ctx.identity(), "user": ctx.user(), "guest": ctx.is_guest() }))
     })
+    // A slow query: it does not hold up the connection's other calls.
+    .concurrent("test/slow")
 }
 
 fn streams(app: App, state: &Arc<State>) -> App {

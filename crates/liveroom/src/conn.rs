@@ -3,6 +3,7 @@
 
 use crate::outbox::Outbox;
 use crate::rate::RateLimit;
+use crate::replay::Replay;
 use serde_json::Value;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -69,6 +70,17 @@ pub struct Limits {
     /// `FORBIDDEN` otherwise) instead of `NOT_FOUND`, so probing cannot map the paths.
     #[arg(long, env = "LIVEROOM_MASK_UNKNOWN_PATHS")]
     pub mask_unknown_paths: bool,
+    /// Events kept per topic for replay after a reconnect (0: no seq and no replay; every
+    /// reconnect reloads). Streams and rooms may set their own ([`Replay`]).
+    #[arg(long, env = "LIVEROOM_REPLAY_EVENTS", default_value_t = Replay::EVENTS)]
+    pub replay_events: u32,
+    /// Age in milliseconds of the oldest event kept for replay; also how long a topic nobody
+    /// subscribes to keeps its buffer.
+    #[arg(long, env = "LIVEROOM_REPLAY_AGE_MS", default_value_t = Replay::AGE_MS)]
+    pub replay_age_ms: u64,
+    /// Bytes of envelopes kept per topic for replay.
+    #[arg(long, env = "LIVEROOM_REPLAY_BYTES", default_value_t = Replay::BYTES)]
+    pub replay_bytes: u32,
 }
 
 impl Limits {
@@ -105,6 +117,13 @@ impl Limits {
         RateLimit::per_second(self.call_rate).burst(self.call_burst)
     }
 
+    /// The server-wide replay policy of topics.
+    pub fn replay(&self) -> Replay {
+        Replay::events(self.replay_events)
+            .age(Duration::from_millis(self.replay_age_ms))
+            .bytes(self.replay_bytes)
+    }
+
     /// The limit of cursor moves per identity.
     pub fn cursor_moves(&self) -> RateLimit {
         RateLimit::per_second(self.cursor_rate).burst(self.cursor_burst)
@@ -128,6 +147,9 @@ impl Default for Limits {
             cursor_rate: Self::CURSOR_RATE,
             cursor_burst: Self::CURSOR_BURST,
             mask_unknown_paths: false,
+            replay_events: Replay::EVENTS,
+            replay_age_ms: Replay::AGE_MS,
+            replay_bytes: Replay::BYTES,
         }
     }
 }

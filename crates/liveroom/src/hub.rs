@@ -1,26 +1,64 @@
-//! The topic table: who is subscribed to what, and publishing to them.
+//! The topic table: who is subscribed to what, each topic's sequence numbers and replay
+//! buffer, and publishing.
 //!
-//! The table is sharded by topic hash so publishes to different topics never contend, and a
-//! publish holds a read lock only long enough to clone the topic's subscriber list. An event is serialized once into a `Bytes` envelope that every
-//! subscriber's [`Outbox`](crate::outbox::Outbox) shares.
+//! The table is sharded by topic hash, so topics never contend with each other; each topic has
+//! its own lock, under which a publish takes the next seq, appends the envelope to the topic's
+//! [`Log`] and pushes it to every subscriber. One lock per topic is what makes every subscriber
+//! see a topic's events in seq order, and what lets a subscription and a read of the buffer be
+//! exact. An event is serialized once into a `Bytes` envelope that every subscriber's
+//! [`Outbox`](crate::outbox::Outbox) and the buffer share.
+//!
+//! In cluster mode a [`Bus`] that [sequences](Bus::sequences) takes over: it assigns seqs
+//! cluster-wide (in Redis) and hands every event back, this replica's own included, through
+//! [`Hub::deliver_sequenced`], in seq order.
+//!
+//! A topic stays in the table while it has subscribers, and for its replay age after the last
+//! one left, so a client that reconnects within that time can still resume; idle topics are
+//! swept a shard at a time.
 
 use crate::conn::Conn;
 use crate::error::LiveError;
 use crate::outbox::Push;
-use bytes::Bytes;
+use crate::replay::{seq_base, Coverage, Log, Replay};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use tokio::time::Instant;
 
 const SHARDS: usize = 64;
+/// A shard is swept for idle topics at most this often.
+const SWEEP_EVERY_MS: u64 = 1000;
 
 /// Where events also go beyond this process (the Redis bus in cluster mode).
 pub trait Bus: Send + Sync + 'static {
-    /// Forwards an encoded envelope for `topic` to the other replicas.
+    /// Forwards an encoded envelope without a seq (cursor ticks, topics with replay off) for
+    /// `topic` to the other replicas.
     fn publish(&self, topic: &str, frame: &Bytes);
+    /// Whether this bus assigns seqs cluster-wide: then [`Hub::publish`] hands events to
+    /// [`Bus::publish_sequenced`] and the bus delivers them back, in seq order.
+    fn sequences(&self) -> bool {
+        false
+    }
+    /// Takes an envelope without its closing brace (`body`), to be given the topic's next
+    /// cluster-wide seq, buffered per `policy` and delivered on every replica. `false` if it
+    /// cannot (Redis is down): the hub then delivers it here only, without a seq.
+    fn publish_sequenced(&self, _topic: &str, _body: Bytes, _policy: Replay) -> bool {
+        false
+    }
+    /// The events after `after` in the cluster-wide buffer of `topic`, and its newest seq
+    /// (`None`: the buffer cannot be read now).
+    fn replay(&self, _topic: &str, _after: u64) -> BoxFuture<'static, Option<(Coverage, u64)>> {
+        Box::pin(async { None })
+    }
+    /// The newest cluster-wide seq of `topic` (`None`: unknown now).
+    fn head(&self, _topic: &str) -> BoxFuture<'static, Option<u64>> {
+        Box::pin(async { None })
+    }
     /// This replica gained its first (`true`) or lost its last (`false`) local subscriber.
     fn interest(&self, topic: &str, interested: bool);
     /// Resolves once events of `topic` from other replicas are flowing here (or at once if
@@ -41,26 +79,45 @@ pub trait Bus: Send + Sync + 'static {
     ) -> BoxFuture<'static, Option<Vec<serde_json::Value>>> {
         Box::pin(async { None })
     }
+    /// Records, for resuming on another replica, which stream call (`path`, `args`) gave
+    /// session `session` the topic `topic`.
+    fn save_stream(&self, _session: &str, _topic: &str, _call: &serde_json::Value) {}
+    /// The stream calls recorded for `session`, by topic.
+    fn load_streams(
+        &self,
+        _session: &str,
+    ) -> BoxFuture<'static, Option<HashMap<String, serde_json::Value>>> {
+        Box::pin(async { None })
+    }
 }
 
-/// A topic's subscribers, copied on write: a publish clones the `Arc` under the read lock and
-/// delivers after releasing it, so a subscribe in the same shard never waits for a fan-out (and
-/// copies the list only if a fan-out is running on it at that moment).
-type Subscribers = Arc<Vec<Arc<Conn>>>;
-type Shard = RwLock<HashMap<Arc<str>, Subscribers>>;
+/// One topic: its subscribers, seq and buffer, under one lock (see the module docs).
+#[derive(Debug)]
+struct Topic {
+    subs: Vec<Arc<Conn>>,
+    /// The newest seq assigned (one server) or delivered (cluster) here; 0: none yet.
+    seq: u64,
+    log: Log,
+    policy: Replay,
+    /// When it was last published to or left by its last subscriber: idle topics are swept
+    /// this long after.
+    touched: Instant,
+}
+
+type Shard = RwLock<HashMap<Arc<str>, Arc<Mutex<Topic>>>>;
 
 /// The sharded topic table. See the module docs.
 pub struct Hub {
     shards: Box<[Shard]>,
+    swept: Box<[AtomicU64]>,
+    started: Instant,
     bus: OnceLock<Arc<dyn Bus>>,
+    replay: Replay,
 }
 
 impl Default for Hub {
     fn default() -> Self {
-        Hub {
-            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
-            bus: OnceLock::new(),
-        }
+        Hub::new(Replay::default())
     }
 }
 
@@ -70,11 +127,99 @@ impl std::fmt::Debug for Hub {
     }
 }
 
+fn lock(topic: &Mutex<Topic>) -> MutexGuard<'_, Topic> {
+    topic.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `{"topic":..,"event":..,"data":..` : an envelope without its closing brace, to which a seq
+/// (or just the brace) is added.
+fn envelope_body(topic: &str, event: &str, data: &RawValue) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(48 + topic.len() + event.len() + data.get().len());
+    crate::protocol::encode::envelope_into(&mut buf, topic, event, data);
+    buf
+}
+
+/// Closes `body` with `,"seq":N}` (or just `}` for 0).
+fn seal(mut body: BytesMut, seq: u64) -> Bytes {
+    if seq > 0 {
+        body.put_slice(b",\"seq\":");
+        body.put_slice(seq.to_string().as_bytes());
+    }
+    body.put_u8(b'}');
+    body.freeze()
+}
+
 impl Hub {
-    fn shard(&self, topic: &str) -> &Shard {
+    /// A table whose topics keep `replay` unless a stream says otherwise.
+    pub fn new(replay: Replay) -> Self {
+        Hub {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            swept: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
+            started: Instant::now(),
+            bus: OnceLock::new(),
+            replay,
+        }
+    }
+
+    fn shard_of(&self, topic: &str) -> usize {
         let mut h = DefaultHasher::new();
         topic.hash(&mut h);
-        &self.shards[h.finish() as usize % SHARDS]
+        h.finish() as usize % SHARDS
+    }
+
+    fn get(&self, topic: &str) -> Option<Arc<Mutex<Topic>>> {
+        let shard = self.shards[self.shard_of(topic)]
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        shard.get(topic).cloned()
+    }
+
+    fn get_or_insert(&self, topic: &str) -> Arc<Mutex<Topic>> {
+        if let Some(t) = self.get(topic) {
+            return t;
+        }
+        let i = self.shard_of(topic);
+        self.sweep(i);
+        let mut shard = self.shards[i].write().unwrap_or_else(|p| p.into_inner());
+        shard
+            .entry(Arc::from(topic))
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(Topic {
+                    subs: Vec::new(),
+                    seq: 0,
+                    log: Log::default(),
+                    policy: self.replay,
+                    touched: Instant::now(),
+                }))
+            })
+            .clone()
+    }
+
+    /// Drops shard `i`'s topics that nobody subscribed to for their replay age (at most once a
+    /// second per shard).
+    fn sweep(&self, i: usize) {
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.swept[i].load(Ordering::Relaxed);
+        if now < last + SWEEP_EVERY_MS
+            || self.swept[i]
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let mut shard = self.shards[i].write().unwrap_or_else(|p| p.into_inner());
+        let mut freed = 0isize;
+        shard.retain(|_, t| {
+            let mut t = lock(t);
+            if !t.subs.is_empty() || t.touched.elapsed() < t.policy.idle() {
+                let policy = t.policy;
+                freed -= t.log.trim(&policy);
+                return true;
+            }
+            freed += t.log.bytes() as isize;
+            false
+        });
+        buffered(-freed);
     }
 
     /// Connects the cluster bus. Only the first call has an effect.
@@ -87,18 +232,41 @@ impl Hub {
         self.bus.get()
     }
 
+    fn sequencing_bus(&self) -> Option<&Arc<dyn Bus>> {
+        self.bus.get().filter(|b| b.sequences())
+    }
+
+    /// The server-wide replay policy.
+    pub fn default_replay(&self) -> Replay {
+        self.replay
+    }
+
+    /// Sets the replay policy of `topic` (a stream that subscribes declares its own).
+    pub fn set_replay(&self, topic: &str, policy: Replay) {
+        let t = self.get_or_insert(topic);
+        let mut t = lock(&t);
+        t.policy = policy;
+        if policy.is_off() {
+            buffered(-(t.log.bytes() as isize));
+            t.log.clear();
+        }
+    }
+
+    /// The replay policy `topic` follows.
+    pub fn replay_of(&self, topic: &str) -> Replay {
+        self.get(topic).map_or(self.replay, |t| lock(&t).policy)
+    }
+
     /// Adds `conn` to `topic`. Returns `false` if it was already there.
     pub fn subscribe(&self, topic: &str, conn: &Arc<Conn>) -> bool {
-        let mut shard = self.shard(topic).write().unwrap_or_else(|p| p.into_inner());
-        let (subs, first) = match shard.get_mut(topic) {
-            Some(subs) => (subs, false),
-            None => (shard.entry(Arc::from(topic)).or_default(), true),
-        };
-        if subs.iter().any(|c| c.id == conn.id) {
+        let t = self.get_or_insert(topic);
+        let mut t = lock(&t);
+        if t.subs.iter().any(|c| c.id == conn.id) {
             return false;
         }
-        Arc::make_mut(subs).push(conn.clone());
-        drop(shard);
+        t.subs.push(conn.clone());
+        let first = t.subs.len() == 1;
+        drop(t);
         if first {
             if let Some(bus) = self.bus.get() {
                 bus.interest(topic, true);
@@ -107,27 +275,27 @@ impl Hub {
         true
     }
 
-    /// Removes connection `id` from `topic`. Returns `false` if it was not there.
-    pub fn unsubscribe(&self, topic: &str, id: u64) -> bool {
-        let mut shard = self.shard(topic).write().unwrap_or_else(|p| p.into_inner());
-        let Some(subs) = shard.get_mut(topic) else {
-            return false;
-        };
-        let Some(i) = subs.iter().position(|c| c.id == id) else {
-            return false;
-        };
-        Arc::make_mut(subs).swap_remove(i);
-        let last = subs.is_empty();
+    /// Removes connection `id` from `topic`. Returns the topic's newest seq at that moment (the
+    /// last event the connection was given) if it was there.
+    pub fn unsubscribe(&self, topic: &str, id: u64) -> Option<u64> {
+        let t = self.get(topic)?;
+        let mut t = lock(&t);
+        let i = t.subs.iter().position(|c| c.id == id)?;
+        t.subs.swap_remove(i);
+        let (last, seq) = (t.subs.is_empty(), t.seq);
         if last {
-            shard.remove(topic);
+            t.touched = Instant::now();
+            if t.policy.is_off() {
+                t.seq = 0; // nothing to resume: the sweep may drop it
+            }
         }
-        drop(shard);
+        drop(t);
         if last {
             if let Some(bus) = self.bus.get() {
                 bus.interest(topic, false);
             }
         }
-        true
+        Some(seq)
     }
 
     /// Waits (bounded) until remote events of `topic` reach this process.
@@ -143,9 +311,9 @@ impl Hub {
             .iter()
             .flat_map(|s| {
                 let s = s.read().unwrap_or_else(|p| p.into_inner());
-                s.keys()
-                    .filter(|t| t.ends_with(suffix))
-                    .cloned()
+                s.iter()
+                    .filter(|(name, t)| name.ends_with(suffix) && !lock(t).subs.is_empty())
+                    .map(|(name, _)| name.clone())
                     .collect::<Vec<_>>()
             })
             .collect()
@@ -153,18 +321,47 @@ impl Hub {
 
     /// Number of local subscribers of `topic`.
     pub fn subscribers(&self, topic: &str) -> usize {
-        let shard = self.shard(topic).read().unwrap_or_else(|p| p.into_inner());
-        shard.get(topic).map_or(0, |s| s.len())
+        self.get(topic).map_or(0, |t| lock(&t).subs.len())
     }
 
-    /// Publishes `event` with `data` on `topic`, here and on the bus.
+    /// Publishes `event` with `data` on `topic`, here and on the bus, with the topic's next
+    /// seq (unless its replay is off).
     pub fn publish(&self, topic: &str, event: &str, data: &RawValue) {
-        let frame = crate::protocol::envelope(topic, event, data);
         metrics::counter!("liveroom_events_published_total").increment(1);
-        if let Some(bus) = self.bus.get() {
-            bus.publish(topic, &frame);
+        let body = envelope_body(topic, event, data);
+        let t = self.get(topic);
+        let policy = t.as_ref().map_or(self.replay, |t| lock(t).policy);
+        if policy.is_off() {
+            let frame = seal(body, 0);
+            if let Some(bus) = self.bus.get() {
+                bus.publish(topic, &frame);
+            }
+            self.deliver(topic, &frame);
+            return;
         }
-        self.deliver(topic, &frame);
+        if let Some(bus) = self.sequencing_bus() {
+            let mut sealed = body.clone();
+            sealed.put_u8(b'}');
+            if !bus.publish_sequenced(topic, body.freeze(), policy) {
+                // Redis is down: this replica's subscribers still get it, without a seq (the
+                // bus has noted the topic and sends a reload marker once Redis is back).
+                self.deliver(topic, &sealed.freeze());
+            }
+            return;
+        }
+        let t = t.unwrap_or_else(|| self.get_or_insert(topic));
+        let mut t = lock(&t);
+        let seq = if t.seq == 0 { seq_base() + 1 } else { t.seq + 1 };
+        let frame = seal(body, seq);
+        Self::append(&mut t, seq, &frame);
+        Self::push_all(topic, &t.subs, |conn| conn.outbox.event(topic, frame.clone(), seq));
+    }
+
+    fn append(t: &mut Topic, seq: u64, frame: &Bytes) {
+        t.seq = seq;
+        t.touched = Instant::now();
+        let policy = t.policy;
+        buffered(t.log.push(seq, frame.clone(), &policy));
     }
 
     /// Serializes `data` once and publishes it (see [`Hub::publish`]).
@@ -179,23 +376,92 @@ impl Hub {
         Ok(())
     }
 
-    /// Delivers an encoded envelope to this process's subscribers of `topic`. Returns how many
-    /// received it.
+    /// Delivers a sequenced envelope that the bus received (cluster mode) to this process's
+    /// subscribers, and keeps it for replay. An event at or below the newest seq delivered
+    /// here is a duplicate and skipped. Returns whether it was delivered.
+    pub fn deliver_sequenced(&self, topic: &str, seq: u64, frame: &Bytes) -> bool {
+        let Some(t) = self.get(topic) else {
+            return false;
+        };
+        let mut t = lock(&t);
+        if seq <= t.seq {
+            return false;
+        }
+        Self::append(&mut t, seq, frame);
+        Self::push_all(topic, &t.subs, |conn| conn.outbox.event(topic, frame.clone(), seq));
+        true
+    }
+
+    /// The newest seq delivered (cluster) or assigned (one server) here for `topic`; 0: none.
+    pub fn head(&self, topic: &str) -> u64 {
+        self.get(topic).map_or(0, |t| lock(&t).seq)
+    }
+
+    /// Forgets what this process holds of `topic`'s sequence (cluster mode, after the bus lost
+    /// events of it): the next event is taken as it comes, and replays read Redis.
+    pub fn forget_sequence(&self, topic: &str) {
+        if let Some(t) = self.get(topic) {
+            let mut t = lock(&t);
+            t.seq = 0;
+            buffered(-(t.log.bytes() as isize));
+            t.log.clear();
+        }
+    }
+
+    /// What this process's buffer of `topic` holds after `after`, and the topic's newest seq.
+    pub fn replay_local(&self, topic: &str, after: u64) -> (Coverage, u64) {
+        match self.get(topic) {
+            Some(t) => {
+                let t = lock(&t);
+                (t.log.after(after, t.seq), t.seq)
+            }
+            None => (Coverage::Truncated, 0),
+        }
+    }
+
+    /// The events after `after` of `topic`: from this process's buffer, else (cluster mode)
+    /// from Redis. Also returns the newest seq known.
+    pub async fn replay(&self, topic: &str, after: u64) -> (Coverage, u64) {
+        let (local, head) = self.replay_local(topic, after);
+        if matches!(local, Coverage::Covered(_)) && head > 0 {
+            return (local, head);
+        }
+        match self.sequencing_bus() {
+            Some(bus) => bus.replay(topic, after).await.unwrap_or((local, head)),
+            None => (local, head),
+        }
+    }
+
+    /// The newest seq of `topic`: this process's (one server, or a topic with events
+    /// delivered here), else the cluster's.
+    pub async fn current_seq(&self, topic: &str) -> u64 {
+        let local = self.head(topic);
+        if local > 0 || self.replay_of(topic).is_off() {
+            return local;
+        }
+        match self.sequencing_bus() {
+            Some(bus) => bus.head(topic).await.unwrap_or(0),
+            None => 0,
+        }
+    }
+
+    /// Delivers an encoded envelope without a seq to this process's subscribers of `topic`.
+    /// Returns how many received it.
     pub fn deliver(&self, topic: &str, frame: &Bytes) -> usize {
-        self.each(topic, |conn| conn.outbox.event(topic, frame.clone()))
+        self.each(topic, |conn| conn.outbox.event(topic, frame.clone(), 0))
     }
 
     /// Calls `push` for every local subscriber of `topic`, accounting drops and cut-offs.
-    pub fn each(&self, topic: &str, mut push: impl FnMut(&Conn) -> Push) -> usize {
-        let subs = {
-            let shard = self.shard(topic).read().unwrap_or_else(|p| p.into_inner());
-            match shard.get(topic) {
-                Some(subs) => subs.clone(),
-                None => return 0,
-            }
-        };
+    pub fn each(&self, topic: &str, push: impl FnMut(&Conn) -> Push) -> usize {
+        match self.get(topic) {
+            Some(t) => Self::push_all(topic, &lock(&t).subs, push),
+            None => 0,
+        }
+    }
+
+    fn push_all(topic: &str, subs: &[Arc<Conn>], mut push: impl FnMut(&Conn) -> Push) -> usize {
         let (mut delivered, mut dropped) = (0u64, 0u64);
-        for conn in subs.iter() {
+        for conn in subs {
             match push(conn) {
                 Push::Queued => delivered += 1,
                 Push::Dropped => dropped += 1,
@@ -211,5 +477,12 @@ impl Hub {
             metrics::counter!("liveroom_frames_dropped_total").increment(dropped);
         }
         delivered as usize
+    }
+}
+
+/// Tracks the bytes held by replay buffers in `liveroom_replay_buffer_bytes`.
+fn buffered(delta: isize) {
+    if delta != 0 {
+        metrics::gauge!("liveroom_replay_buffer_bytes").increment(delta as f64);
     }
 }

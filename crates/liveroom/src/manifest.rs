@@ -32,7 +32,7 @@ impl Live {
                     module(&mut modules, m)["streams"][n] = d;
                 }
                 // Described with their room below.
-                Entry::Room(..) | Entry::Action(..) => {}
+                Entry::Room(..) | Entry::Action { .. } => {}
             }
         }
         for room in self.rooms() {

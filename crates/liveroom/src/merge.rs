@@ -97,6 +97,8 @@ impl Merge {
             key,
             max,
             prepend,
+            seq: 0,
+            replay: None,
         }
     }
 

@@ -12,6 +12,7 @@ use crate::handler::{erase_call, CallFn};
 use crate::hub::Hub;
 use crate::presence_store::{MemoryPresence, PresenceStore};
 use crate::rate::{Buckets, RateLimit, Scoped};
+use crate::replay::StreamCalls;
 use crate::room::def::{RoomDef, RoomPart};
 use crate::room::{Room, RoomArgs};
 use crate::stream::{Stream, StreamDef};
@@ -31,6 +32,8 @@ pub(crate) struct RpcDef {
     pub call: CallFn,
     pub arg_names: Vec<String>,
     pub rate: Option<Scoped>,
+    /// Runs at once instead of after the connection's earlier RPCs ([`App::concurrent`]).
+    pub concurrent: bool,
 }
 
 /// What a path resolves to.
@@ -41,7 +44,11 @@ pub(crate) enum Entry {
     Room(Arc<RoomDef>, RoomPart),
     /// A room action: a call whose guard and topic are its room's, and its rate limit if not
     /// the default.
-    Action(CallFn, Option<Scoped>),
+    Action {
+        call: CallFn,
+        rate: Option<Scoped>,
+        room: Arc<RoomDef>,
+    },
 }
 
 impl Entry {
@@ -50,7 +57,7 @@ impl Entry {
     pub(crate) fn rate(&self) -> Option<Scoped> {
         match self {
             Entry::Rpc(def) => def.rate,
-            Entry::Action(_, rate) => *rate,
+            Entry::Action { rate, .. } => *rate,
             Entry::Stream(_) | Entry::Room(..) => None,
         }
     }
@@ -130,6 +137,7 @@ impl App {
             call: erase_call(handler),
             arg_names: Vec::new(),
             rate: None,
+            concurrent: false,
         };
         self.insert(path.to_owned(), Entry::Rpc(rpc));
         self
@@ -175,6 +183,28 @@ impl App {
         self
     }
 
+    /// Lets calls of the RPC at `path` run as soon as they arrive, beside the connection's
+    /// other calls. By default a connection's RPCs run one after another, in the order they were
+    /// sent (docs/protocol.md, "Order"); a read-only query that may be slow (a search, a report)
+    /// should not hold up the calls behind it.
+    ///
+    /// ```
+    /// use liveroom::{App, Ctx, LiveError};
+    /// App::new()
+    ///     .rpc("cards/search", |_: Ctx, (q,): (String,)| async move { Ok::<_, LiveError>(vec![q]) })
+    ///     .concurrent("cards/search");
+    /// ```
+    ///
+    /// # Panics
+    /// If no RPC is registered at `path`.
+    pub fn concurrent(mut self, path: &str) -> Self {
+        match self.entries.get_mut(path) {
+            Some(Entry::Rpc(def)) => def.concurrent = true,
+            _ => panic!("concurrent(\"{path}\"): no RPC at `{path}`"),
+        }
+        self
+    }
+
     /// Registers a [`Stream`] at `path`.
     ///
     /// # Panics
@@ -203,7 +233,11 @@ impl App {
         for (action, a) in def.actions() {
             self.insert(
                 format!("{module}/{name}/__action/{action}"),
-                Entry::Action(a.call.clone(), a.rate),
+                Entry::Action {
+                    call: a.call.clone(),
+                    rate: a.rate,
+                    room: def.clone(),
+                },
             );
         }
         self.rooms.push(def);
@@ -275,7 +309,7 @@ impl App {
 
     /// Finishes the registry.
     pub fn build(self) -> Live {
-        let hub = Arc::new(Hub::default());
+        let hub = Arc::new(Hub::new(self.limits.replay()));
         let presence = self
             .presence
             .unwrap_or_else(|| Arc::new(MemoryPresence::default()));
@@ -293,6 +327,7 @@ impl App {
                 limits: self.limits,
                 on_shutdown: self.on_shutdown,
                 buckets: Buckets::default(),
+                streams: StreamCalls::default(),
             }),
         };
         for hook in self.on_build {
@@ -313,6 +348,8 @@ struct Inner {
     on_shutdown: Vec<ShutdownHook>,
     /// Rate limit buckets by scope and identity.
     buckets: Buckets<(u32, Arc<str>)>,
+    /// The stream calls of each session, for `resume`.
+    streams: StreamCalls,
 }
 
 /// A built registry: cheap to clone, shared by every connection.
@@ -408,6 +445,11 @@ impl Live {
         limit: RateLimit,
     ) -> Result<(), std::time::Duration> {
         self.inner.buckets.take(&(scope, identity.clone()), limit)
+    }
+
+    /// The stream calls recorded for resuming `session`, by topic.
+    pub(crate) fn streams(&self) -> &StreamCalls {
+        &self.inner.streams
     }
 
     /// Whether [`App::allow_subscribe`] lets `ctx` subscribe to `topic` from the wire.

@@ -4,6 +4,7 @@ use crate::ctx::Ctx;
 use crate::error::LiveError;
 use crate::handler::{args_from, erase_init, to_raw, Gate, InitFn, Reply};
 use crate::merge::Merge;
+use crate::replay::Replay;
 use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -39,6 +40,7 @@ pub struct Stream<A = ()> {
     init: Option<InitFn<A>>,
     merge: Merge,
     arg_names: Vec<String>,
+    replay: Option<Replay>,
 }
 
 impl Stream<()> {
@@ -60,6 +62,7 @@ where
             init: None,
             merge: Merge::crud("id"),
             arg_names: Vec::new(),
+            replay: None,
         }
     }
 
@@ -91,6 +94,19 @@ where
         self
     }
 
+    /// How many of the topic's recent events are kept for clients that reconnect (default: the
+    /// server-wide `--replay-*` settings). [`Replay::off`] makes every reconnect reload.
+    ///
+    /// ```
+    /// use liveroom::{Replay, Stream};
+    /// let feed = Stream::new("feed").replay(Replay::events(2_000));
+    /// # let _ = feed;
+    /// ```
+    pub fn replay(mut self, replay: Replay) -> Self {
+        self.replay = Some(replay);
+        self
+    }
+
     /// Names of the args, for the manifest and generated client code.
     pub fn args<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
         self.arg_names = names.into_iter().map(Into::into).collect();
@@ -109,6 +125,7 @@ where
             init,
             merge,
             arg_names,
+            replay,
         } = self;
         let gate = Arc::new(gate);
         let empty = merge.empty();
@@ -129,6 +146,7 @@ where
             prepare,
             merge,
             arg_names,
+            replay,
         };
         (def, gate)
     }
@@ -158,6 +176,8 @@ pub(crate) struct StreamDef {
     prepare: PrepareFn,
     pub merge: Merge,
     pub arg_names: Vec<String>,
+    /// Its own replay policy, if not the server's.
+    pub replay: Option<Replay>,
 }
 
 impl StreamDef {

@@ -19,6 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
+/// Events held for one topic, with their seqs (0: none).
+type Held = VecDeque<(u64, Out)>;
+
 #[derive(Debug, Default)]
 struct State {
     /// The pong for the latest ping not answered yet: at most one (RFC 6455 section 5.5.3 lets
@@ -27,8 +30,9 @@ struct State {
     pongs: Vec<Bytes>,
     replies: Vec<Bytes>,
     events: Vec<Out>,
-    /// Topics whose stream reply is not queued yet, with the events that arrived meanwhile.
-    held: Vec<(Arc<str>, VecDeque<Out>)>,
+    /// Topics whose stream reply is not queued yet, with the events that arrived meanwhile
+    /// and their seqs (0: none), so a replay can skip the ones it already contains.
+    held: Vec<(Arc<str>, Held)>,
     /// Newest value per key, replacing older unsent ones.
     latest: IndexMap<Arc<str>, Bytes>,
     bytes: usize,
@@ -44,6 +48,27 @@ pub enum Push {
     Dropped,
     /// This push overflowed the byte limit: the connection is now being cut off (1013).
     Overflow,
+}
+
+/// What [`Outbox::release`] lets through for one held topic.
+#[derive(Debug, Clone, Default)]
+pub struct Release {
+    /// The held topic.
+    pub topic: Arc<str>,
+    /// Envelopes to send before the held events (a catch-up from the replay buffer).
+    pub replay: Vec<Bytes>,
+    /// Held events with a seq at or below this were replayed already: they are dropped.
+    pub through: u64,
+}
+
+impl Release {
+    /// Releases `topic`'s held events as they are.
+    pub fn all(topic: Arc<str>) -> Self {
+        Release {
+            topic,
+            ..Release::default()
+        }
+    }
 }
 
 /// A connection's outbound queue. See the module docs.
@@ -125,8 +150,8 @@ impl Outbox {
         self.notify.notify_one();
     }
 
-    /// Queues an event published on `topic`.
-    pub fn event(&self, topic: &str, frame: impl Into<Out>) -> Push {
+    /// Queues an event published on `topic` with `seq` (0: none).
+    pub fn event(&self, topic: &str, frame: impl Into<Out>, seq: u64) -> Push {
         let frame = frame.into();
         let mut s = self.lock();
         if s.close.is_some() {
@@ -140,7 +165,7 @@ impl Outbox {
         }
         s.bytes += frame.len();
         if let Some((_, held)) = s.held.iter_mut().find(|(t, _)| &**t == topic) {
-            held.push_back(frame);
+            held.push_back((seq, frame));
             return Push::Queued;
         }
         let was_empty = s.events.is_empty() && s.replies.is_empty();
@@ -175,7 +200,7 @@ impl Outbox {
         s.bytes += frame.len();
         if let Some((_, held)) = s.held.iter_mut().find(|(t, _)| *t == key) {
             // The topic's stream reply is not out yet: keep the ordering rule.
-            held.push_back(Out::One(frame));
+            held.push_back((0, Out::One(frame)));
             return Push::Queued;
         }
         if let Some(old) = s.latest.insert(key, frame) {
@@ -205,14 +230,14 @@ impl Outbox {
         }
     }
 
-    /// Queues `reply` (if any), then the events held for `topics`.
-    pub fn release(&self, topics: &[Arc<str>], reply: Option<Bytes>) {
+    /// Queues `reply` (if any), then for each of `topics` its replayed envelopes and the
+    /// events held for it (those not replayed already).
+    pub fn release(&self, topics: &[Release], reply: Option<Bytes>) {
         let mut s = self.lock();
-        let mut held = Vec::new();
-        for topic in topics {
-            if let Some(i) = s.held.iter().position(|(t, _)| t == topic) {
-                held.push(s.held.swap_remove(i).1);
-            }
+        let mut held = Vec::with_capacity(topics.len());
+        for r in topics {
+            let i = s.held.iter().position(|(t, _)| *t == r.topic);
+            held.push((r, i.map(|i| s.held.swap_remove(i).1).unwrap_or_default()));
         }
         if s.close.is_some() {
             return;
@@ -221,10 +246,20 @@ impl Outbox {
             s.bytes += reply.len();
             s.replies.push(reply);
         }
-        // Already counted in `bytes`. The writer sends replies before events, so these reach
-        // the client after the reply, as the ordering rule wants.
-        for h in held {
-            s.events.extend(h);
+        // Held events are already counted in `bytes`. The writer sends replies before events,
+        // so these reach the client after the reply, as the ordering rule wants.
+        for (r, h) in held {
+            for frame in &r.replay {
+                s.bytes += frame.len();
+                s.events.push(Out::One(frame.clone()));
+            }
+            for (seq, frame) in h {
+                if seq > 0 && seq <= r.through {
+                    s.bytes -= frame.len();
+                } else {
+                    s.events.push(frame);
+                }
+            }
         }
         drop(s);
         self.notify.notify_one();
@@ -271,7 +306,7 @@ impl Outbox {
             .held
             .iter()
             .flat_map(|(_, h)| h.iter())
-            .map(Out::len)
+            .map(|(_, out)| out.len())
             .sum();
         into.close = s.close;
         !into.is_empty()
@@ -296,9 +331,9 @@ mod tests {
     fn replies_go_first_and_holds_keep_order() {
         let o = Outbox::new(1 << 20);
         o.hold("t".into());
-        assert_eq!(o.event("t", Bytes::from_static(b"e1")), Push::Queued);
-        o.event("u", Bytes::from_static(b"u1"));
-        o.release(&["t".into()], Some(Bytes::from_static(b"r")));
+        assert_eq!(o.event("t", Bytes::from_static(b"e1"), 0), Push::Queued);
+        o.event("u", Bytes::from_static(b"u1"), 0);
+        o.release(&[Release::all("t".into())], Some(Bytes::from_static(b"r")));
         let mut d = Drain::default();
         assert!(o.drain(&mut d));
         assert_eq!(d.replies, vec![Bytes::from_static(b"r")]);
@@ -310,8 +345,8 @@ mod tests {
                 Bytes::from_static(b"e1")
             ]
         );
-        o.event("u", Bytes::from_static(b"{}"));
-        o.event("u", Bytes::from_static(b"[]"));
+        o.event("u", Bytes::from_static(b"{}"), 0);
+        o.event("u", Bytes::from_static(b"[]"), 0);
         o.drain(&mut d);
         assert_eq!(
             d.messages(true),
@@ -322,9 +357,9 @@ mod tests {
     #[test]
     fn overflow_cuts_the_connection() {
         let o = Outbox::new(10);
-        assert_eq!(o.event("t", Bytes::from_static(b"123456")), Push::Queued);
-        assert_eq!(o.event("t", Bytes::from_static(b"123456")), Push::Overflow);
-        assert_eq!(o.event("t", Bytes::from_static(b"1")), Push::Dropped);
+        assert_eq!(o.event("t", Bytes::from_static(b"123456"), 0), Push::Queued);
+        assert_eq!(o.event("t", Bytes::from_static(b"123456"), 0), Push::Overflow);
+        assert_eq!(o.event("t", Bytes::from_static(b"1"), 0), Push::Dropped);
         let mut d = Drain::default();
         o.drain(&mut d);
         assert!(d.events.is_empty());
@@ -351,12 +386,35 @@ mod tests {
         o.latest("c".into(), Bytes::from_static(b"set"));
         let mut d = Drain::default();
         assert!(!o.drain(&mut d), "nothing before the reply");
-        o.release(&["c".into()], Some(Bytes::from_static(b"reply")));
+        o.release(&[Release::all("c".into())], Some(Bytes::from_static(b"reply")));
         o.drain(&mut d);
         assert_eq!(
             d.messages(false),
             vec![Bytes::from_static(b"reply"), Bytes::from_static(b"set")]
         );
+    }
+
+    #[test]
+    fn a_release_skips_held_events_the_replay_contains() {
+        let o = Outbox::new(1000);
+        o.hold("t".into());
+        o.event("t", Bytes::from_static(b"e5"), 5);
+        o.event("t", Bytes::from_static(b"e6"), 6);
+        o.event("t", Bytes::from_static(b"x"), 0);
+        let release = Release {
+            topic: "t".into(),
+            replay: vec![Bytes::from_static(b"e4"), Bytes::from_static(b"e5")],
+            through: 5,
+        };
+        o.release(&[release], None);
+        let mut d = Drain::default();
+        o.drain(&mut d);
+        assert_eq!(
+            d.messages(false),
+            ["e4", "e5", "e6", "x"].map(|s| Bytes::from(s.as_bytes().to_vec()))
+        );
+        assert!(!o.drain(&mut d));
+        assert_eq!(o.lock().bytes, 0, "what was dropped is no longer counted");
     }
 
     #[test]

@@ -50,7 +50,15 @@ pub enum Frame {
         /// Run one after another instead of in parallel.
         sequential: bool,
     },
-    /// A frame the protocol says to ignore (`resume`, `reply`, unknown `type`).
+    /// `{"type":"resume","sessionId":..,"lastSeenSeqs":{topic: seq}}`, sent after a reconnect
+    /// by a client that got a `welcome`. A malformed one is ignored, as before replay existed.
+    Resume {
+        /// The `welcome` id of the connection that was lost.
+        session: String,
+        /// The newest seq the client saw, per topic (at most [`MAX_TOPICS`]).
+        last_seen: Vec<(String, u64)>,
+    },
+    /// A frame the protocol says to ignore (`reply`, unknown `type`).
     Ignored,
 }
 
@@ -65,6 +73,9 @@ pub struct Call {
     pub args: Vec<Value>,
     /// A stream subscription rather than a plain call.
     pub stream: bool,
+    /// For a stream: the seq of the data the client holds (from an earlier reply), asking
+    /// for the events since instead of a full load.
+    pub seq: Option<u64>,
 }
 
 /// A frame that could not be decoded. `id` is set when the frame carried a usable call id, so
@@ -141,6 +152,7 @@ pub fn decode(text: &str) -> Result<Frame, FrameError> {
                     r#ref: obj.remove("ref"),
                 })
             }
+            "resume" => Ok(decode_resume(obj)),
             _ => Ok(Frame::Ignored),
         };
     }
@@ -190,6 +202,29 @@ fn take_string(
     }
 }
 
+/// A seq as a client sends it: a non-negative integer (JSON numbers may come as floats).
+fn as_seq(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f < 9.007_199_254_740_992e15)
+            .map(|f| f as u64)
+    })
+}
+
+fn decode_resume(mut obj: serde_json::Map<String, Value>) -> Frame {
+    let (Some(Value::String(session)), Some(Value::Object(seen))) =
+        (obj.remove("sessionId"), obj.remove("lastSeenSeqs"))
+    else {
+        return Frame::Ignored;
+    };
+    let last_seen = seen
+        .into_iter()
+        .filter_map(|(topic, seq)| Some((topic, as_seq(&seq)?)))
+        .take(MAX_TOPICS)
+        .collect();
+    Frame::Resume { session, last_seen }
+}
+
 fn decode_call(mut obj: serde_json::Map<String, Value>) -> Result<Call, FrameError> {
     let id = match obj.remove("id") {
         None | Some(Value::Null) => None,
@@ -222,11 +257,13 @@ fn decode_call(mut obj: serde_json::Map<String, Value>) -> Result<Call, FrameErr
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(FrameError::new(id, "field `stream` must be a boolean")),
     };
+    let seq = obj.get("seq").and_then(as_seq);
     Ok(Call {
         path,
         id,
         args,
         stream,
+        seq,
     })
 }
 

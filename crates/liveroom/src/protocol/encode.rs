@@ -18,18 +18,40 @@ fn put_json(buf: &mut BytesMut, v: &impl serde::Serialize) {
     }
 }
 
-/// `{"topic":..,"event":..,"data":..}` with `data` already serialized.
+/// `{"topic":..,"event":..,"data":..}` with `data` already serialized, and no `seq`.
 pub fn envelope(topic: &str, event: &str, data: &RawValue) -> Bytes {
     let mut buf = BytesMut::with_capacity(32 + topic.len() + event.len() + data.get().len());
-    buf.put_slice(b"{\"topic\":");
-    put_json_str(&mut buf, topic);
-    buf.put_slice(b",\"event\":");
-    put_json_str(&mut buf, event);
-    buf.put_slice(b",\"data\":");
-    buf.put_slice(data.get().as_bytes());
+    envelope_into(&mut buf, topic, event, data);
     buf.put_u8(b'}');
     buf.freeze()
 }
+
+/// Writes an envelope without its closing brace, so a `,"seq":N` can follow.
+pub fn envelope_into(buf: &mut BytesMut, topic: &str, event: &str, data: &RawValue) {
+    buf.put_slice(b"{\"topic\":");
+    put_json_str(buf, topic);
+    buf.put_slice(b",\"event\":");
+    put_json_str(buf, event);
+    buf.put_slice(b",\"data\":");
+    buf.put_slice(data.get().as_bytes());
+}
+
+/// `{"type":"welcome","sessionId":..}`, the first frame of every connection: the id a client
+/// sends back in `resume` after a reconnect.
+pub fn welcome(session: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(40 + session.len());
+    buf.put_slice(b"{\"type\":\"welcome\",\"sessionId\":");
+    put_json_str(&mut buf, session);
+    buf.put_u8(b'}');
+    buf.freeze()
+}
+
+/// `{"type":"resumed"}`: the events a `resume` asked for have all been queued.
+pub const RESUMED: &[u8] = b"{\"type\":\"resumed\"}";
+
+/// The data of the reload marker: a stream that receives it drops its seq and subscribes
+/// again from scratch (the svelte-realtime client's `truncated` replay marker).
+pub const TRUNCATED: &str = r#"{"reqId":"liveroom","truncated":true}"#;
 
 /// Stream options echoed in a stream reply.
 #[derive(Debug, Clone, Default)]
@@ -44,6 +66,11 @@ pub struct StreamReply<'a> {
     pub max: Option<usize>,
     /// New items go first.
     pub prepend: bool,
+    /// The topic's seq the data is current to (0: none).
+    pub seq: u64,
+    /// `Some(true)`: `data` is the list of missed envelopes (`{event, data, seq}`), applied in
+    /// order; `Some(false)`: the client asked for a replay and got a full load.
+    pub replay: Option<bool>,
 }
 
 /// The body of one RPC reply (`{"id":..,"ok":..}`), used alone or inside a batch reply.
@@ -73,6 +100,16 @@ pub fn reply_body(
                 }
                 if s.prepend {
                     buf.put_slice(b",\"prepend\":true");
+                }
+                if s.seq > 0 {
+                    buf.put_slice(format!(",\"seq\":{}", s.seq).as_bytes());
+                }
+                if let Some(replay) = s.replay {
+                    buf.put_slice(if replay {
+                        b",\"replay\":true".as_slice()
+                    } else {
+                        b",\"replay\":false".as_slice()
+                    });
                 }
             }
         }

@@ -193,7 +193,7 @@ impl CursorTable {
                 });
                 o.latest(key.clone(), frame.clone())
             } else {
-                o.event(cursor_topic, Out::Many(frames.clone()))
+                o.event(cursor_topic, Out::Many(frames.clone()), 0)
             }
         });
     }
@@ -299,7 +299,7 @@ mod tests {
         hub.subscribe("r:cursors", &fast);
         // More than a quarter of the slow one's limit is waiting to be written.
         let waiting = format!("\"{}\"", " ".repeat(148));
-        slow.outbox.event("other", bytes::Bytes::from(waiting));
+        slow.outbox.event("other", bytes::Bytes::from(waiting), 0);
         let topic: Arc<str> = "r".into();
         // Moves at 0, 60 and 110 ms: one per tick (the ticks are at 50, 100 and 150 ms).
         for round in 0..3 {

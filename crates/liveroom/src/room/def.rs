@@ -132,6 +132,11 @@ impl RoomDef {
         parts
     }
 
+    /// How many leading args select the room.
+    pub fn topic_args(&self) -> usize {
+        self.parts.topic_args
+    }
+
     /// The room args of a stream call (extra args are ignored).
     pub fn room_args(&self, mut args: Vec<Value>) -> Result<Vec<Value>, LiveError> {
         split_room_args(&mut args, self.parts.topic_args)?;

@@ -255,6 +255,13 @@ impl<A: RoomArgs> Room<A> {
         self
     }
 
+    /// How many of the room's recent data events are kept for members that reconnect (default:
+    /// the server-wide `--replay-*` settings; see [`Stream::replay`]).
+    pub fn replay(mut self, replay: crate::Replay) -> Self {
+        self.data = self.data.replay(replay);
+        self
+    }
+
     /// The data stream's merge mode (default `crud` keyed by `id`).
     pub fn merge(mut self, merge: Merge) -> Self {
         self.data = self.data.merge(merge);

@@ -179,8 +179,8 @@ mod tests {
         let o = Outbox::new(1 << 20);
         o.set_batch(true);
         o.reply(Bytes::from_static(b"r"));
-        o.event("t", Bytes::from_static(b"{}"));
-        o.event("t", Bytes::from_static(b"[1]"));
+        o.event("t", Bytes::from_static(b"{}"), 0);
+        o.event("t", Bytes::from_static(b"[1]"), 0);
         let mut d = Drain::default();
         o.drain(&mut d);
         let mut buf = BytesMut::new();

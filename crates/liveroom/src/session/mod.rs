@@ -9,15 +9,20 @@
 //! 2. concurrently: the RPC or action handler (an action's guard runs here, first) or the
 //!    initial-data load, then the reply. It is polled once inline, so a refusal or a handler
 //!    that never waits is answered without a task; whatever has to wait goes on in a spawned
-//!    task. A slow call never delays the frames after it.
+//!    task. RPCs and each room's actions wait in their lane for the calls sent before them
+//!    (`lanes`); nothing else waits, so a slow call never delays the frames after it.
 //!
 //! Between the two, every call is admitted: the identity's rate limit (its path's own, or the
 //! default; cursor moves have theirs) and the connection's calls in flight.
 //!
-//! - `subs`: what the socket is subscribed to and which rooms it is in;
+//! - `subs`: what the socket is subscribed to, which rooms it is in, what it last saw;
+//! - `lanes`: the order of RPCs and actions;
+//! - `resume`: `welcome`/`resume`, stream replays and catch-ups from the replay buffers;
 //! - `reply`: phase 2's result and how replies are queued.
 
+mod lanes;
 mod reply;
+mod resume;
 mod subs;
 
 use crate::conn::{Conn, InFlight};
@@ -29,6 +34,7 @@ use crate::protocol::{self, Call, Frame, FrameError, TopicError};
 use crate::rate;
 use crate::registry::{Entry, Live};
 use crate::room::def::{cursors_topic, presence_topic, RoomDef, RoomPart};
+use lanes::Lanes;
 use reply::{finish, finish_batch, refused, timed, Done, Pending};
 use serde_json::Value;
 use std::sync::Arc;
@@ -106,6 +112,7 @@ pub struct Session {
     conn: Arc<Conn>,
     prefix: Option<String>,
     subs: Subscriptions,
+    lanes: Lanes,
 }
 
 impl Session {
@@ -113,12 +120,18 @@ impl Session {
         let conn = Conn::new(user, live.limits().outbox_bytes);
         metrics::gauge!("liveroom_connections").increment(1.0);
         let subs = Subscriptions::new(live.hub().clone(), conn.clone());
-        Session {
+        let session = Session {
             live,
             conn,
             prefix,
             subs,
+            lanes: Lanes::default(),
+        };
+        if !session.live.limits().replay().is_off() {
+            let id = crate::replay::session_id(session.conn.id);
+            session.conn.outbox.reply(protocol::welcome(&id));
         }
+        session
     }
 
     /// Frames waiting to be written to this connection.
@@ -169,10 +182,13 @@ impl Session {
         match frame {
             Frame::Hello { batch } => self.conn.outbox.set_batch(batch),
             Frame::Ignored => {}
-            Frame::Subscribe { topic, r#ref } => self.wire_subscribe(&topic, r#ref.as_ref()),
+            Frame::Resume { session, last_seen } => self.resume(&session, last_seen).await,
+            Frame::Subscribe { topic, r#ref } => {
+                self.wire_subscribe(&topic, r#ref.as_ref()).await
+            }
             Frame::SubscribeBatch { topics, r#ref } => {
                 for topic in topics {
-                    self.wire_subscribe(&topic, r#ref.as_ref());
+                    self.wire_subscribe(&topic, r#ref.as_ref()).await;
                 }
             }
             Frame::Unsubscribe { topic } => self.unsubscribe(&topic),
@@ -216,7 +232,7 @@ impl Session {
         }
     }
 
-    fn wire_subscribe(&mut self, topic: &str, r#ref: Option<&Value>) {
+    async fn wire_subscribe(&mut self, topic: &str, r#ref: Option<&Value>) {
         if let Err(e) = protocol::validate_topic(topic) {
             metrics::counter!("liveroom_bad_frames_total").increment(1);
             let reason = match e {
@@ -230,6 +246,9 @@ impl Session {
         if !self.subs.authorized(topic) && !self.live.may_subscribe(&self.ctx(), topic) {
             // Not (yet) authorised: ignored, as protocol.md section 2 allows. The stream call
             // that follows on reconnect subscribes it server-side.
+            return;
+        }
+        if self.catch_up(topic, r#ref).await {
             return;
         }
         let max = self.live.limits().max_subscriptions;
@@ -261,30 +280,34 @@ impl Session {
     pub fn close(mut self) {
         self.settle();
         self.subs.close();
+        let keep = self.live.hub().default_replay().idle();
+        self.live
+            .streams()
+            .closed(&crate::replay::session_id(self.conn.id), keep);
         self.conn.outbox.close(crate::close::NORMAL);
     }
 
     /// Phase 1 of a call (see the module docs); returns phase 2.
     async fn prepare(&mut self, call: Call) -> Pending {
-        let Call {
-            path,
-            id,
-            args,
-            stream,
-        } = call;
-        let entry = self.live.entry(&path);
+        let entry = self.live.entry(&call.path);
         let label = if entry.is_some() {
-            path.clone()
+            call.path.clone()
         } else {
             "unknown".to_owned()
         };
         let running = match self.admit(entry) {
             Ok(running) => running,
-            Err(e) => return refused(label, id, e),
+            Err(e) => return refused(label, call.id, e),
         };
-        let pending = match self.resolve(&path, id.clone(), args, stream).await {
+        let lane = lane_of(entry, &call.args);
+        let id = call.id.clone();
+        let pending = match self.resolve(call).await {
             Ok(pending) => pending,
             Err(e) => Done::now(id, Err(e)),
+        };
+        let pending = match lane {
+            Some(lane) => self.lanes.queue(lane, pending),
+            None => pending,
         };
         timed(label, pending, running)
     }
@@ -336,13 +359,15 @@ impl Session {
         }
     }
 
-    async fn resolve(
-        &mut self,
-        path: &str,
-        id: Option<Value>,
-        args: Vec<Value>,
-        stream: bool,
-    ) -> Result<Pending, LiveError> {
+    async fn resolve(&mut self, call: Call) -> Result<Pending, LiveError> {
+        let Call {
+            path,
+            id,
+            args,
+            stream,
+            seq,
+        } = call;
+        let path = path.as_str();
         let outside = self
             .prefix
             .as_ref()
@@ -367,24 +392,39 @@ impl Session {
         let max = self.live.limits().max_subscriptions;
         match entry {
             Entry::Rpc(def) => Ok(Done::call(id, (def.call)(ctx, args))),
-            Entry::Action(call, _) => Ok(Done::call(id, call(ctx, args))),
+            Entry::Action { call, .. } => Ok(Done::call(id, call(ctx, args))),
             Entry::Stream(def) => {
+                let recorded = resume::stream_call(path, &args);
                 let prepared = def.prepare(ctx, args).await?;
                 let topic = prepared.topic.clone();
+                let seen = self.subs.take_seen(&topic);
                 self.subs.hold_and_subscribe(topic.clone(), max)?;
+                if let Some(replay) = def.replay {
+                    self.live.hub().set_replay(&topic, replay);
+                }
+                self.record_stream(&topic, &recorded);
                 self.remote_ready(&topic).await;
-                Ok(Done::stream(id, topic, def.merge.clone(), prepared.load()))
+                let load = prepared.load();
+                Ok(self
+                    .answer(id, topic, def.merge.clone(), seq.map(|s| (s, seen)), load)
+                    .await)
             }
             Entry::Room(room, RoomPart::Cursor) => {
                 self.cursor_move(room, args)?;
                 Ok(Done::now(id, crate::handler::to_raw(())))
             }
-            Entry::Room(room, part) => self.room_stream(room, *part, ctx, id, args).await,
+            Entry::Room(room, part) => {
+                let recorded = resume::stream_call(path, &args);
+                self.room_stream(room, *part, ctx, id, args, seq, recorded)
+                    .await
+            }
         }
     }
 
     /// A room's data, presence or cursors stream: the room's gate first (its guard, then its
-    /// topic function), then the subscription, then the load.
+    /// topic function), then the subscription, then the load (or, for the data stream of a
+    /// client that holds `seq`, the replay).
+    #[allow(clippy::too_many_arguments)]
     async fn room_stream(
         &mut self,
         room: &Arc<RoomDef>,
@@ -392,6 +432,8 @@ impl Session {
         ctx: Ctx,
         id: Option<Value>,
         args: Vec<Value>,
+        seq: Option<u64>,
+        recorded: Value,
     ) -> Result<Pending, LiveError> {
         let limits = self.live.limits();
         let args = room.room_args(args)?;
@@ -408,29 +450,41 @@ impl Session {
         };
         self.subs.enter(key, topic.clone(), limits.max_rooms)?;
         let max = limits.max_subscriptions;
-        let (sub_topic, merge, load) = match part {
+        let hub = self.live.hub().clone();
+        // Only the data stream replays: a roster is small and always read whole (corrections
+        // of it are not in the buffer), and cursors are state, not a log.
+        let (sub_topic, merge, load, seq) = match part {
             RoomPart::Data => {
+                let seen = self.subs.take_seen(&topic);
                 self.subs.hold_and_subscribe(topic.clone(), max)?;
+                if let Some(replay) = room.data().replay {
+                    hub.set_replay(&topic, replay);
+                }
                 if let Some(data) = presence {
                     self.subs.add_member(&topic, room);
                     room.join(&topic, &ctx, data).await;
                 }
-                (topic, room.data().merge.clone(), prepared.load())
+                let merge = room.data().merge.clone();
+                (topic, merge, prepared.load(), seq.map(|s| (s, seen)))
             }
             RoomPart::Presence => {
                 let t = presence_topic(&topic);
                 self.subs.hold_and_subscribe(t.clone(), max)?;
-                (t, Merge::Presence, room.roster(topic))
+                (t, Merge::Presence, room.roster(topic), None)
             }
             // `__cursor` is not a stream: `resolve` answered it before.
             RoomPart::Cursors | RoomPart::Cursor => {
                 let t = cursors_topic(&topic);
                 self.subs.hold_and_subscribe(t.clone(), max)?;
-                (t, Merge::Cursor, room.cursor_snapshot(&topic))
+                hub.set_replay(&t, crate::Replay::off());
+                (t, Merge::Cursor, room.cursor_snapshot(&topic), None)
             }
         };
+        if part != RoomPart::Cursors {
+            self.record_stream(&sub_topic, &recorded);
+        }
         self.remote_ready(&sub_topic).await;
-        Ok(Done::stream(id, sub_topic, merge, load))
+        Ok(self.answer(id, sub_topic, merge, seq, load).await)
     }
 
     /// What others will see of this member, refused when larger than
@@ -474,6 +528,19 @@ impl Session {
     /// initial data loaded next cannot miss one.
     async fn remote_ready(&self, topic: &str) {
         self.live.hub().ready(topic).await;
+    }
+}
+
+/// The lane a call waits in (see `lanes`): a room's actions share one per room (its path and
+/// room args), a connection's RPCs share another, unless registered as concurrent.
+fn lane_of(entry: Option<&Entry>, args: &[Value]) -> Option<String> {
+    match entry? {
+        Entry::Rpc(def) if !def.concurrent => Some(String::new()),
+        Entry::Action { room, .. } => {
+            let n = room.topic_args().min(args.len());
+            Some(room_key(room, &args[..n]))
+        }
+        _ => None,
     }
 }
 

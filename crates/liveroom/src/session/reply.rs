@@ -5,6 +5,7 @@ use crate::conn::{Conn, InFlight};
 use crate::error::LiveError;
 use crate::handler::Reply;
 use crate::merge::Merge;
+use crate::outbox::Release;
 use crate::protocol;
 use bytes::BytesMut;
 use futures_util::future::BoxFuture;
@@ -18,7 +19,37 @@ pub(super) type Pending = BoxFuture<'static, Done>;
 pub(super) struct Done {
     pub id: Option<Value>,
     pub result: Reply,
-    pub stream: Option<(Arc<str>, Merge)>,
+    pub stream: Option<Streamed>,
+}
+
+/// What a stream reply says besides its data, and which held events it releases.
+pub(super) struct Streamed {
+    pub topic: Arc<str>,
+    pub merge: Merge,
+    /// The topic's seq the data is current to (0: none).
+    pub seq: u64,
+    /// `Some(true)`: the data is the missed events; `Some(false)`: a replay was asked for and
+    /// a full load answered.
+    pub replay: Option<bool>,
+    /// Held events at or below this seq are in the data already.
+    pub through: u64,
+}
+
+impl Streamed {
+    fn release(&self) -> Release {
+        Release {
+            topic: self.topic.clone(),
+            replay: Vec::new(),
+            through: self.through,
+        }
+    }
+
+    fn reply(&self) -> protocol::StreamReply<'_> {
+        let mut r = self.merge.reply(&self.topic);
+        r.seq = self.seq;
+        r.replay = self.replay;
+        r
+    }
 }
 
 impl Done {
@@ -44,18 +75,14 @@ impl Done {
         })
     }
 
-    /// A stream call: its initial load, then the reply that releases `topic`'s held events.
-    pub fn stream(
-        id: Option<Value>,
-        topic: Arc<str>,
-        merge: Merge,
-        load: BoxFuture<'static, Reply>,
-    ) -> Pending {
+    /// A stream call: its initial load (or its replay), then the reply that releases the
+    /// topic's held events.
+    pub fn stream(id: Option<Value>, stream: Streamed, load: BoxFuture<'static, Reply>) -> Pending {
         Box::pin(async move {
             Done {
                 id,
                 result: load.await,
-                stream: Some((topic, merge)),
+                stream: Some(stream),
             }
         })
     }
@@ -92,12 +119,12 @@ pub(super) fn refused(label: String, id: Option<Value>, error: LiveError) -> Pen
 /// Queues the reply of one call (releasing its stream's held events).
 pub(super) fn finish(conn: &Conn, done: Done) {
     let Done { id, result, stream } = done;
-    if let (Some((topic, _)), Err(_)) = (&stream, &result) {
-        conn.stream_failed(topic.clone());
+    if let (Some(s), Err(_)) = (&stream, &result) {
+        conn.stream_failed(s.topic.clone());
     }
     let Some(id) = id else {
-        if let Some((topic, _)) = stream {
-            conn.outbox.release(&[topic], None);
+        if let Some(s) = stream {
+            conn.outbox.release(&[s.release()], None);
         }
         if let Err(e) = result {
             tracing::debug!(error = %e, "fire-and-forget call failed");
@@ -105,13 +132,11 @@ pub(super) fn finish(conn: &Conn, done: Done) {
         return;
     };
     let reply = match &stream {
-        Some((topic, merge)) if result.is_ok() => {
-            protocol::reply(&id, &result, Some(&merge.reply(topic)))
-        }
+        Some(s) if result.is_ok() => protocol::reply(&id, &result, Some(&s.reply())),
         _ => protocol::reply(&id, &result, None),
     };
     match stream {
-        Some((topic, _)) => conn.outbox.release(&[topic], Some(reply)),
+        Some(s) => conn.outbox.release(&[s.release()], Some(reply)),
         None => conn.outbox.reply(reply),
     }
 }
@@ -126,18 +151,18 @@ pub(super) fn finish_batch(conn: &Conn, done: Vec<Done>) {
         };
         let mut body = BytesMut::with_capacity(64);
         let stream = match &d.stream {
-            Some((topic, merge)) if d.result.is_ok() => Some(merge.reply(topic)),
+            Some(s) if d.result.is_ok() => Some(s.reply()),
             _ => None,
         };
         protocol::reply_body(&mut body, id, &d.result, stream.as_ref());
         bodies.push(body);
     }
     for d in done {
-        if let Some((topic, _)) = d.stream {
+        if let Some(s) = d.stream {
             if d.result.is_err() {
-                conn.stream_failed(topic.clone());
+                conn.stream_failed(s.topic.clone());
             }
-            topics.push(topic);
+            topics.push(s.release());
         }
     }
     conn.outbox

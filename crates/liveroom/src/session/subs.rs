@@ -9,6 +9,9 @@ use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+/// Most topics whose last seen seq a socket remembers.
+const SEEN: usize = 1024;
+
 #[derive(Debug)]
 pub(super) struct Subscriptions {
     hub: Arc<Hub>,
@@ -26,6 +29,10 @@ pub(super) struct Subscriptions {
     /// Rooms where this socket moved a cursor without being a member (cursors-only): no
     /// presence leave removes that cursor, so closing or unsubscribing does.
     cursor_only: Vec<(Arc<str>, Arc<RoomDef>)>,
+    /// Per topic not subscribed now, the newest seq this socket was given (when it left the
+    /// topic, or by a `resume`: then `true`): a stream replay, or after a resume a wire
+    /// subscribe, starts after it, so nothing is sent twice.
+    seen: HashMap<Arc<str>, (u64, bool)>,
 }
 
 /// The key of a room entered with `args` in [`Subscriptions::entered`].
@@ -49,6 +56,43 @@ impl Subscriptions {
             entered: HashMap::new(),
             members: Vec::new(),
             cursor_only: Vec::new(),
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Whether the socket is subscribed to `topic`.
+    pub fn is_subscribed(&self, topic: &str) -> bool {
+        self.subscribed.contains(topic)
+    }
+
+    /// Lets a wire `subscribe` restore `topic` (a `resume` passed its stream's guard again).
+    pub fn authorize(&mut self, topic: Arc<str>, max: usize) {
+        if self.authorized.len() >= max.saturating_mul(2) {
+            let subscribed = &self.subscribed;
+            self.authorized.retain(|t| subscribed.contains(t));
+        }
+        self.authorized.insert(topic);
+    }
+
+    /// Records that the socket was given `topic`'s events up to `seq` (`resumed`: by a
+    /// `resume`).
+    pub fn saw(&mut self, topic: Arc<str>, seq: u64, resumed: bool) {
+        if self.seen.len() >= SEEN {
+            self.seen.clear(); // only an optimisation: without a mark, a replay resends a little
+        }
+        self.seen.insert(topic, (seq, resumed));
+    }
+
+    /// The newest seq of `topic` the socket was given while it is not subscribed, forgotten.
+    pub fn take_seen(&mut self, topic: &str) -> Option<u64> {
+        self.seen.remove(topic).map(|(seq, _)| seq)
+    }
+
+    /// Like [`take_seen`](Self::take_seen), for a mark a `resume` left only.
+    pub fn take_resumed(&mut self, topic: &str) -> Option<u64> {
+        match self.seen.get(topic) {
+            Some((_, true)) => self.take_seen(topic),
+            _ => None,
         }
     }
 
@@ -61,15 +105,13 @@ impl Subscriptions {
     /// holds `max` other subscriptions.
     pub fn subscribe(&mut self, topic: Arc<str>, max: usize) -> Result<(), LiveError> {
         self.room_for(&topic, max)?;
+        self.seen.remove(&topic); // callers that use the mark took it before
         if self.hub.subscribe(&topic, &self.conn) {
             self.subscribed.insert(topic.clone());
         }
-        if self.authorized.len() >= max.saturating_mul(2) {
-            // Forget what was given and given up since: a stream call gives it again.
-            let subscribed = &self.subscribed;
-            self.authorized.retain(|t| subscribed.contains(t));
-        }
-        self.authorized.insert(topic);
+        // Past the bound, what was given and given up since is forgotten: a stream call gives
+        // it again.
+        self.authorize(topic, max);
         Ok(())
     }
 
@@ -143,8 +185,10 @@ impl Subscriptions {
     /// Unsubscribes the socket from `topic`; leaving a room's data topic ends its membership,
     /// leaving its cursors topic removes a cursors-only mover's cursor.
     pub fn unsubscribe(&mut self, topic: &str) {
-        if self.subscribed.remove(topic) {
-            self.hub.unsubscribe(topic, self.conn.id);
+        if let Some(topic) = self.subscribed.take(topic) {
+            if let Some(seq) = self.hub.unsubscribe(&topic, self.conn.id).filter(|s| *s > 0) {
+                self.saw(topic.clone(), seq, false);
+            }
             // A room none of whose streams the socket holds any more is left: entering it
             // again runs its gate again.
             let subscribed = &self.subscribed;

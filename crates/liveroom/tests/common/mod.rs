@@ -454,11 +454,14 @@ impl RawWs {
     }
 
     /// Reads the next frame, or `None` on EOF/reset or timeout.
+    /// The server's `welcome` (the first frame of every connection) is skipped.
     pub async fn read_frame(&mut self, timeout: Duration) -> Option<RawFrame> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(f) = self.parse() {
-                return Some(f);
+            match self.parse() {
+                Some(RawFrame::Text(t)) if t.starts_with(r#"{"type":"welcome""#) => continue,
+                Some(f) => return Some(f),
+                None => {}
             }
             self.buf.reserve(64 * 1024);
             match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
