@@ -50,9 +50,14 @@ pub trait Bus: Send + Sync + 'static {
     fn publish_sequenced(&self, _topic: &str, _body: Bytes, _policy: Replay) -> bool {
         false
     }
-    /// The events after `after` in the cluster-wide buffer of `topic`, and its newest seq
-    /// (`None`: the buffer cannot be read now).
-    fn replay(&self, _topic: &str, _after: u64) -> BoxFuture<'static, Option<(Coverage, u64)>> {
+    /// The events after `after`, none older than `age`, in the cluster-wide buffer of
+    /// `topic`, and its newest seq (`None`: the buffer cannot be read now).
+    fn replay(
+        &self,
+        _topic: &str,
+        _after: u64,
+        _age: std::time::Duration,
+    ) -> BoxFuture<'static, Option<(Coverage, u64)>> {
         Box::pin(async { None })
     }
     /// The newest cluster-wide seq of `topic` (`None`: unknown now).
@@ -285,8 +290,12 @@ impl Hub {
         let (last, seq) = (t.subs.is_empty(), t.seq);
         if last {
             t.touched = Instant::now();
-            if t.policy.is_off() {
-                t.seq = 0; // nothing to resume: the sweep may drop it
+            if t.policy.is_off() || self.sequencing_bus().is_some() {
+                // Nothing to resume from here (in cluster mode, events stop arriving now, so
+                // what is held would no longer join up: replays read Redis).
+                t.seq = 0;
+                buffered(-(t.log.bytes() as isize));
+                t.log.clear();
             }
         }
         drop(t);
@@ -332,12 +341,7 @@ impl Hub {
         let t = self.get(topic);
         let policy = t.as_ref().map_or(self.replay, |t| lock(t).policy);
         if policy.is_off() {
-            let frame = seal(body, 0);
-            if let Some(bus) = self.bus.get() {
-                bus.publish(topic, &frame);
-            }
-            self.deliver(topic, &frame);
-            return;
+            return self.unsequenced(topic, &seal(body, 0));
         }
         if let Some(bus) = self.sequencing_bus() {
             let mut sealed = body.clone();
@@ -355,6 +359,23 @@ impl Hub {
         let frame = seal(body, seq);
         Self::append(&mut t, seq, &frame);
         Self::push_all(topic, &t.subs, |conn| conn.outbox.event(topic, frame.clone(), seq));
+    }
+
+    /// Publishes `event` with `data` on `topic` without a seq, whatever the topic's replay
+    /// (state that is not a log: cursor changes).
+    pub fn broadcast(&self, topic: &str, event: &str, data: &impl serde::Serialize) {
+        let Ok(raw) = serde_json::value::to_raw_value(data) else {
+            return;
+        };
+        metrics::counter!("liveroom_events_published_total").increment(1);
+        self.unsequenced(topic, &crate::protocol::envelope(topic, event, &raw));
+    }
+
+    fn unsequenced(&self, topic: &str, frame: &Bytes) {
+        if let Some(bus) = self.bus.get() {
+            bus.publish(topic, frame);
+        }
+        self.deliver(topic, frame);
     }
 
     fn append(t: &mut Topic, seq: u64, frame: &Bytes) {
@@ -427,7 +448,10 @@ impl Hub {
             return (local, head);
         }
         match self.sequencing_bus() {
-            Some(bus) => bus.replay(topic, after).await.unwrap_or((local, head)),
+            Some(bus) => {
+                let age = self.replay_of(topic).age;
+                bus.replay(topic, after, age).await.unwrap_or((local, head))
+            }
             None => (local, head),
         }
     }

@@ -2,14 +2,25 @@
 //!
 //! One channel per topic, `__live-bus:<topic>`, and each replica subscribes only to the topics
 //! it has local subscribers for: traffic scales with interest, not with the number of
-//! replicas (a pattern subscription would send every event to every replica). Payloads are
-//! `<replica id>|<envelope>`: the envelope is forwarded as is, and a replica skips its own echo.
-//! Publishes are queued (bounded) and sent as pipelines by one task.
+//! replicas (a pattern subscription would send every event to every replica).
+//!
+//! Events with a seq (the default) go through the script of [`super::sequence`], which
+//! numbers, buffers and publishes them; every replica, this one included, delivers them from
+//! the channel, in seq order, and fills a gap (after a reconnect, say) from the buffer before
+//! going on. Events without a seq (cursor ticks, topics with replay off) are published as
+//! `<replica id>|<envelope>`, and a replica skips its own echo. Both are queued (bounded) and
+//! sent as pipelines, each kind by one task.
+//!
+//! When Redis is down, this replica's events still reach its own subscribers, without a seq;
+//! once Redis is back, each topic that had such events gets a reload marker (a sequenced event
+//! every replica delivers), so no client anywhere silently misses them.
 
 use super::breaker::Redis;
 use super::config::ClusterConfig;
+use super::sequence;
 use crate::hub::Bus;
 use crate::registry::Live;
+use crate::replay::{Coverage, Replay};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
@@ -31,6 +42,11 @@ pub const CURSORS_PREFIX: &str = "__live-cursors:";
 const CURSORS_TTL_MS: i64 = 60_000;
 const QUEUE: usize = 65_536;
 const PIPELINE: usize = 256;
+/// Most topics remembered as having had events without a seq during an outage; beyond it,
+/// the rest get no reload marker (counted in `liveroom_redis_publish_dropped_total`).
+const UNSEQUENCED: usize = 10_000;
+
+type Sequenced = (String, Bytes, Replay);
 
 enum Cmd {
     Subscribe(String),
@@ -46,6 +62,10 @@ pub struct RedisBus {
     replica: Arc<str>,
     publish_tx: mpsc::Sender<(String, Bytes)>,
     publish_rx: Rx<(String, Bytes)>,
+    seq_tx: mpsc::Sender<Sequenced>,
+    seq_rx: Rx<Sequenced>,
+    /// Topics that had events without a seq while Redis was down: each gets a reload marker.
+    unsequenced: Mutex<HashSet<String>>,
     cmd_tx: mpsc::UnboundedSender<Cmd>,
     cmd_rx: URx<Cmd>,
     connected: AtomicBool,
@@ -66,12 +86,16 @@ pub struct RedisBus {
 impl RedisBus {
     pub(crate) fn new(redis: Redis, replica: Arc<str>, config: &ClusterConfig) -> Arc<Self> {
         let (publish_tx, publish_rx) = mpsc::channel(QUEUE);
+        let (seq_tx, seq_rx) = mpsc::channel(QUEUE);
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         Arc::new(RedisBus {
             redis,
             replica,
             publish_tx,
             publish_rx: Mutex::new(Some(publish_rx)),
+            seq_tx,
+            seq_rx: Mutex::new(Some(seq_rx)),
+            unsequenced: Mutex::new(HashSet::new()),
             cmd_tx,
             cmd_rx: Mutex::new(Some(cmd_rx)),
             connected: AtomicBool::new(false),
@@ -89,9 +113,11 @@ impl RedisBus {
     /// Starts the publisher and subscriber tasks.
     pub(crate) fn start(self: &Arc<Self>, live: Live) {
         let rx = self.publish_rx.lock().unwrap().take();
+        let seq_rx = self.seq_rx.lock().unwrap().take();
         let cmds = self.cmd_rx.lock().unwrap().take();
-        if let (Some(rx), Some(cmds)) = (rx, cmds) {
+        if let (Some(rx), Some(seq_rx), Some(cmds)) = (rx, seq_rx, cmds) {
             tokio::spawn(self.clone().publisher(rx));
+            tokio::spawn(self.clone().sequencer(seq_rx, live.clone()));
             tokio::spawn(self.clone().subscriber(cmds, live));
         }
     }
@@ -133,7 +159,9 @@ impl RedisBus {
     /// Waits (bounded) until every queued publish was sent.
     pub async fn flush(&self, within: Duration) {
         let wait = async {
-            while self.publish_tx.capacity() < self.publish_tx.max_capacity() {
+            while self.publish_tx.capacity() < self.publish_tx.max_capacity()
+                || self.seq_tx.capacity() < self.seq_tx.max_capacity()
+            {
                 tokio::select! {
                     _ = self.idle.notified() => {}
                     _ = tokio::time::sleep(Duration::from_millis(20)) => {}
@@ -167,6 +195,125 @@ impl RedisBus {
             }
             if rx.is_empty() {
                 self.idle.notify_waiters();
+            }
+        }
+    }
+
+    /// Sends sequenced events: one script call per topic per pipeline.
+    async fn sequencer(self: Arc<Self>, mut rx: mpsc::Receiver<Sequenced>, live: Live) {
+        let mut batch = Vec::with_capacity(PIPELINE);
+        while rx.recv_many(&mut batch, PIPELINE).await > 0 {
+            let n = batch.len() as u64;
+            let mut topics: Vec<(String, Replay, Vec<Bytes>)> = Vec::new();
+            for (topic, body, policy) in batch.drain(..) {
+                match topics.iter_mut().find(|(t, ..)| *t == topic) {
+                    Some((.., bodies)) => bodies.push(body),
+                    None => topics.push((topic, policy, vec![body])),
+                }
+            }
+            let mut sent = self.send_sequenced(&topics).await;
+            if matches!(&sent, Err(super::RedisDown::Failed(e)) if sequence::is_noscript(e)) {
+                let _ = self
+                    .redis
+                    .run(|mut c| async move {
+                        sequence::publish_script()
+                            .prepare_invoke()
+                            .load_async(&mut c)
+                            .await
+                    })
+                    .await;
+                sent = self.send_sequenced(&topics).await;
+            }
+            match sent {
+                Ok(()) => {
+                    metrics::counter!("liveroom_redis_published_total").increment(n);
+                    self.send_markers();
+                }
+                Err(_) => {
+                    // Whether Redis ran them is unknown: this replica's subscribers get them
+                    // now, without a seq, and every replica's a reload marker later.
+                    metrics::counter!("liveroom_redis_publish_dropped_total").increment(n);
+                    for (topic, _, bodies) in &topics {
+                        for body in bodies {
+                            live.hub().deliver(topic, &sealed(body));
+                        }
+                        self.note_unsequenced(topic);
+                    }
+                }
+            }
+            if rx.is_empty() {
+                self.idle.notify_waiters();
+            }
+        }
+    }
+
+    async fn send_sequenced(
+        &self,
+        topics: &[(String, Replay, Vec<Bytes>)],
+    ) -> Result<(), super::RedisDown> {
+        self.redis
+            .run(|mut c| async move {
+                let mut p = redis::pipe();
+                for (topic, policy, bodies) in topics {
+                    let channel = format!("{CHANNEL_PREFIX}{topic}");
+                    sequence::publish(&mut p, &channel, topic, bodies, policy);
+                    p.ignore();
+                }
+                p.query_async::<()>(&mut c).await
+            })
+            .await
+    }
+
+    fn note_unsequenced(&self, topic: &str) {
+        self.lost.store(true, Ordering::Relaxed);
+        let mut set = self.unsequenced.lock().unwrap();
+        if set.len() < UNSEQUENCED {
+            set.insert(topic.to_owned());
+        }
+    }
+
+    /// Redis answers again: every topic that had events without a seq gets the reload marker.
+    fn send_markers(&self) {
+        let topics: Vec<String> = {
+            let mut set = self.unsequenced.lock().unwrap();
+            if set.is_empty() {
+                return;
+            }
+            set.drain().collect()
+        };
+        let data = serde_json::value::RawValue::from_string(crate::protocol::TRUNCATED.into())
+            .expect("valid JSON");
+        for topic in topics {
+            let mut body = bytes::BytesMut::new();
+            crate::protocol::envelope_into(&mut body, &topic, "truncated", &data);
+            tracing::info!(topic, "events were delivered without a seq: reload marker sent");
+            self.publish_sequenced(&topic, body.freeze(), Replay::default());
+        }
+    }
+
+    /// Events of `topic` may have been missed here (a gap in its seqs): delivers them from the
+    /// Redis buffer, or the reload marker if it no longer has them.
+    async fn repair(&self, live: &Live, topic: &str) {
+        let hub = live.hub();
+        let head = hub.head(topic);
+        if head == 0 {
+            return;
+        }
+        let age = hub.replay_of(topic).age;
+        metrics::counter!("liveroom_cluster_gaps_total").increment(1);
+        match sequence::read(&self.redis, topic, head, age).await {
+            Some((Coverage::Covered(events), _)) => {
+                for (seq, frame) in events {
+                    hub.deliver_sequenced(topic, seq, &frame);
+                }
+            }
+            _ => {
+                tracing::warn!(topic, "events missed and no longer buffered: reload marker");
+                hub.forget_sequence(topic);
+                let data =
+                    serde_json::value::RawValue::from_string(crate::protocol::TRUNCATED.into())
+                        .expect("valid JSON");
+                hub.deliver(topic, &crate::protocol::envelope(topic, "truncated", &data));
             }
         }
     }
@@ -228,6 +375,10 @@ impl RedisBus {
             self.release_waiters(None);
             if self.connections.fetch_add(1, Ordering::Relaxed) > 0 {
                 self.reconnected.notify_one(); // kept as a permit if nobody waits yet
+                // Events published while the subscriber was away: from the buffers.
+                for topic in &interests {
+                    self.repair(&live, topic).await;
+                }
             }
             loop {
                 tokio::select! {
@@ -250,7 +401,7 @@ impl RedisBus {
                         None => return,
                     },
                     msg = stream.next() => match msg {
-                        Some(msg) => self.receive(&live, msg.get_channel_name(), msg.get_payload_bytes()),
+                        Some(msg) => self.receive(&live, msg.get_channel_name(), msg.get_payload_bytes()).await,
                         None => break,
                     },
                 }
@@ -262,7 +413,7 @@ impl RedisBus {
         }
     }
 
-    fn receive(&self, live: &Live, channel: &str, payload: &[u8]) {
+    async fn receive(&self, live: &Live, channel: &str, payload: &[u8]) {
         if channel == RESYNC_CHANNEL {
             if payload != self.replica.as_bytes() {
                 self.resync.notify_one();
@@ -272,6 +423,18 @@ impl RedisBus {
         let Some(topic) = channel.strip_prefix(CHANNEL_PREFIX) else {
             return;
         };
+        if let Some(events) = sequence::parse(payload) {
+            metrics::counter!("liveroom_redis_received_total").increment(events.len() as u64);
+            let hub = live.hub();
+            for (seq, frame) in events {
+                let head = hub.head(topic);
+                if head > 0 && seq > head + 1 {
+                    self.repair(live, topic).await;
+                }
+                hub.deliver_sequenced(topic, seq, &frame);
+            }
+            return;
+        }
         let id = self.replica.as_bytes();
         if payload.len() <= id.len() || payload[id.len()] != b'|' {
             return;
@@ -292,7 +455,89 @@ impl RedisBus {
     }
 }
 
+/// A sequenced body sent without a seq: just closed.
+fn sealed(body: &Bytes) -> Bytes {
+    let mut b = Vec::with_capacity(body.len() + 1);
+    b.extend_from_slice(body);
+    b.push(b'}');
+    b.into()
+}
+
 impl Bus for RedisBus {
+    fn sequences(&self) -> bool {
+        true
+    }
+
+    fn publish_sequenced(&self, topic: &str, body: Bytes, policy: Replay) -> bool {
+        if !self.redis.available() || self.seq_tx.try_send((topic.to_owned(), body, policy)).is_err()
+        {
+            metrics::counter!("liveroom_redis_publish_dropped_total").increment(1);
+            self.note_unsequenced(topic);
+            return false;
+        }
+        true
+    }
+
+    fn replay(
+        &self,
+        topic: &str,
+        after: u64,
+        age: Duration,
+    ) -> BoxFuture<'static, Option<(Coverage, u64)>> {
+        let (redis, topic) = (self.redis.clone(), topic.to_owned());
+        Box::pin(async move { sequence::read(&redis, &topic, after, age).await })
+    }
+
+    fn head(&self, topic: &str) -> BoxFuture<'static, Option<u64>> {
+        let (redis, key) = (self.redis.clone(), sequence::seq_key(topic));
+        Box::pin(async move {
+            let seq: Option<String> = redis
+                .run(|mut c| async move { redis::AsyncCommands::get(&mut c, key).await })
+                .await
+                .ok()?;
+            Some(seq.and_then(|s| s.parse().ok()).unwrap_or(0))
+        })
+    }
+
+    fn save_stream(&self, session: &str, topic: &str, call: &serde_json::Value) {
+        if !self.redis.available() {
+            return;
+        }
+        let (redis, key) = (self.redis.clone(), sequence::session_key(session));
+        let (topic, call) = (topic.to_owned(), call.to_string());
+        tokio::spawn(async move {
+            let _ = redis
+                .run(|mut c| async move {
+                    redis::pipe()
+                        .hset(&key, topic, call)
+                        .ignore()
+                        .pexpire(&key, sequence::SESSION_TTL_MS)
+                        .ignore()
+                        .query_async::<()>(&mut c)
+                        .await
+                })
+                .await;
+        });
+    }
+
+    fn load_streams(
+        &self,
+        session: &str,
+    ) -> BoxFuture<'static, Option<HashMap<String, serde_json::Value>>> {
+        let (redis, key) = (self.redis.clone(), sequence::session_key(session));
+        Box::pin(async move {
+            let all: HashMap<String, String> = redis
+                .run(|mut c| async move { redis::AsyncCommands::hgetall(&mut c, key).await })
+                .await
+                .ok()?;
+            Some(
+                all.into_iter()
+                    .filter_map(|(t, v)| Some((t, serde_json::from_str(&v).ok()?)))
+                    .collect(),
+            )
+        })
+    }
+
     fn publish(&self, topic: &str, frame: &Bytes) {
         let mut payload = Vec::with_capacity(self.replica.len() + 1 + frame.len());
         payload.extend_from_slice(self.replica.as_bytes());

@@ -243,7 +243,7 @@ impl Cluster {
         let remove = json!({ "key": key });
         live.mirror_cursor(&cursors, "remove", &remove);
         crate::hub::Bus::store_cursors(&*self.bus, &cursors, &[(key.into(), None)]);
-        let _ = live.publish(&cursors, "remove", &remove);
+        live.hub().broadcast(&cursors, "remove", &remove);
     }
 
     /// Removes the contributions of replicas whose lease expired.

@@ -1,8 +1,9 @@
 //! Cluster mode: several replicas behind a load balancer behave as one server, through Redis.
 //!
 //! - [`bus`]: events. Every publish goes to Redis pub/sub on channel `__live-bus:<topic>`,
-//!   pipelined; a replica subscribes only to the topics it has local subscribers for, and
-//!   skips its own echo.
+//!   pipelined; a replica subscribes only to the topics it has local subscribers for.
+//! - [`sequence`]: the cluster-wide seq and replay buffer of each topic, assigned and appended
+//!   by the same script that publishes, so every replica sees a topic's events in one order.
 //! - [`presence`]: the cluster-wide roster in one HASH per room (protocol.md section 6), with
 //!   atomic Lua transitions and a per-replica record of what each replica added.
 //! - [`lease`]: the replica's lease and heartbeat, the reaper that removes a dead replica's
@@ -17,6 +18,7 @@ pub mod bus;
 pub mod config;
 pub mod lease;
 pub mod presence;
+pub mod sequence;
 
 pub use breaker::{ClusterError, Redis, RedisDown};
 pub use config::ClusterConfig;

@@ -1,0 +1,191 @@
+//! Cluster-wide sequence numbers and replay buffers in Redis (docs/clustering.md, "Delivery").
+//!
+//! Per topic `T`, in one hash slot:
+//! - `__live-seq:{T}`: the newest seq, a string; created at [`seq_base`] so a topic whose keys
+//!   expired starts far above the seqs it handed out before;
+//! - `__live-buf:{T}`: a LIST of `<seq>|<unix ms>|<envelope>`, oldest first, trimmed to the
+//!   topic's count; both keys expire the replay age after the last publish.
+//!
+//! One script assigns the next seqs, appends to the buffer and publishes, so Redis itself orders
+//! a topic's events: every replica receives them on the topic's channel in seq order, its own
+//! included. The message is `#` and then, per event, `<seq>|<length>|<envelope>`.
+
+use crate::replay::{seq_base, Coverage, Replay};
+use bytes::Bytes;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Key of a topic's newest seq.
+pub fn seq_key(topic: &str) -> String {
+    format!("__live-seq:{{{topic}}}")
+}
+
+/// Key of a topic's replay buffer.
+pub fn buffer_key(topic: &str) -> String {
+    format!("__live-buf:{{{topic}}}")
+}
+
+/// Key of a session's stream calls (topic -> call), for `resume` on any replica.
+pub fn session_key(session: &str) -> String {
+    format!("__live-session:{session}")
+}
+
+/// How long a session's stream calls are kept after the last stream call.
+pub const SESSION_TTL_MS: i64 = 3_600_000;
+
+/// The publish script. KEYS: seq, buffer. ARGV: channel, base, events kept, age ms, now ms,
+/// then the envelope bodies (each without its closing brace). Returns the newest seq.
+const PUBLISH: &str = r#"
+local n = redis.call('GET', KEYS[1])
+if n then n = tonumber(n) else n = tonumber(ARGV[2]) end
+local keep = tonumber(ARGV[3])
+local out = {}
+for i = 6, #ARGV do
+  n = n + 1
+  local s = string.format('%.0f', n)
+  local frame = ARGV[i] .. ',"seq":' .. s .. '}'
+  out[#out + 1] = s .. '|' .. #frame .. '|' .. frame
+  if keep > 0 then redis.call('RPUSH', KEYS[2], s .. '|' .. ARGV[5] .. '|' .. frame) end
+end
+redis.call('SET', KEYS[1], string.format('%.0f', n), 'PX', ARGV[4])
+if keep > 0 then
+  redis.call('LTRIM', KEYS[2], -keep, -1)
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+redis.call('PUBLISH', ARGV[1], '#' .. table.concat(out))
+return string.format('%.0f', n)
+"#;
+
+/// The read script: the newest seq and the whole buffer, at one instant.
+const READ: &str = r#"
+return {redis.call('GET', KEYS[1]) or '0', redis.call('LRANGE', KEYS[2], 0, -1)}
+"#;
+
+fn script(which: &'static OnceLock<redis::Script>, text: &str) -> &'static redis::Script {
+    which.get_or_init(|| redis::Script::new(text))
+}
+
+/// The publish script.
+pub fn publish_script() -> &'static redis::Script {
+    static S: OnceLock<redis::Script> = OnceLock::new();
+    script(&S, PUBLISH)
+}
+
+fn read_script() -> &'static redis::Script {
+    static S: OnceLock<redis::Script> = OnceLock::new();
+    script(&S, READ)
+}
+
+/// Adds to `pipe` the publish of `bodies` on `topic` (channel `channel`) under `policy`.
+pub fn publish(
+    pipe: &mut redis::Pipeline,
+    channel: &str,
+    topic: &str,
+    bodies: &[Bytes],
+    policy: &Replay,
+) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    let cmd = pipe
+        .cmd("EVALSHA")
+        .arg(publish_script().get_hash())
+        .arg(2)
+        .arg(seq_key(topic))
+        .arg(buffer_key(topic))
+        .arg(channel)
+        .arg(seq_base())
+        .arg(policy.events)
+        .arg(policy.age.as_millis().max(1) as u64)
+        .arg(now);
+    for b in bodies {
+        cmd.arg(b.as_ref());
+    }
+}
+
+/// Whether `e` says the scripts are not loaded (a Redis that restarted).
+pub fn is_noscript(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOSCRIPT")
+}
+
+/// Parses a published message into its `(seq, envelope)` pairs; `None` if it is not one.
+pub fn parse(payload: &[u8]) -> Option<Vec<(u64, Bytes)>> {
+    let mut rest = payload.strip_prefix(b"#")?;
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let (seq, after) = number(rest)?;
+        let (len, after) = number(after)?;
+        let frame = after.get(..len as usize)?;
+        out.push((seq, Bytes::copy_from_slice(frame)));
+        rest = &after[len as usize..];
+    }
+    Some(out)
+}
+
+/// `<digits>|rest` -> (number, rest).
+fn number(s: &[u8]) -> Option<(u64, &[u8])> {
+    let bar = s.iter().position(|b| *b == b'|')?;
+    let n = std::str::from_utf8(&s[..bar]).ok()?.parse().ok()?;
+    Some((n, &s[bar + 1..]))
+}
+
+/// Reads `topic`'s buffer: the events after `after` no older than `age`, and the newest seq.
+pub async fn read(
+    redis: &super::Redis,
+    topic: &str,
+    after: u64,
+    age: Duration,
+) -> Option<(Coverage, u64)> {
+    let (seq, buf) = (seq_key(topic), buffer_key(topic));
+    let (head, entries): (String, Vec<Vec<u8>>) = redis
+        .run(|mut c| async move {
+            let mut inv = read_script().key(seq);
+            inv.key(buf);
+            inv.invoke_async(&mut c).await
+        })
+        .await
+        .ok()?;
+    let head: u64 = head.parse().unwrap_or(0);
+    if after == head {
+        return Some((Coverage::Covered(Vec::new()), head));
+    }
+    let oldest = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+        .saturating_sub(age.as_millis() as u64);
+    let mut events = Vec::with_capacity(entries.len());
+    for e in &entries {
+        let (seq, rest) = number(e)?;
+        let (at, frame) = number(rest)?;
+        if at >= oldest {
+            events.push((seq, Bytes::copy_from_slice(frame)));
+        }
+    }
+    let covered = after < head && events.first().is_some_and(|(first, _)| after + 1 >= *first);
+    if !covered {
+        return Some((Coverage::Truncated, head));
+    }
+    events.retain(|(seq, _)| *seq > after);
+    Some((Coverage::Covered(events), head))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_the_script_publishes() {
+        let msg = b"#17|3|{a}18|12|{\"b\":\"|1|\"}";
+        assert_eq!(
+            parse(msg),
+            Some(vec![
+                (17, Bytes::from_static(b"{a}")),
+                (18, Bytes::from_static(b"{\"b\":\"|1|\"}"))
+            ])
+        );
+        assert_eq!(parse(b"replica|{}"), None);
+        assert_eq!(parse(b"#1|99|{}"), None, "a length past the end");
+    }
+}
