@@ -101,8 +101,9 @@ impl Resume {
     /// The `resume` frame, if there is anything to resume.
     pub fn frame(&self) -> Option<Value> {
         let session = self.session.as_ref()?;
-        (!self.last_seen.is_empty())
-            .then(|| json!({ "type": "resume", "sessionId": session, "lastSeenSeqs": self.last_seen }))
+        (!self.last_seen.is_empty()).then(
+            || json!({ "type": "resume", "sessionId": session, "lastSeenSeqs": self.last_seen }),
+        )
     }
 }
 

@@ -7,12 +7,13 @@
 //!   `?hidden=1` marks a user whose room presence is `null`, `?reject=401|403` is refused at the
 //!   upgrade, anything else is a guest.
 //! - `test/*`: RPCs (`echo`, `add`, `fail`, `validate`, `leak`, `publish`, `slow`, `log`,
-//!   `whoami`) and streams of every merge mode (`items`, `recent`, `feed`, `value`, `topic`) and
+//!   `whoami`; `slow` is concurrent, the others run in order) and streams of every merge mode (`items`, `recent`, `feed`, `value`, `topic`) and
 //!   failure (`denied`, `broken`, `reserved`). Topics starting with `open:` may be subscribed
 //!   from the wire.
 //! - `collab/board`: the seed room. Topic `board:<id>`, its cards as initial data (the id
 //!   `broken` fails to load), presence `{name}`, cursors, a guard that refuses guests and
-//!   `mallory`, and the actions `addCard`, `editCard`, `deleteCard` and `fail`.
+//!   `mallory`, and the actions `addCard`, `addCardAfter` (a slow `addCard`), `editCard`,
+//!   `deleteCard` and `fail`. `State::loads` counts the board's and `test/items`' loads.
 //! - `collab/pair`: two room args (`pair:<a>:<b>`), presence, and a `note` action.
 //! - `collab/lobby`: guests welcome, presence `{guest}` and cursors.
 //! - `collab/vault`: a guard that fails with a plain error.
@@ -57,6 +58,8 @@ pub struct State {
     pub joins: Mutex<Vec<(String, String)>>,
     /// `on_leave` calls of the board room, as `(topic, key)`.
     pub leaves: Mutex<Vec<(String, String)>>,
+    /// Calls of the loaders of `test/items` and of the board's data (a replay calls none).
+    pub loads: AtomicU64,
     next: AtomicU64,
 }
 
@@ -195,6 +198,7 @@ fn streams(app: App, state: &Arc<State>) -> App {
     app.stream(
         "test/items",
         Stream::new("items").init(move |_ctx, ()| {
+            items.loads.fetch_add(1, Ordering::Relaxed);
             let list = items.items.lock().unwrap().clone();
             async move { Ok::<_, LiveError>(list) }
         }),
@@ -237,10 +241,12 @@ fn name_of(ctx: &Ctx) -> Value {
 /// The seed room (see the crate docs).
 fn board(state: &Arc<State>, options: &Options) -> Room<(String,)> {
     let (init, add, edit, delete) = (state.clone(), state.clone(), state.clone(), state.clone());
+    let slow_add = state.clone();
     let (joins, leaves) = (state.clone(), state.clone());
     Room::new(|_ctx: &Ctx, (board,): &(String,)| format!("board:{board}"))
         .args(["boardId"])
         .init(move |_ctx, (board,): (String,)| {
+            init.loads.fetch_add(1, Ordering::Relaxed);
             let cards = init.cards.lock().unwrap().get(&board).cloned();
             async move {
                 if board == "broken" {
@@ -279,6 +285,24 @@ fn board(state: &Arc<State>, options: &Options) -> Room<(String,)> {
             },
         )
         .action_args("addCard", ["title"])
+        // `addCard` that first waits `ms` (a slow database): calls sent back to back still
+        // take effect in order.
+        .action(
+            "addCardAfter",
+            move |ctx: RoomCtx, (board,): (String,), (title, ms): (String, u64)| {
+                let state = slow_add.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
+                    let card = json!({ "id": state.id(), "title": title, "by": ctx.identity() });
+                    let mut cards = state.cards.lock().unwrap();
+                    cards.entry(board).or_default().push(card.clone());
+                    drop(cards);
+                    ctx.publish("created", &card)?;
+                    Ok(card)
+                }
+            },
+        )
+        .action_args("addCardAfter", ["title", "ms"])
         .action(
             "editCard",
             move |ctx: RoomCtx, (board,): (String,), (id, title): (String, String)| {

@@ -60,8 +60,9 @@ pub trait Bus: Send + Sync + 'static {
     ) -> BoxFuture<'static, Option<(Coverage, u64)>> {
         Box::pin(async { None })
     }
-    /// The newest cluster-wide seq of `topic` (`None`: unknown now).
-    fn head(&self, _topic: &str) -> BoxFuture<'static, Option<u64>> {
+    /// The newest cluster-wide seq of `topic`, started now if it has none, to expire after
+    /// `age` without events (`None`: unknown now).
+    fn head(&self, _topic: &str, _age: std::time::Duration) -> BoxFuture<'static, Option<u64>> {
         Box::pin(async { None })
     }
     /// This replica gained its first (`true`) or lost its last (`false`) local subscriber.
@@ -355,10 +356,12 @@ impl Hub {
         }
         let t = t.unwrap_or_else(|| self.get_or_insert(topic));
         let mut t = lock(&t);
-        let seq = if t.seq == 0 { seq_base() + 1 } else { t.seq + 1 };
+        let seq = if t.seq == 0 { seq_base() } else { t.seq } + 1;
         let frame = seal(body, seq);
         Self::append(&mut t, seq, &frame);
-        Self::push_all(topic, &t.subs, |conn| conn.outbox.event(topic, frame.clone(), seq));
+        Self::push_all(topic, &t.subs, |conn| {
+            conn.outbox.event(topic, frame.clone(), seq)
+        });
     }
 
     /// Publishes `event` with `data` on `topic` without a seq, whatever the topic's replay
@@ -409,7 +412,9 @@ impl Hub {
             return false;
         }
         Self::append(&mut t, seq, frame);
-        Self::push_all(topic, &t.subs, |conn| conn.outbox.event(topic, frame.clone(), seq));
+        Self::push_all(topic, &t.subs, |conn| {
+            conn.outbox.event(topic, frame.clone(), seq)
+        });
         true
     }
 
@@ -456,17 +461,28 @@ impl Hub {
         }
     }
 
-    /// The newest seq of `topic`: this process's (one server, or a topic with events
-    /// delivered here), else the cluster's.
+    /// The seq a stream reply on `topic` carries: the newest one (this process's, else in
+    /// cluster mode the cluster's). A topic without events yet starts its sequence here, so
+    /// the first reply already has a seq to replay from. 0 when replay is off.
     pub async fn current_seq(&self, topic: &str) -> u64 {
-        let local = self.head(topic);
-        if local > 0 || self.replay_of(topic).is_off() {
-            return local;
+        let policy = self.replay_of(topic);
+        if policy.is_off() {
+            return 0;
         }
-        match self.sequencing_bus() {
-            Some(bus) => bus.head(topic).await.unwrap_or(0),
-            None => 0,
+        if let Some(bus) = self.sequencing_bus() {
+            let local = self.head(topic);
+            if local > 0 {
+                return local;
+            }
+            return bus.head(topic, policy.age).await.unwrap_or(0);
         }
+        let t = self.get_or_insert(topic);
+        let mut t = lock(&t);
+        if t.seq == 0 {
+            t.seq = seq_base();
+            t.touched = Instant::now();
+        }
+        t.seq
     }
 
     /// Delivers an encoded envelope without a seq to this process's subscribers of `topic`.

@@ -130,7 +130,11 @@ impl Log {
             self.clear();
             return -before;
         }
-        if self.entries.back().is_some_and(|(last, ..)| seq != last + 1) {
+        if self
+            .entries
+            .back()
+            .is_some_and(|(last, ..)| seq != last + 1)
+        {
             self.clear(); // a gap: what is held no longer joins up with what follows
         }
         self.bytes += frame.len();
@@ -270,7 +274,11 @@ mod tests {
             Coverage::Covered(vec![(12, frame(12)), (13, frame(13)), (14, frame(14))])
         );
         assert_eq!(log.after(10, 14), Coverage::Truncated, "13 is gone");
-        assert_eq!(log.after(20, 14), Coverage::Truncated, "a seq from the future");
+        assert_eq!(
+            log.after(20, 14),
+            Coverage::Truncated,
+            "a seq from the future"
+        );
         assert_eq!(log.bytes(), 6);
     }
 
@@ -281,7 +289,11 @@ mod tests {
         log.push(1, frame(1), &policy);
         log.push(3, frame(3), &policy);
         assert_eq!(log.after(2, 3), Coverage::Covered(vec![(3, frame(3))]));
-        assert_eq!(log.after(1, 3), Coverage::Truncated, "2 never reached this log");
+        assert_eq!(
+            log.after(1, 3),
+            Coverage::Truncated,
+            "2 never reached this log"
+        );
         for seq in 4..=9 {
             log.push(seq, frame(seq), &policy);
         }

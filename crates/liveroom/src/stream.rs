@@ -153,7 +153,7 @@ where
 }
 
 /// Starts the initial load (nothing of the loader runs before it is called).
-type Load = Box<dyn FnOnce() -> BoxFuture<'static, Reply> + Send>;
+pub(crate) type Load = Box<dyn FnOnce() -> BoxFuture<'static, Reply> + Send>;
 
 /// A stream call whose guard passed and whose topic is resolved; its loader has not run.
 pub(crate) struct Prepared {
@@ -162,9 +162,9 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
-    /// Runs the loader.
-    pub fn load(self) -> BoxFuture<'static, Reply> {
-        (self.load)()
+    /// The loader, not started yet (a replay never starts it).
+    pub fn into_load(self) -> Load {
+        self.load
     }
 }
 

@@ -15,19 +15,26 @@ use tokio::sync::{mpsc, Notify};
 async fn stream_reply_shapes() {
     let (server, _) = serve().await;
     let p = Peer::guest(&server).await;
-    let recent = p.reply_to(stream_call("test/recent", json!([]))).await;
+    // Every reply also carries the topic's current seq (see tests/delivery.rs).
+    let reply = |call| async {
+        let mut r = p.reply_to(call).await;
+        assert!(r["seq"].as_u64().is_some(), "a seq: {r}");
+        r.as_object_mut().unwrap().remove("seq");
+        r
+    };
+    let recent = reply(stream_call("test/recent", json!([]))).await;
     let id = recent["id"].clone();
     assert_eq!(
         recent,
         json!({"id":id,"ok":true,"data":[],"topic":"recent","merge":"crud","key":"id","max":10,"prepend":true})
     );
-    let feed = p.reply_to(stream_call("test/feed", json!([]))).await;
+    let feed = reply(stream_call("test/feed", json!([]))).await;
     let id = feed["id"].clone();
     assert_eq!(
         feed,
         json!({"id":id,"ok":true,"data":[],"topic":"feed","merge":"latest","max":5})
     );
-    let value = p.reply_to(stream_call("test/value", json!([]))).await;
+    let value = reply(stream_call("test/value", json!([]))).await;
     let id = value["id"].clone();
     assert_eq!(
         value,

@@ -286,7 +286,10 @@ impl RedisBus {
         for topic in topics {
             let mut body = bytes::BytesMut::new();
             crate::protocol::envelope_into(&mut body, &topic, "truncated", &data);
-            tracing::info!(topic, "events were delivered without a seq: reload marker sent");
+            tracing::info!(
+                topic,
+                "events were delivered without a seq: reload marker sent"
+            );
             self.publish_sequenced(&topic, body.freeze(), Replay::default());
         }
     }
@@ -375,7 +378,7 @@ impl RedisBus {
             self.release_waiters(None);
             if self.connections.fetch_add(1, Ordering::Relaxed) > 0 {
                 self.reconnected.notify_one(); // kept as a permit if nobody waits yet
-                // Events published while the subscriber was away: from the buffers.
+                                               // Events published while the subscriber was away: from the buffers.
                 for topic in &interests {
                     self.repair(&live, topic).await;
                 }
@@ -469,7 +472,11 @@ impl Bus for RedisBus {
     }
 
     fn publish_sequenced(&self, topic: &str, body: Bytes, policy: Replay) -> bool {
-        if !self.redis.available() || self.seq_tx.try_send((topic.to_owned(), body, policy)).is_err()
+        if !self.redis.available()
+            || self
+                .seq_tx
+                .try_send((topic.to_owned(), body, policy))
+                .is_err()
         {
             metrics::counter!("liveroom_redis_publish_dropped_total").increment(1);
             self.note_unsequenced(topic);
@@ -488,15 +495,9 @@ impl Bus for RedisBus {
         Box::pin(async move { sequence::read(&redis, &topic, after, age).await })
     }
 
-    fn head(&self, topic: &str) -> BoxFuture<'static, Option<u64>> {
-        let (redis, key) = (self.redis.clone(), sequence::seq_key(topic));
-        Box::pin(async move {
-            let seq: Option<String> = redis
-                .run(|mut c| async move { redis::AsyncCommands::get(&mut c, key).await })
-                .await
-                .ok()?;
-            Some(seq.and_then(|s| s.parse().ok()).unwrap_or(0))
-        })
+    fn head(&self, topic: &str, age: Duration) -> BoxFuture<'static, Option<u64>> {
+        let (redis, topic) = (self.redis.clone(), topic.to_owned());
+        Box::pin(async move { sequence::head(&redis, &topic, age).await })
     }
 
     fn save_stream(&self, session: &str, topic: &str, call: &serde_json::Value) {

@@ -56,6 +56,12 @@ redis.call('PUBLISH', ARGV[1], '#' .. table.concat(out))
 return string.format('%.0f', n)
 "#;
 
+/// The head script: the newest seq, started at ARGV[1] (expiring after ARGV[2] ms) if none.
+const HEAD: &str = r#"
+redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+return redis.call('GET', KEYS[1])
+"#;
+
 /// The read script: the newest seq and the whole buffer, at one instant.
 const READ: &str = r#"
 return {redis.call('GET', KEYS[1]) or '0', redis.call('LRANGE', KEYS[2], 0, -1)}
@@ -69,6 +75,28 @@ fn script(which: &'static OnceLock<redis::Script>, text: &str) -> &'static redis
 pub fn publish_script() -> &'static redis::Script {
     static S: OnceLock<redis::Script> = OnceLock::new();
     script(&S, PUBLISH)
+}
+
+fn head_script() -> &'static redis::Script {
+    static S: OnceLock<redis::Script> = OnceLock::new();
+    script(&S, HEAD)
+}
+
+/// The newest seq of `topic`, started now if it has none.
+pub async fn head(redis: &super::Redis, topic: &str, age: Duration) -> Option<u64> {
+    let key = seq_key(topic);
+    let seq: String = redis
+        .run(|mut c| async move {
+            head_script()
+                .key(key)
+                .arg(seq_base())
+                .arg(age.as_millis().max(1) as u64)
+                .invoke_async(&mut c)
+                .await
+        })
+        .await
+        .ok()?;
+    seq.parse().ok()
 }
 
 fn read_script() -> &'static redis::Script {
@@ -177,7 +205,7 @@ mod tests {
 
     #[test]
     fn parses_what_the_script_publishes() {
-        let msg = b"#17|3|{a}18|12|{\"b\":\"|1|\"}";
+        let msg = b"#17|3|{a}18|11|{\"b\":\"|1|\"}";
         assert_eq!(
             parse(msg),
             Some(vec![

@@ -358,7 +358,10 @@ mod tests {
     fn overflow_cuts_the_connection() {
         let o = Outbox::new(10);
         assert_eq!(o.event("t", Bytes::from_static(b"123456"), 0), Push::Queued);
-        assert_eq!(o.event("t", Bytes::from_static(b"123456"), 0), Push::Overflow);
+        assert_eq!(
+            o.event("t", Bytes::from_static(b"123456"), 0),
+            Push::Overflow
+        );
         assert_eq!(o.event("t", Bytes::from_static(b"1"), 0), Push::Dropped);
         let mut d = Drain::default();
         o.drain(&mut d);
@@ -386,7 +389,10 @@ mod tests {
         o.latest("c".into(), Bytes::from_static(b"set"));
         let mut d = Drain::default();
         assert!(!o.drain(&mut d), "nothing before the reply");
-        o.release(&[Release::all("c".into())], Some(Bytes::from_static(b"reply")));
+        o.release(
+            &[Release::all("c".into())],
+            Some(Bytes::from_static(b"reply")),
+        );
         o.drain(&mut d);
         assert_eq!(
             d.messages(false),

@@ -34,6 +34,7 @@ use crate::protocol::{self, Call, Frame, FrameError, TopicError};
 use crate::rate;
 use crate::registry::{Entry, Live};
 use crate::room::def::{cursors_topic, presence_topic, RoomDef, RoomPart};
+use crate::stream::Load;
 use lanes::Lanes;
 use reply::{finish, finish_batch, refused, timed, Done, Pending};
 use serde_json::Value;
@@ -183,9 +184,7 @@ impl Session {
             Frame::Hello { batch } => self.conn.outbox.set_batch(batch),
             Frame::Ignored => {}
             Frame::Resume { session, last_seen } => self.resume(&session, last_seen).await,
-            Frame::Subscribe { topic, r#ref } => {
-                self.wire_subscribe(&topic, r#ref.as_ref()).await
-            }
+            Frame::Subscribe { topic, r#ref } => self.wire_subscribe(&topic, r#ref.as_ref()).await,
             Frame::SubscribeBatch { topics, r#ref } => {
                 for topic in topics {
                     self.wire_subscribe(&topic, r#ref.as_ref()).await;
@@ -404,7 +403,7 @@ impl Session {
                 }
                 self.record_stream(&topic, &recorded);
                 self.remote_ready(&topic).await;
-                let load = prepared.load();
+                let load = prepared.into_load();
                 Ok(self
                     .answer(id, topic, def.merge.clone(), seq.map(|s| (s, seen)), load)
                     .await)
@@ -465,19 +464,21 @@ impl Session {
                     room.join(&topic, &ctx, data).await;
                 }
                 let merge = room.data().merge.clone();
-                (topic, merge, prepared.load(), seq.map(|s| (s, seen)))
+                (topic, merge, prepared.into_load(), seq.map(|s| (s, seen)))
             }
             RoomPart::Presence => {
                 let t = presence_topic(&topic);
                 self.subs.hold_and_subscribe(t.clone(), max)?;
-                (t, Merge::Presence, room.roster(topic), None)
+                let roster = room.roster(topic);
+                (t, Merge::Presence, now(roster), None)
             }
             // `__cursor` is not a stream: `resolve` answered it before.
             RoomPart::Cursors | RoomPart::Cursor => {
                 let t = cursors_topic(&topic);
                 self.subs.hold_and_subscribe(t.clone(), max)?;
                 hub.set_replay(&t, crate::Replay::off());
-                (t, Merge::Cursor, room.cursor_snapshot(&topic), None)
+                let snapshot = room.cursor_snapshot(&topic);
+                (t, Merge::Cursor, now(snapshot), None)
             }
         };
         if part != RoomPart::Cursors {
@@ -529,6 +530,11 @@ impl Session {
     async fn remote_ready(&self, topic: &str) {
         self.live.hub().ready(topic).await;
     }
+}
+
+/// A load that is already a future.
+fn now(load: futures_util::future::BoxFuture<'static, crate::handler::Reply>) -> Load {
+    Box::new(move || load)
 }
 
 /// The lane a call waits in (see `lanes`): a room's actions share one per room (its path and

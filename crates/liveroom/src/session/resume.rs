@@ -18,8 +18,8 @@ use crate::protocol;
 use crate::registry::Entry;
 use crate::replay::{session_id, Coverage};
 use crate::room::def::{presence_topic, RoomPart};
+use crate::stream::Load;
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -95,7 +95,7 @@ impl Session {
         topic: Arc<str>,
         merge: Merge,
         asked: Option<(u64, Option<u64>)>,
-        load: BoxFuture<'static, Reply>,
+        load: Load,
     ) -> Pending {
         let hub = self.live.hub().clone();
         if let Some((seq, seen)) = asked {
@@ -126,7 +126,7 @@ impl Session {
             replay: asked.map(|_| false),
             through: 0,
         };
-        Done::stream(id, stream, load)
+        Done::stream(id, stream, load())
     }
 
     /// `resume`: replays, for every topic of the lost connection `session` whose stream guard
@@ -148,7 +148,11 @@ impl Session {
                 (Coverage::Covered(events), head) => match frames(events) {
                     Some((frames, last)) => {
                         replayed("resume", frames.len());
-                        let through = if frames.is_empty() { head.max(seq) } else { last };
+                        let through = if frames.is_empty() {
+                            head.max(seq)
+                        } else {
+                            last
+                        };
                         for f in frames {
                             self.conn.outbox.reply(f);
                         }
@@ -160,7 +164,9 @@ impl Session {
             }
         }
         // Queued as replies, like the replayed events: in order, and before any event.
-        self.conn.outbox.reply(Bytes::from_static(protocol::RESUMED));
+        self.conn
+            .outbox
+            .reply(Bytes::from_static(protocol::RESUMED));
     }
 
     /// A wire subscribe of a topic a `resume` replayed: subscribes it and sends what was
@@ -214,7 +220,11 @@ impl Session {
         let (Some(path), Some(args)) = (call["path"].as_str(), call["args"].as_array()) else {
             return false;
         };
-        if self.prefix.as_ref().is_some_and(|p| !path.starts_with(&**p)) {
+        if self
+            .prefix
+            .as_ref()
+            .is_some_and(|p| !path.starts_with(&**p))
+        {
             return false;
         }
         let ctx = self.ctx();

@@ -186,7 +186,11 @@ impl Subscriptions {
     /// leaving its cursors topic removes a cursors-only mover's cursor.
     pub fn unsubscribe(&mut self, topic: &str) {
         if let Some(topic) = self.subscribed.take(topic) {
-            if let Some(seq) = self.hub.unsubscribe(&topic, self.conn.id).filter(|s| *s > 0) {
+            if let Some(seq) = self
+                .hub
+                .unsubscribe(&topic, self.conn.id)
+                .filter(|s| *s > 0)
+            {
                 self.saw(topic.clone(), seq, false);
             }
             // A room none of whose streams the socket holds any more is left: entering it
