@@ -376,6 +376,11 @@ impl Peer {
         let client = Client::connect(url)
             .await
             .unwrap_or_else(|e| panic!("{user} cannot connect to {url}: {e}"));
+        Self::from_client(client, user)
+    }
+
+    /// A peer around an already connected `client`.
+    pub fn from_client(client: Client, user: &str) -> Peer {
         Peer {
             user: user.to_owned(),
             client,

@@ -202,7 +202,20 @@ impl RedisBus {
     /// Sends sequenced events: one script call per topic per pipeline.
     async fn sequencer(self: Arc<Self>, mut rx: mpsc::Receiver<Sequenced>, live: Live) {
         let mut batch = Vec::with_capacity(PIPELINE);
-        while rx.recv_many(&mut batch, PIPELINE).await > 0 {
+        loop {
+            let received = tokio::select! {
+                n = rx.recv_many(&mut batch, PIPELINE) => n,
+                // Nothing to send: Redis may be back, and reload markers due.
+                _ = tokio::time::sleep(self.reconnect) => {
+                    if self.redis.available() {
+                        self.send_markers();
+                    }
+                    continue;
+                }
+            };
+            if received == 0 {
+                return;
+            }
             let n = batch.len() as u64;
             let mut topics: Vec<(String, Replay, Vec<Bytes>)> = Vec::new();
             for (topic, body, policy) in batch.drain(..) {
@@ -234,7 +247,9 @@ impl RedisBus {
                     // now, without a seq, and every replica's a reload marker later.
                     metrics::counter!("liveroom_redis_publish_dropped_total").increment(n);
                     for (topic, _, bodies) in &topics {
-                        for body in bodies {
+                        // (A reload marker that failed is not delivered here: it is due
+                        // again, once Redis is back.)
+                        for body in bodies.iter().filter(|b| !is_marker(b)) {
                             live.hub().deliver(topic, &sealed(body));
                         }
                         self.note_unsequenced(topic);
@@ -456,6 +471,13 @@ impl RedisBus {
             }
         }
     }
+}
+
+/// Whether `body` is a reload marker's.
+fn is_marker(body: &[u8]) -> bool {
+    body.ends_with(crate::protocol::TRUNCATED.as_bytes())
+        && body[..body.len() - crate::protocol::TRUNCATED.len()]
+            .ends_with(br#""event":"truncated","data":"#)
 }
 
 /// A sequenced body sent without a seq: just closed.
