@@ -71,6 +71,7 @@ export class LiveClient {
 		factory.subscribe = (/** @type {(v: any) => void} */ run) => factory().subscribe(run);
 		Object.defineProperty(factory, 'error', { get: () => factory().error });
 		Object.defineProperty(factory, 'status', { get: () => factory().status });
+		Object.defineProperty(factory, 'recovery', { get: () => factory().recovery });
 		factory.path = path;
 		return factory;
 	}

@@ -4,8 +4,8 @@
  * fan-out, and microtask batching of stream subscriptions (protocol.md sections 1-4).
  *
  * Streams plug in through a small controller interface (see `stream.js`):
- * `{ path, args, onRequest(id), onReply(reply, id) -> boolean, onEvent(event, data),
- *    onDisconnect(), onError(err) }`.
+ * `{ path, args, seq, onRequest(id), onReply(reply, id) -> boolean, onEvent(event, data, seq),
+ *    onTruncated(), onDisconnect(), onError(err) }`.
  */
 import { writable, readonly } from './store.js';
 import { LiveError, errorFromReply } from './errors.js';
@@ -245,7 +245,9 @@ export class Connection {
 			}, timeout);
 			this._pending.set(id, { stream: ctrl, timer, sent: true });
 			ctrl.onRequest(id);
-			calls.push({ rpc: ctrl.path, id, args: ctrl.args, stream: true });
+			const call = { rpc: ctrl.path, id, args: ctrl.args, stream: true };
+			if (typeof ctrl.seq === 'number') call.seq = ctrl.seq;
+			calls.push(call);
 		}
 		this._toFetch.clear();
 		this._send(calls.length === 1 ? calls[0] : { batch: calls });
@@ -401,9 +403,13 @@ export class Connection {
 		const ctrls = this._topics.get(env.topic);
 		if (!ctrls) return;
 		const data = env.data;
-		// A `reqId` in event data marks a replayed event: drop it (protocol.md section 4).
-		if (data !== null && typeof data === 'object' && 'reqId' in data) return;
-		for (const ctrl of [...ctrls]) ctrl.onEvent(env.event, data);
+		// A `reqId` in event data is a replay marker, never data (protocol.md section 4); with
+		// `truncated` the server lost events of the topic: its streams load again.
+		if (data !== null && typeof data === 'object' && 'reqId' in data) {
+			if (data.truncated === true) for (const ctrl of [...ctrls]) ctrl.onTruncated();
+			return;
+		}
+		for (const ctrl of [...ctrls]) ctrl.onEvent(env.event, data, env.seq);
 	}
 
 	/** @param {any} reply */

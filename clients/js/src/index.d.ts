@@ -51,10 +51,15 @@ export type StreamValue<T> = T | undefined | { error: LiveError };
 
 export type StreamStatus = 'idle' | 'loading' | 'ready' | 'refreshing' | 'error';
 
+/** How the last refetch after a reconnect recovered: only the missed events, or the full data. */
+export type StreamRecovery = 'replayed' | 'reloaded' | null;
+
 export interface StreamStore<T> extends Readable<StreamValue<T>> {
 	/** Last error (`null` when healthy); set on later failures while the data is kept. */
 	readonly error: Readable<LiveError | null>;
 	readonly status: Readable<StreamStatus>;
+	/** `'replayed'` when the last reconnect got only the missed events, `'reloaded'` for a full load. */
+	readonly recovery: Readable<StreamRecovery>;
 	readonly path: string;
 	readonly args: any[];
 	/** Reload from the server, keeping the current value visible meanwhile. */

@@ -4,6 +4,11 @@
  * Value lifecycle: `undefined` while loading, the data when ready, `{ error }` when the first load
  * fails. Once data has loaded, later failures (e.g. the refetch after a reconnect) keep the data and
  * are reported on `store.error` / `store.status` instead.
+ *
+ * Recovery (docs/protocol.md, "Delivery"): a stream remembers the `seq` of the newest event it
+ * applied. The refetch after a reconnect sends it, and the server answers with just the missed
+ * events (`replay: true`) when its buffer still has them, else with the full data; the value
+ * stays on screen meanwhile either way, and `store.recovery` says which it was.
  */
 import { writable, readonly } from './store.js';
 import { applyMerge } from './merge.js';
@@ -12,6 +17,7 @@ import { errorFromReply } from './errors.js';
 /**
  * @typedef {import('./merge.js').MergeOptions} StreamOptions
  * @typedef {'idle' | 'loading' | 'ready' | 'refreshing' | 'error'} StreamStatus
+ * @typedef {'replayed' | 'reloaded' | null} StreamRecovery
  */
 
 /** @param {any} v */
@@ -34,9 +40,12 @@ export function createStream(conn, path, args, options, hooks = {}) {
 	let live = false; // events may be applied: the current socket's reply has been handled
 	/** @type {string | null} */ let topic = null;
 	/** @type {string | null} */ let reqId = null;
+	/** The seq of the newest event in the value (`null`: unknown, the next fetch loads). */
+	/** @type {number | null} */ let seq = null;
 
 	const error = writable(/** @type {import('./errors.js').LiveError | null} */ (null));
 	const status = writable(/** @type {StreamStatus} */ ('idle'));
+	const recovery = writable(/** @type {StreamRecovery} */ (null));
 	const value = writable(/** @type {any} */ (undefined), () => {
 		status.set('loading');
 		hooks.onStart?.();
@@ -47,11 +56,12 @@ export function createStream(conn, path, args, options, hooks = {}) {
 	function stop() {
 		conn._deactivate(ctrl);
 		if (topic) conn._unwatch(topic, ctrl);
-		topic = reqId = null;
+		topic = reqId = seq = null;
 		loaded = live = false;
 		value.set(undefined);
 		error.set(null);
 		status.set('idle');
+		recovery.set(null);
 		hooks.onStop?.();
 	}
 
@@ -68,6 +78,10 @@ export function createStream(conn, path, args, options, hooks = {}) {
 		path,
 		args,
 		key: path + '\0' + JSON.stringify(args),
+		/** The seq to send with the next request: only with data on screen to apply events to. */
+		get seq() {
+			return loaded ? seq : null;
+		},
 		/** @param {string} id */
 		onRequest(id) {
 			reqId = id;
@@ -97,17 +111,30 @@ export function createStream(conn, path, args, options, hooks = {}) {
 				topic = nextTopic;
 			}
 			live = true;
-			if (!(reply.unchanged === true && loaded)) value.set(copy(reply.data));
+			const refetch = loaded;
+			if (reply.replay === true && loaded && Array.isArray(reply.data)) {
+				let v = value.get();
+				for (const e of reply.data) v = applyMerge(v, e.event, e.data, merge);
+				value.set(v);
+			} else if (!(reply.unchanged === true && loaded)) value.set(copy(reply.data));
+			if (refetch) recovery.set(reply.replay === true ? 'replayed' : 'reloaded');
+			seq = typeof reply.seq === 'number' ? reply.seq : null;
 			loaded = true;
 			error.set(null);
 			status.set('ready');
 			return true;
 		},
-		/** @param {string} event @param {any} data */
-		onEvent(event, data) {
+		/** @param {string} event @param {any} data @param {number} [eventSeq] */
+		onEvent(event, data, eventSeq) {
 			// Events before the stream reply are not applied (protocol ordering rule).
 			if (!live) return;
 			value.set(applyMerge(value.get(), event, data, merge));
+			if (typeof eventSeq === 'number') seq = seq === null ? eventSeq : Math.max(seq, eventSeq);
+		},
+		/** The server no longer has the events this stream missed: load it again. */
+		onTruncated() {
+			seq = null;
+			if (conn._streams.has(ctrl)) conn._fetch(ctrl);
 		},
 		onDisconnect() {
 			reqId = null;
@@ -126,6 +153,11 @@ export function createStream(conn, path, args, options, hooks = {}) {
 		error: readonly(error),
 		/** Store: `'idle' | 'loading' | 'ready' | 'refreshing' | 'error'`. */
 		status: readonly(status),
+		/**
+		 * Store: how the last refetch (after a reconnect) recovered: `'replayed'` (only the
+		 * missed events came, nothing was reloaded), `'reloaded'` (the full data), `null` before any.
+		 */
+		recovery: readonly(recovery),
 		path,
 		args,
 		/** Reload the data from the server (keeps the current value visible meanwhile). */
