@@ -281,6 +281,30 @@ describe('board: two users', { timeout: 180_000 }, () => {
     await check();
   });
 
+  step('the page recovers from a server restart under it without flashing empty', async () => {
+    const { a } = page;
+    const before = await a.getByTestId('card').count();
+    assert.ok(before > 0);
+    // From now on the page records the fewest cards it ever rendered.
+    await a.evaluate(() => {
+      const cards = () => document.querySelectorAll('[data-testid="card"]').length;
+      window.__fewestCards = cards();
+      new MutationObserver(() => {
+        window.__fewestCards = Math.min(window.__fewestCards, cards());
+      }).observe(document.body, { childList: true, subtree: true, characterData: true });
+    });
+    await server.stop();
+    await eventually(async () => (await a.getByTestId('status').textContent())?.trim() !== 'Connected', {
+      message: 'the page notices the server is gone',
+    });
+    server = await startBoard({ dir, port, graceMs: GRACE_MS });
+    await textIs(a.getByTestId('status'), 'Connected', 30_000);
+    await addCard(a, 'After the restart');
+    await inColumn(a, 'todo', 'After the restart').waitFor();
+    const fewest = await a.evaluate(() => window.__fewestCards);
+    assert.equal(fewest, before, 'the cards stayed on screen while the server restarted');
+  });
+
   step('a guest (no cookies) is refused with a message', async () => {
     const context = await browser.newContext({ viewport: VIEWPORT });
     // A browser that keeps no cookies: drop the identity before the page's scripts run.
