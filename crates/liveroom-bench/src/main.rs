@@ -13,6 +13,7 @@ mod raw_server;
 mod rpc;
 mod servers;
 mod stats;
+mod storm;
 mod suite;
 mod ws;
 
@@ -120,6 +121,11 @@ enum Cmd {
         #[command(flatten)]
         o: cluster::Opts,
     },
+    /// a reconnect storm after a replica restart, with and without replay
+    Storm {
+        #[command(flatten)]
+        o: storm::Opts,
+    },
     /// everything, one markdown report
     Suite {
         #[command(flatten)]
@@ -195,6 +201,9 @@ fn main() -> Result<()> {
             Cmd::Cluster { o } => cluster::run(&env.liveroom_bin, env.server_pin.as_deref(), &o)
                 .await?
                 .render("cluster"),
+            Cmd::Storm { o } => storm::run(&env.liveroom_bin, env.server_pin.as_deref(), &o)
+                .await?
+                .render("reconnect storm"),
             Cmd::Suite { o } => {
                 let (report, broken) = suite::run(&env, &o).await?;
                 println!("{report}");

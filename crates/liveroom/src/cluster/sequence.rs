@@ -62,9 +62,17 @@ redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
 return redis.call('GET', KEYS[1])
 "#;
 
-/// The read script: the newest seq and the whole buffer, at one instant.
+/// The read script: the newest seq and the buffer's entries after seq ARGV[1], at one instant
+/// (just the first entry when the buffer starts after it). Seqs in the buffer are contiguous, so
+/// the entry after ARGV[1] is found by its index, and a client that missed a few events reads a
+/// few entries, not the whole buffer.
 const READ: &str = r#"
-return {redis.call('GET', KEYS[1]) or '0', redis.call('LRANGE', KEYS[2], 0, -1)}
+local head = redis.call('GET', KEYS[1]) or '0'
+local first = redis.call('LINDEX', KEYS[2], 0)
+if not first then return {head, {}} end
+local from = tonumber(ARGV[1]) + 1 - tonumber(string.match(first, '^(%d+)|'))
+if from < 0 then return {head, {first}} end
+return {head, redis.call('LRANGE', KEYS[2], from, -1)}
 "#;
 
 fn script(which: &'static OnceLock<redis::Script>, text: &str) -> &'static redis::Script {
@@ -169,7 +177,7 @@ pub async fn read(
     let (head, entries): (String, Vec<Vec<u8>>) = redis
         .run(|mut c| async move {
             let mut inv = read_script().key(seq);
-            inv.key(buf);
+            inv.key(buf).arg(after);
             inv.invoke_async(&mut c).await
         })
         .await
