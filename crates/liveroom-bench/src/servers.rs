@@ -181,9 +181,21 @@ pub async fn spawn_raw(pin: Option<&str>) -> Result<ServerProc> {
     spawn_listening(Kind::Raw, &me, &args, pin, &[]).await
 }
 
-/// The liveroom test server binary, `--bind 127.0.0.1:0` plus `extra` args.
+/// Lifts the per-identity and per-address limits of a liveroom server: the benchmark measures
+/// throughput from one host, not the limiters (which tests/limits.rs covers).
+pub const UNLIMITED: [&str; 6] = [
+    "--call-rate",
+    "0",
+    "--upgrade-rate",
+    "0",
+    "--max-connections-per-ip",
+    "1000000",
+];
+
+/// The liveroom test server binary, `--bind 127.0.0.1:0`, [`UNLIMITED`], plus `extra` args.
 pub async fn spawn_liveroom(bin: &Path, extra: &[String], pin: Option<&str>) -> Result<ServerProc> {
     let mut args = vec!["--bind".to_string(), "127.0.0.1:0".into()];
+    args.extend(UNLIMITED.iter().map(|a| a.to_string()));
     args.extend(extra.iter().cloned());
     spawn_listening(Kind::Liveroom, bin, &args, pin, &[]).await
 }

@@ -149,13 +149,8 @@ async fn replica(
         format!("127.0.0.1:{port}"),
         "--redis-url".into(),
         redis.into(),
-        "--call-rate".into(),
-        "0".into(),
-        "--upgrade-rate".into(),
-        "0".into(),
-        "--max-connections-per-ip".into(),
-        "100000".into(),
     ];
+    args.extend(servers::UNLIMITED.iter().map(|a| a.to_string()));
     args.extend(extra.iter().cloned());
     servers::spawn_listening(Kind::Liveroom, bin, &args, pin, &[]).await
 }

@@ -41,7 +41,8 @@
 //!    codes. [`ws`]: the RFC 6455 codec. [`protocol`]: client frames decoded strictly, server
 //!    frames encoded straight into bytes.
 //! 2. **Delivery.** [`outbox`]: the per-connection queue, bounded in bytes, that one writer
-//!    drains at a time. [`rate`]: token buckets ([`RateLimit`]). [`conn`]: the connection
+//!    drains at a time. [`rate`]: token buckets ([`RateLimit`]). [`replay`]: sequence numbers
+//!    and replay buffers ([`Replay`]). [`conn`]: the connection
 //!    record and its [`Limits`]. [`hub`]: the
 //!    sharded topic table and the [`Bus`](hub::Bus) seam to other replicas.
 //!    [`presence_store`]: the [`PresenceStore`](presence_store::PresenceStore) seam and its
@@ -52,12 +53,13 @@
 //!    with their presence tracker and cursor tables.
 //! 4. **Registry.** [`registry`]: the builder [`App`] and the built [`Live`]; [`manifest`]:
 //!    its description for code generators.
-//! 5. **Connections.** [`session`]: one connection's state machine, and the
+//! 5. **Connections.** [`session`]: one connection's state machine (ordered calls, resume and
+//!    replay included), and the
 //!    [`Hooks`](session::Hooks) for running inside your own server. [`server`]: the accept loop and its caps, axum routes,
 //!    the upgrade, one reader and one writer per socket, graceful shutdown. [`metrics`]: the
 //!    Prometheus exporter.
-//! 6. **Cluster.** [`cluster`]: Redis-backed event bus and presence for several replicas, plugged
-//!    into the seams of layer 2.
+//! 6. **Cluster.** [`cluster`]: Redis-backed event bus (with cluster-wide seqs and replay
+//!    buffers) and presence for several replicas, plugged into the seams of layer 2.
 
 #![warn(missing_docs)]
 

@@ -39,16 +39,17 @@ const PUBLISH: &str = r#"
 local n = redis.call('GET', KEYS[1])
 if n then n = tonumber(n) else n = tonumber(ARGV[2]) end
 local keep = tonumber(ARGV[3])
-local out = {}
+local out, buf = {}, {}
 for i = 6, #ARGV do
   n = n + 1
   local s = string.format('%.0f', n)
   local frame = ARGV[i] .. ',"seq":' .. s .. '}'
   out[#out + 1] = s .. '|' .. #frame .. '|' .. frame
-  if keep > 0 then redis.call('RPUSH', KEYS[2], s .. '|' .. ARGV[5] .. '|' .. frame) end
+  buf[#buf + 1] = s .. '|' .. ARGV[5] .. '|' .. frame
 end
 redis.call('SET', KEYS[1], string.format('%.0f', n), 'PX', ARGV[4])
 if keep > 0 then
+  redis.call('RPUSH', KEYS[2], unpack(buf))
   redis.call('LTRIM', KEYS[2], -keep, -1)
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
 end

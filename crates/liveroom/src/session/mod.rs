@@ -145,6 +145,15 @@ impl Session {
         &self.conn
     }
 
+    fn recovery(&mut self) -> resume::Recovery<'_> {
+        resume::Recovery {
+            live: &self.live,
+            conn: &self.conn,
+            subs: &mut self.subs,
+            prefix: self.prefix.as_deref(),
+        }
+    }
+
     fn ctx(&self) -> Ctx {
         Ctx {
             conn: self.conn.clone(),
@@ -183,7 +192,9 @@ impl Session {
         match frame {
             Frame::Hello { batch } => self.conn.outbox.set_batch(batch),
             Frame::Ignored => {}
-            Frame::Resume { session, last_seen } => self.resume(&session, last_seen).await,
+            Frame::Resume { session, last_seen } => {
+                self.recovery().resume(&session, last_seen).await
+            }
             Frame::Subscribe { topic, r#ref } => self.wire_subscribe(&topic, r#ref.as_ref()).await,
             Frame::SubscribeBatch { topics, r#ref } => {
                 for topic in topics {
@@ -247,7 +258,7 @@ impl Session {
             // that follows on reconnect subscribes it server-side.
             return;
         }
-        if self.catch_up(topic, r#ref).await {
+        if self.recovery().catch_up(topic, r#ref).await {
             return;
         }
         let max = self.live.limits().max_subscriptions;
@@ -401,11 +412,13 @@ impl Session {
                 if let Some(replay) = def.replay {
                     self.live.hub().set_replay(&topic, replay);
                 }
-                self.record_stream(&topic, &recorded);
+                self.recovery().record_stream(&topic, &recorded);
                 self.remote_ready(&topic).await;
                 let load = prepared.into_load();
+                let asked = seq.map(|s| (s, seen));
                 Ok(self
-                    .answer(id, topic, def.merge.clone(), seq.map(|s| (s, seen)), load)
+                    .recovery()
+                    .answer(id, topic, def.merge.clone(), asked, load)
                     .await)
             }
             Entry::Room(room, RoomPart::Cursor) => {
@@ -482,10 +495,13 @@ impl Session {
             }
         };
         if part != RoomPart::Cursors {
-            self.record_stream(&sub_topic, &recorded);
+            self.recovery().record_stream(&sub_topic, &recorded);
         }
         self.remote_ready(&sub_topic).await;
-        Ok(self.answer(id, sub_topic, merge, seq, load).await)
+        Ok(self
+            .recovery()
+            .answer(id, sub_topic, merge, seq, load)
+            .await)
     }
 
     /// What others will see of this member, refused when larger than

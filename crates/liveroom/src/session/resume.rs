@@ -10,12 +10,15 @@
 //! before it left a topic is not sent again by the stream replay that follows.
 
 use super::reply::{Done, Pending, Streamed};
-use super::Session;
+use super::subs::Subscriptions;
+use crate::conn::Conn;
+use crate::ctx::Ctx;
 use crate::handler::Reply;
 use crate::merge::Merge;
 use crate::outbox::Release;
 use crate::protocol;
 use crate::registry::Entry;
+use crate::registry::Live;
 use crate::replay::{session_id, Coverage};
 use crate::room::def::{presence_topic, RoomPart};
 use crate::stream::Load;
@@ -72,7 +75,23 @@ fn replayed(kind: &'static str, events: usize) {
     metrics::counter!("liveroom_events_replayed_total").increment(events as u64);
 }
 
-impl Session {
+/// What recovering needs of a session: borrowed from it for one frame.
+pub(super) struct Recovery<'a> {
+    pub live: &'a Live,
+    pub conn: &'a Arc<Conn>,
+    pub subs: &'a mut Subscriptions,
+    /// The session's path prefix (room hooks): other paths are never re-authorized.
+    pub prefix: Option<&'a str>,
+}
+
+impl Recovery<'_> {
+    fn ctx(&self) -> Ctx {
+        Ctx {
+            conn: self.conn.clone(),
+            hub: self.live.hub().clone(),
+        }
+    }
+
     /// Records which stream call gave this session `topic` (here, and in cluster mode in
     /// Redis), for a later `resume`.
     pub(super) fn record_stream(&self, topic: &str, call: &Value) {
@@ -185,7 +204,7 @@ impl Session {
                 .reply(ack(Some(crate::error::code::RATE_LIMITED)));
             return true;
         }
-        self.remote_ready(&topic).await;
+        self.live.hub().ready(&topic).await;
         let release = match self.live.hub().replay(&topic, after).await {
             (Coverage::Covered(events), _) => frames(events).map(|(frames, last)| {
                 replayed("subscribe", frames.len());
