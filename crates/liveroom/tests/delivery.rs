@@ -212,6 +212,14 @@ async fn resume_replays_exactly_the_missed_events_then_resumed() {
     assert_eq!(seq_of(&live[0]), last + 5);
     ann.quiet("board:r1", QUIET).await;
     assert_eq!(state.loads.load(Ordering::Relaxed), loads, "no loader ran");
+    // A connection resumes once.
+    ann.send(&lost.frame().unwrap());
+    ann.send(&json!({"type":"subscribe","topic":"open:x","ref":3}));
+    ann.typed("subscribed").await;
+    assert!(
+        ann.collect_all(QUIET).await.is_empty(),
+        "a second resume is ignored"
+    );
     server.shutdown().await.unwrap();
 }
 

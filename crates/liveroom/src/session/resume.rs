@@ -150,8 +150,12 @@ impl Recovery<'_> {
 
     /// `resume`: replays, for every topic of the lost connection `session` whose stream guard
     /// passes again for this one, the buffered events after the client's seq (or the reload
-    /// marker), then `resumed`. Those topics may then be subscribed from the wire.
+    /// marker), then `resumed`. Those topics may then be subscribed from the wire. Only the
+    /// first `resume` of a connection is answered.
     pub(super) async fn resume(&mut self, session: &str, last_seen: Vec<(String, u64)>) {
+        if std::mem::replace(&mut self.subs.resumed, true) {
+            return; // once per connection; later ones are ignored
+        }
         let calls = self.stream_calls(session).await.unwrap_or_default();
         let max = self.live.limits().max_subscriptions;
         for (topic, seq) in last_seen {

@@ -33,6 +33,9 @@ pub(super) struct Subscriptions {
     /// topic, or by a `resume`: then `true`): a stream replay, or after a resume a wire
     /// subscribe, starts after it, so nothing is sent twice.
     seen: HashMap<Arc<str>, (u64, bool)>,
+    /// A `resume` was handled: a connection resumes once (each costs a lookup and a guard run
+    /// per topic, which a hostile client must not repeat at will).
+    pub resumed: bool,
 }
 
 /// The key of a room entered with `args` in [`Subscriptions::entered`].
@@ -57,6 +60,7 @@ impl Subscriptions {
             members: Vec::new(),
             cursor_only: Vec::new(),
             seen: HashMap::new(),
+            resumed: false,
         }
     }
 
