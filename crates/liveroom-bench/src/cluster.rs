@@ -27,6 +27,9 @@ pub struct Opts {
     /// fan-out measuring window, seconds
     #[arg(long, default_value_t = 5.0)]
     pub duration: f64,
+    /// fan-out publications in flight (not yet delivered to every subscriber)
+    #[arg(long, default_value_t = 64)]
+    pub window: u64,
     /// presence convergence samples (one join each, rotating over replicas)
     #[arg(long, default_value_t = 20)]
     pub joins: usize,
@@ -110,7 +113,7 @@ pub async fn run(bin: &Path, pin: Option<&str>, o: &Opts) -> Result<Metrics> {
         pubs: o.pubs,
         duration: o.duration,
         warmup: (o.duration / 2.0).min(1.0),
-        window: 64,
+        window: o.window,
         via: fanout::Via::Action,
         sources: 1,
     };

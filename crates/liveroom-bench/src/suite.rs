@@ -201,6 +201,7 @@ fn presets(size: Size) -> Presets {
             subs: cl.0,
             pubs: 2,
             duration: f.2.min(5.0),
+            window: 64,
             joins: cl.1,
             ghosts: cl.2,
             ghost_timeout: cl.3,
