@@ -161,9 +161,20 @@ async fn run_socket<W>(
             return;
         }
     };
-    let mut session = shared.live.connect(user);
+    let mut session = shared.live.open(user);
     let conn = session.conn().clone();
     let liveness = Liveness::of(&shared.config.limits);
+    if let Some(welcome) = session.welcome() {
+        // Written here from a buffer dropped at once, before the writer starts: an idle
+        // connection keeps no write buffer or queue capacity for it.
+        let mut once = BytesMut::with_capacity(welcome.len() + 4);
+        ws::encode(&mut once, ws::Opcode::Text, &welcome);
+        if writer.write_all(&once).await.is_err() {
+            session.close();
+            return;
+        }
+        conn.wrote();
+    }
     let mut write_task = tokio::spawn(write_loop(conn.clone(), writer, liveness));
     let mut shutdown = shared.shutdown.clone();
     let mut decoder = Decoder::new(shared.config.limits.max_message);

@@ -13,18 +13,21 @@ const KEEP: usize = 64;
 #[derive(Debug, Default)]
 pub(super) struct Lanes {
     /// Per lane, the signal that its newest call finished (its sender is dropped then).
-    tails: HashMap<String, oneshot::Receiver<()>>,
+    /// Boxed on first use: every idle connection holds one of these, and an empty `HashMap` is
+    /// six words in the connection's task where `None` is one.
+    #[allow(clippy::box_collection)]
+    tails: Option<Box<HashMap<String, oneshot::Receiver<()>>>>,
 }
 
 impl Lanes {
     /// Queues `call` in lane `key`: it starts once the call queued before it there finished.
     pub fn queue(&mut self, key: String, call: Pending) -> Pending {
-        if self.tails.len() >= KEEP {
-            self.tails
-                .retain(|_, rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+        let tails = self.tails.get_or_insert_with(Default::default);
+        if tails.len() >= KEEP {
+            tails.retain(|_, rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
         }
         let (done, tail) = oneshot::channel::<()>();
-        let before = self.tails.insert(key, tail);
+        let before = tails.insert(key, tail);
         Box::pin(async move {
             if let Some(before) = before {
                 let _ = before.await; // resolves (as an error) when that call finished

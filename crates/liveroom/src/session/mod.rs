@@ -61,9 +61,10 @@ pub struct Hooks {
 }
 
 impl Hooks {
-    /// Opens a session for a connection whose upgrade produced `user`.
+    /// Opens a session for a connection whose upgrade produced `user`; its `welcome` is the
+    /// first frame queued.
     pub fn connect(&self, user: Option<Value>) -> Session {
-        Session::new(self.live.clone(), user, self.prefix.clone())
+        Session::new(self.live.clone(), user, self.prefix.clone()).welcomed()
     }
 
     /// Handles one text frame.
@@ -100,8 +101,15 @@ impl Live {
         }
     }
 
-    /// Opens a session for `user` (what the server does after a successful upgrade).
+    /// Opens a session for `user`, its `welcome` queued first (what a server does after a
+    /// successful upgrade).
     pub fn connect(&self, user: Option<Value>) -> Session {
+        Session::new(self.clone(), user, None).welcomed()
+    }
+
+    /// Opens a session whose `welcome` the caller writes itself ([`Session::welcome`]): the
+    /// built-in server does, so an idle connection keeps no queue buffers for it.
+    pub(crate) fn open(&self, user: Option<Value>) -> Session {
         Session::new(self.clone(), user, None)
     }
 }
@@ -121,18 +129,30 @@ impl Session {
         let conn = Conn::new(user, live.limits().outbox_bytes);
         metrics::gauge!("liveroom_connections").increment(1.0);
         let subs = Subscriptions::new(live.hub().clone(), conn.clone());
-        let session = Session {
+        Session {
             live,
             conn,
             prefix,
             subs,
             lanes: Lanes::default(),
-        };
-        if !session.live.limits().replay().is_off() {
-            let id = crate::replay::session_id(session.conn.id);
-            session.conn.outbox.reply(protocol::welcome(&id));
         }
-        session
+    }
+
+    /// The `welcome` frame this connection starts with (`None` when replay is off). The server
+    /// writes it straight to the socket; [`Hooks::connect`] and [`Live::connect`] queue it.
+    pub fn welcome(&self) -> Option<bytes::Bytes> {
+        if self.live.limits().replay().is_off() {
+            return None;
+        }
+        Some(protocol::welcome(&crate::replay::session_id(self.conn.id)))
+    }
+
+    /// A session whose `welcome` is queued in its outbox (for custom servers).
+    fn welcomed(self) -> Self {
+        if let Some(w) = self.welcome() {
+            self.conn.outbox.reply(w);
+        }
+        self
     }
 
     /// Frames waiting to be written to this connection.

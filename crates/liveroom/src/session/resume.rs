@@ -153,7 +153,7 @@ impl Recovery<'_> {
     /// marker), then `resumed`. Those topics may then be subscribed from the wire. Only the
     /// first `resume` of a connection is answered.
     pub(super) async fn resume(&mut self, session: &str, last_seen: Vec<(String, u64)>) {
-        if std::mem::replace(&mut self.subs.resumed, true) {
+        if !self.subs.first_resume() {
             return; // once per connection; later ones are ignored
         }
         let calls = self.stream_calls(session).await.unwrap_or_default();

@@ -29,13 +29,20 @@ pub(super) struct Subscriptions {
     /// Rooms where this socket moved a cursor without being a member (cursors-only): no
     /// presence leave removes that cursor, so closing or unsubscribing does.
     cursor_only: Vec<(Arc<str>, Arc<RoomDef>)>,
+    /// What the socket saw of topics it is not subscribed to; boxed on first use, since every
+    /// idle connection holds one of these.
+    recent: Option<Box<Recent>>,
+}
+
+#[derive(Debug, Default)]
+struct Recent {
     /// Per topic not subscribed now, the newest seq this socket was given (when it left the
     /// topic, or by a `resume`: then `true`): a stream replay, or after a resume a wire
     /// subscribe, starts after it, so nothing is sent twice.
     seen: HashMap<Arc<str>, (u64, bool)>,
     /// A `resume` was handled: a connection resumes once (each costs a lookup and a guard run
     /// per topic, which a hostile client must not repeat at will).
-    pub resumed: bool,
+    resumed: bool,
 }
 
 /// The key of a room entered with `args` in [`Subscriptions::entered`].
@@ -59,8 +66,7 @@ impl Subscriptions {
             entered: HashMap::new(),
             members: Vec::new(),
             cursor_only: Vec::new(),
-            seen: HashMap::new(),
-            resumed: false,
+            recent: None,
         }
     }
 
@@ -81,23 +87,32 @@ impl Subscriptions {
     /// Records that the socket was given `topic`'s events up to `seq` (`resumed`: by a
     /// `resume`).
     pub fn saw(&mut self, topic: Arc<str>, seq: u64, resumed: bool) {
-        if self.seen.len() >= SEEN {
-            self.seen.clear(); // only an optimisation: without a mark, a replay resends a little
+        let seen = &mut self.recent.get_or_insert_with(Default::default).seen;
+        if seen.len() >= SEEN {
+            seen.clear(); // only an optimisation: without a mark, a replay resends a little
         }
-        self.seen.insert(topic, (seq, resumed));
+        seen.insert(topic, (seq, resumed));
     }
 
     /// The newest seq of `topic` the socket was given while it is not subscribed, forgotten.
     pub fn take_seen(&mut self, topic: &str) -> Option<u64> {
-        self.seen.remove(topic).map(|(seq, _)| seq)
+        let seen = &mut self.recent.as_mut()?.seen;
+        seen.remove(topic).map(|(seq, _)| seq)
     }
 
     /// Like [`take_seen`](Self::take_seen), for a mark a `resume` left only.
     pub fn take_resumed(&mut self, topic: &str) -> Option<u64> {
-        match self.seen.get(topic) {
+        match self.recent.as_ref()?.seen.get(topic) {
             Some((_, true)) => self.take_seen(topic),
             _ => None,
         }
+    }
+
+    /// Marks the connection as resumed; `false` if it already was (a connection resumes once:
+    /// each costs a lookup and a guard run per topic, which a client must not repeat at will).
+    pub fn first_resume(&mut self) -> bool {
+        let recent = self.recent.get_or_insert_with(Default::default);
+        !std::mem::replace(&mut recent.resumed, true)
     }
 
     /// Whether a stream call gave this socket `topic`.
@@ -109,7 +124,9 @@ impl Subscriptions {
     /// holds `max` other subscriptions.
     pub fn subscribe(&mut self, topic: Arc<str>, max: usize) -> Result<(), LiveError> {
         self.room_for(&topic, max)?;
-        self.seen.remove(&topic); // callers that use the mark took it before
+        if let Some(recent) = &mut self.recent {
+            recent.seen.remove(&topic); // callers that use the mark took it before
+        }
         if self.hub.subscribe(&topic, &self.conn) {
             self.subscribed.insert(topic.clone());
         }
