@@ -274,14 +274,7 @@ fn board(state: &Arc<State>, options: &Options) -> Room<(String,)> {
             "addCard",
             move |ctx: RoomCtx, (board,): (String,), (title,): (String,)| {
                 let state = add.clone();
-                async move {
-                    let card = json!({ "id": state.id(), "title": title, "by": ctx.identity() });
-                    let mut cards = state.cards.lock().unwrap();
-                    cards.entry(board).or_default().push(card.clone());
-                    drop(cards);
-                    ctx.publish("created", &card)?;
-                    Ok(card)
-                }
+                async move { add_card(&state, &ctx, board, title) }
             },
         )
         .action_args("addCard", ["title"])
@@ -293,12 +286,7 @@ fn board(state: &Arc<State>, options: &Options) -> Room<(String,)> {
                 let state = slow_add.clone();
                 async move {
                     tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
-                    let card = json!({ "id": state.id(), "title": title, "by": ctx.identity() });
-                    let mut cards = state.cards.lock().unwrap();
-                    cards.entry(board).or_default().push(card.clone());
-                    drop(cards);
-                    ctx.publish("created", &card)?;
-                    Ok(card)
+                    add_card(&state, &ctx, board, title)
                 }
             },
         )
@@ -344,6 +332,21 @@ fn board(state: &Arc<State>, options: &Options) -> Room<(String,)> {
         })
         .on_join(move |e| record(&joins.joins, e))
         .on_leave(move |e| record(&leaves.leaves, e))
+}
+
+/// Stores a new card on `board` and publishes `created`.
+fn add_card(
+    state: &State,
+    ctx: &RoomCtx,
+    board: String,
+    title: String,
+) -> Result<Value, LiveError> {
+    let card = json!({ "id": state.id(), "title": title, "by": ctx.identity() });
+    let mut cards = state.cards.lock().unwrap();
+    cards.entry(board).or_default().push(card.clone());
+    drop(cards);
+    ctx.publish("created", &card)?;
+    Ok(card)
 }
 
 fn record(log: &Mutex<Vec<(String, String)>>, e: &liveroom::room::PresenceEvent) {

@@ -45,10 +45,10 @@ pub trait Bus: Send + Sync + 'static {
         false
     }
     /// Takes an envelope without its closing brace (`body`), to be given the topic's next
-    /// cluster-wide seq, buffered per `policy` and delivered on every replica. `false` if it
-    /// cannot (Redis is down): the hub then delivers it here only, without a seq.
-    fn publish_sequenced(&self, _topic: &str, _body: Bytes, _policy: Replay) -> bool {
-        false
+    /// cluster-wide seq, buffered per `policy` and delivered on every replica. Hands `body`
+    /// back if it cannot (Redis is down): the hub then delivers it here only, without a seq.
+    fn publish_sequenced(&self, _topic: &str, body: Bytes, _policy: Replay) -> Result<(), Bytes> {
+        Err(body)
     }
     /// The events after `after`, none older than `age`, in the cluster-wide buffer of
     /// `topic`, and its newest seq (`None`: the buffer cannot be read now).
@@ -143,6 +143,11 @@ fn envelope_body(topic: &str, event: &str, data: &RawValue) -> BytesMut {
     let mut buf = BytesMut::with_capacity(48 + topic.len() + event.len() + data.get().len());
     crate::protocol::encode::envelope_into(&mut buf, topic, event, data);
     buf
+}
+
+/// An envelope body (see [`Bus::publish_sequenced`]) closed without a seq.
+pub(crate) fn sealed(body: &[u8]) -> Bytes {
+    seal(BytesMut::from(body), 0)
 }
 
 /// Closes `body` with `,"seq":N}` (or just `}` for 0).
@@ -345,12 +350,10 @@ impl Hub {
             return self.unsequenced(topic, &seal(body, 0));
         }
         if let Some(bus) = self.sequencing_bus() {
-            let mut sealed = body.clone();
-            sealed.put_u8(b'}');
-            if !bus.publish_sequenced(topic, body.freeze(), policy) {
+            if let Err(body) = bus.publish_sequenced(topic, body.freeze(), policy) {
                 // Redis is down: this replica's subscribers still get it, without a seq (the
                 // bus has noted the topic and sends a reload marker once Redis is back).
-                self.deliver(topic, &sealed.freeze());
+                self.deliver(topic, &sealed(&body));
             }
             return;
         }

@@ -250,7 +250,7 @@ impl RedisBus {
                         // (A reload marker that failed is not delivered here: it is due
                         // again, once Redis is back.)
                         for body in bodies.iter().filter(|b| !is_marker(b)) {
-                            live.hub().deliver(topic, &sealed(body));
+                            live.hub().deliver(topic, &crate::hub::sealed(body));
                         }
                         self.note_unsequenced(topic);
                     }
@@ -305,7 +305,7 @@ impl RedisBus {
                 topic,
                 "events were delivered without a seq: reload marker sent"
             );
-            self.publish_sequenced(&topic, body.freeze(), Replay::default());
+            let _ = self.publish_sequenced(&topic, body.freeze(), Replay::default());
         }
     }
 
@@ -480,31 +480,23 @@ fn is_marker(body: &[u8]) -> bool {
             .ends_with(br#""event":"truncated","data":"#)
 }
 
-/// A sequenced body sent without a seq: just closed.
-fn sealed(body: &Bytes) -> Bytes {
-    let mut b = Vec::with_capacity(body.len() + 1);
-    b.extend_from_slice(body);
-    b.push(b'}');
-    b.into()
-}
-
 impl Bus for RedisBus {
     fn sequences(&self) -> bool {
         true
     }
 
-    fn publish_sequenced(&self, topic: &str, body: Bytes, policy: Replay) -> bool {
-        if !self.redis.available()
-            || self
-                .seq_tx
-                .try_send((topic.to_owned(), body, policy))
-                .is_err()
-        {
-            metrics::counter!("liveroom_redis_publish_dropped_total").increment(1);
-            self.note_unsequenced(topic);
-            return false;
-        }
-        true
+    fn publish_sequenced(&self, topic: &str, body: Bytes, policy: Replay) -> Result<(), Bytes> {
+        let refused = if self.redis.available() {
+            match self.seq_tx.try_send((topic.to_owned(), body, policy)) {
+                Ok(()) => return Ok(()),
+                Err(e) => e.into_inner().1,
+            }
+        } else {
+            body
+        };
+        metrics::counter!("liveroom_redis_publish_dropped_total").increment(1);
+        self.note_unsequenced(topic);
+        Err(refused)
     }
 
     fn replay(

@@ -152,15 +152,22 @@ pub fn reply(
 pub fn batch_reply(bodies: &[BytesMut]) -> Bytes {
     let len: usize = bodies.iter().map(|b| b.len() + 1).sum();
     let mut buf = BytesMut::with_capacity(64 + len);
-    buf.put_slice(b"{\"topic\":\"__rpc\",\"event\":\"__batch\",\"data\":{\"batch\":[");
-    for (i, body) in bodies.iter().enumerate() {
+    buf.put_slice(b"{\"topic\":\"__rpc\",\"event\":\"__batch\",\"data\":{\"batch\":");
+    put_array(&mut buf, bodies.iter().map(|b| &b[..]));
+    buf.put_slice(b"}}");
+    buf.freeze()
+}
+
+/// Writes `[item,item,...]` from already encoded JSON items.
+pub fn put_array<'a>(buf: &mut BytesMut, items: impl IntoIterator<Item = &'a [u8]>) {
+    buf.put_u8(b'[');
+    for (i, item) in items.into_iter().enumerate() {
         if i > 0 {
             buf.put_u8(b',');
         }
-        buf.put_slice(body);
+        buf.put_slice(item);
     }
-    buf.put_slice(b"]}}");
-    buf.freeze()
+    buf.put_u8(b']');
 }
 
 /// `{"type":"subscribed","topic":..,"ref":..}` or `subscribe-denied` with a reason.

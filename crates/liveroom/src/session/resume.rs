@@ -22,7 +22,7 @@ use crate::registry::Live;
 use crate::replay::{session_id, Coverage};
 use crate::room::def::{presence_topic, RoomPart};
 use crate::stream::Load;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -58,14 +58,7 @@ fn frames(events: Vec<(u64, Bytes)>) -> Option<(Vec<Bytes>, u64)> {
 /// `data` and `seq` are what the client applies; the `topic` they also carry is ignored).
 fn as_data(frames: &[Bytes]) -> Reply {
     let mut buf = BytesMut::with_capacity(frames.iter().map(|f| f.len() + 1).sum::<usize>() + 2);
-    buf.put_u8(b'[');
-    for (i, f) in frames.iter().enumerate() {
-        if i > 0 {
-            buf.put_u8(b',');
-        }
-        buf.put_slice(f);
-    }
-    buf.put_u8(b']');
+    protocol::put_array(&mut buf, frames.iter().map(|f| &f[..]));
     let text = String::from_utf8(buf.to_vec()).map_err(|_| crate::LiveError::internal())?;
     Ok(RawValue::from_string(text)?)
 }
