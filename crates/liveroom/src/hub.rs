@@ -153,8 +153,8 @@ pub(crate) fn sealed(body: &[u8]) -> Bytes {
 /// Closes `body` with `,"seq":N}` (or just `}` for 0).
 fn seal(mut body: BytesMut, seq: u64) -> Bytes {
     if seq > 0 {
-        body.put_slice(b",\"seq\":");
-        body.put_slice(seq.to_string().as_bytes());
+        use std::fmt::Write;
+        let _ = write!(body, ",\"seq\":{seq}"); // into the buffer, no string in between
     }
     body.put_u8(b'}');
     body.freeze()
@@ -344,12 +344,11 @@ impl Hub {
     pub fn publish(&self, topic: &str, event: &str, data: &RawValue) {
         metrics::counter!("liveroom_events_published_total").increment(1);
         let body = envelope_body(topic, event, data);
-        let t = self.get(topic);
-        let policy = t.as_ref().map_or(self.replay, |t| lock(t).policy);
-        if policy.is_off() {
-            return self.unsequenced(topic, &seal(body, 0));
-        }
         if let Some(bus) = self.sequencing_bus() {
+            let policy = self.replay_of(topic);
+            if policy.is_off() {
+                return self.unsequenced(topic, &seal(body, 0));
+            }
             if let Err(body) = bus.publish_sequenced(topic, body.freeze(), policy) {
                 // Redis is down: this replica's subscribers still get it, without a seq (the
                 // bus has noted the topic and sends a reload marker once Redis is back).
@@ -357,8 +356,17 @@ impl Hub {
             }
             return;
         }
-        let t = t.unwrap_or_else(|| self.get_or_insert(topic));
+        // One server: the seq, the buffer and the fan-out under one lock taken once.
+        let t = match self.get(topic) {
+            Some(t) => t,
+            None if self.replay.is_off() => return self.unsequenced(topic, &seal(body, 0)),
+            None => self.get_or_insert(topic),
+        };
         let mut t = lock(&t);
+        if t.policy.is_off() {
+            drop(t);
+            return self.unsequenced(topic, &seal(body, 0));
+        }
         let seq = if t.seq == 0 { seq_base() } else { t.seq } + 1;
         let frame = seal(body, seq);
         Self::append(&mut t, seq, &frame);

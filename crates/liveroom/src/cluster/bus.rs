@@ -46,7 +46,13 @@ const PIPELINE: usize = 256;
 /// the rest get no reload marker (counted in `liveroom_redis_publish_dropped_total`).
 const UNSEQUENCED: usize = 10_000;
 
-type Sequenced = (String, Bytes, Replay);
+/// A topic, an envelope body, its replay policy, and whether this replica delivers it without
+/// a seq if Redis fails (not for a reload marker: that one is due again once Redis is back).
+type Sequenced = (String, Bytes, Replay, bool);
+
+/// One topic's share of a pipeline: its policy, its bodies, and those to deliver here if the
+/// pipeline fails.
+type Group = (String, Replay, Vec<Bytes>, Vec<Bytes>);
 
 enum Cmd {
     Subscribe(String),
@@ -217,12 +223,20 @@ impl RedisBus {
                 return;
             }
             let n = batch.len() as u64;
-            let mut topics: Vec<(String, Replay, Vec<Bytes>)> = Vec::new();
-            for (topic, body, policy) in batch.drain(..) {
-                match topics.iter_mut().find(|(t, ..)| *t == topic) {
-                    Some((.., bodies)) => bodies.push(body),
-                    None => topics.push((topic, policy, vec![body])),
+            let mut topics: Vec<Group> = Vec::new();
+            for (topic, body, policy, fallback) in batch.drain(..) {
+                let i = match topics.iter().position(|(t, ..)| *t == topic) {
+                    Some(i) => i,
+                    None => {
+                        topics.push((topic, policy, Vec::new(), Vec::new()));
+                        topics.len() - 1
+                    }
+                };
+                let (.., bodies, local) = &mut topics[i];
+                if fallback {
+                    local.push(body.clone());
                 }
+                bodies.push(body);
             }
             let mut sent = self.send_sequenced(&topics).await;
             if matches!(&sent, Err(super::RedisDown::Failed(e)) if sequence::is_noscript(e)) {
@@ -246,10 +260,8 @@ impl RedisBus {
                     // Whether Redis ran them is unknown: this replica's subscribers get them
                     // now, without a seq, and every replica's a reload marker later.
                     metrics::counter!("liveroom_redis_publish_dropped_total").increment(n);
-                    for (topic, _, bodies) in &topics {
-                        // (A reload marker that failed is not delivered here: it is due
-                        // again, once Redis is back.)
-                        for body in bodies.iter().filter(|b| !is_marker(b)) {
+                    for (topic, _, _, local) in &topics {
+                        for body in local {
                             live.hub().deliver(topic, &crate::hub::sealed(body));
                         }
                         self.note_unsequenced(topic);
@@ -262,14 +274,11 @@ impl RedisBus {
         }
     }
 
-    async fn send_sequenced(
-        &self,
-        topics: &[(String, Replay, Vec<Bytes>)],
-    ) -> Result<(), super::RedisDown> {
+    async fn send_sequenced(&self, topics: &[Group]) -> Result<(), super::RedisDown> {
         self.redis
             .run(|mut c| async move {
                 let mut p = redis::pipe();
-                for (topic, policy, bodies) in topics {
+                for (topic, policy, bodies, _) in topics {
                     let channel = format!("{CHANNEL_PREFIX}{topic}");
                     sequence::publish(&mut p, &channel, topic, bodies, policy);
                     p.ignore();
@@ -277,6 +286,31 @@ impl RedisBus {
                 p.query_async::<()>(&mut c).await
             })
             .await
+    }
+
+    /// Queues `body` for the sequencer; hands it back (and notes the topic) if Redis is down or
+    /// the queue is full. `fallback`: deliver it here without a seq if the pipeline fails.
+    fn enqueue(
+        &self,
+        topic: &str,
+        body: Bytes,
+        policy: Replay,
+        fallback: bool,
+    ) -> Result<(), Bytes> {
+        let refused = if self.redis.available() {
+            match self
+                .seq_tx
+                .try_send((topic.to_owned(), body, policy, fallback))
+            {
+                Ok(()) => return Ok(()),
+                Err(e) => e.into_inner().1,
+            }
+        } else {
+            body
+        };
+        metrics::counter!("liveroom_redis_publish_dropped_total").increment(1);
+        self.note_unsequenced(topic);
+        Err(refused)
     }
 
     fn note_unsequenced(&self, topic: &str) {
@@ -296,16 +330,14 @@ impl RedisBus {
             }
             set.drain().collect()
         };
-        let data = serde_json::value::RawValue::from_string(crate::protocol::TRUNCATED.into())
-            .expect("valid JSON");
         for topic in topics {
             let mut body = bytes::BytesMut::new();
-            crate::protocol::envelope_into(&mut body, &topic, "truncated", &data);
+            crate::protocol::truncated_into(&mut body, &topic);
             tracing::info!(
                 topic,
                 "events were delivered without a seq: reload marker sent"
             );
-            let _ = self.publish_sequenced(&topic, body.freeze(), Replay::default());
+            let _ = self.enqueue(&topic, body.freeze(), Replay::default(), false);
         }
     }
 
@@ -328,10 +360,7 @@ impl RedisBus {
             _ => {
                 tracing::warn!(topic, "events missed and no longer buffered: reload marker");
                 hub.forget_sequence(topic);
-                let data =
-                    serde_json::value::RawValue::from_string(crate::protocol::TRUNCATED.into())
-                        .expect("valid JSON");
-                hub.deliver(topic, &crate::protocol::envelope(topic, "truncated", &data));
+                hub.deliver(topic, &crate::protocol::truncated(topic));
             }
         }
     }
@@ -473,30 +502,13 @@ impl RedisBus {
     }
 }
 
-/// Whether `body` is a reload marker's.
-fn is_marker(body: &[u8]) -> bool {
-    body.ends_with(crate::protocol::TRUNCATED.as_bytes())
-        && body[..body.len() - crate::protocol::TRUNCATED.len()]
-            .ends_with(br#""event":"truncated","data":"#)
-}
-
 impl Bus for RedisBus {
     fn sequences(&self) -> bool {
         true
     }
 
     fn publish_sequenced(&self, topic: &str, body: Bytes, policy: Replay) -> Result<(), Bytes> {
-        let refused = if self.redis.available() {
-            match self.seq_tx.try_send((topic.to_owned(), body, policy)) {
-                Ok(()) => return Ok(()),
-                Err(e) => e.into_inner().1,
-            }
-        } else {
-            body
-        };
-        metrics::counter!("liveroom_redis_publish_dropped_total").increment(1);
-        self.note_unsequenced(topic);
-        Err(refused)
+        self.enqueue(topic, body, policy, true)
     }
 
     fn replay(

@@ -53,6 +53,22 @@ pub const RESUMED: &[u8] = b"{\"type\":\"resumed\"}";
 /// again from scratch (the svelte-realtime client's `truncated` replay marker).
 pub const TRUNCATED: &str = r#"{"reqId":"liveroom","truncated":true}"#;
 
+/// The reload marker's envelope for `topic` (event `truncated`), without its closing brace.
+pub fn truncated_into(buf: &mut BytesMut, topic: &str) {
+    buf.put_slice(b"{\"topic\":");
+    put_json_str(buf, topic);
+    buf.put_slice(b",\"event\":\"truncated\",\"data\":");
+    buf.put_slice(TRUNCATED.as_bytes());
+}
+
+/// The reload marker's envelope for `topic`, without a seq.
+pub fn truncated(topic: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(80 + topic.len());
+    truncated_into(&mut buf, topic);
+    buf.put_u8(b'}');
+    buf.freeze()
+}
+
 /// Stream options echoed in a stream reply.
 #[derive(Debug, Clone, Default)]
 pub struct StreamReply<'a> {

@@ -10,6 +10,6 @@ pub mod names;
 pub use decode::{decode, Call, Frame, FrameError, MAX_BATCH, MAX_DEPTH, MAX_TOPICS};
 pub use encode::{
     batch_reply, envelope, envelope_into, error_frame, put_array, reply, reply_body, subscribe_ack,
-    welcome, StreamReply, NOOP, RESUMED, TRUNCATED,
+    truncated, truncated_into, welcome, StreamReply, NOOP, RESUMED, TRUNCATED,
 };
 pub use names::{valid_path, validate_topic, TopicError};

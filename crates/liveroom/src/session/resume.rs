@@ -39,9 +39,8 @@ pub(super) fn stream_call(path: &str, args: &[Value]) -> Value {
 
 /// The reload marker for `topic`: the client drops that stream's seq and loads it again.
 fn truncated(topic: &str) -> Bytes {
-    let data = RawValue::from_string(protocol::TRUNCATED.to_owned()).expect("valid JSON");
     metrics::counter!("liveroom_replay_truncations_total").increment(1);
-    protocol::envelope(topic, "truncated", &data)
+    protocol::truncated(topic)
 }
 
 /// The envelopes of a replay, if small enough to send.
