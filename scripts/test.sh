@@ -49,6 +49,18 @@ if ! git diff --quiet -- examples/board/web/dist || [ -n "$(git status --porcela
   echo "examples/board/web/dist is stale: run 'npm run build' in examples/board/web and commit it"; exit 1
 fi
 
+step "demo front end: strict type check against the generated types (svelte-check)"
+(cd examples/board/web && npm run check --silent)
+# A type regression must fail: a call with a wrong argument type does not type-check.
+probe=examples/board/web/src/typecheck-probe.ts
+printf "import { board } from '\$live/collab';\nexport const wrong = board.addCard('b', 42);\n" > "$probe"
+if (cd examples/board/web && npx svelte-check --tsconfig ./tsconfig.json --output machine > ../../../target/typecheck-probe.log 2>&1); then
+  rm -f "$probe"; echo "svelte-check accepted board.addCard('b', 42)"; exit 1
+fi
+rm -f "$probe"
+grep -q "typecheck-probe.ts.*not assignable to parameter of type 'string'" target/typecheck-probe.log \
+  || { cat target/typecheck-probe.log; echo "the probe failed for another reason"; exit 1; }
+
 step "browser end-to-end tests (chromium)"
 (cd examples/board/e2e && npm ci --silent --no-audit --no-fund && BOARD_BIN="$ROOT/target/debug/board" npm test)
 

@@ -6,6 +6,7 @@
 import { Connection } from './connection.js';
 import { createStream } from './stream.js';
 import { createRoom } from './room.js';
+import { follow } from './follow.js';
 
 /** @param {string} path @param {any[]} args */
 const cacheKey = (path, args) => path + '\0' + JSON.stringify(args);
@@ -61,13 +62,19 @@ export class LiveClient {
 	/**
 	 * A stream factory: `factory(...args)` returns the store for those args (the same instance
 	 * while it is in use). The factory is itself a store for the no-argument stream, so
-	 * `$factory` works for streams without arguments.
+	 * `$factory` works for streams without arguments. `factory(() => id)` returns a store that
+	 * follows the getter (Svelte 5 props; `() => [a, b]` for several args), see `follow.js`.
 	 * @param {string} path `<module>/<name>`
-	 * @param {import('./merge.js').MergeOptions} [options]
+	 * @param {import('./merge.js').MergeOptions & { arity?: number }} [options] `arity`: how many
+	 *   args the stream takes, if known (a getter of a one-arg stream may return an array)
 	 */
 	stream(path, options = {}) {
+		const { arity, ...merge } = options;
+		/** @param {any[]} list */
+		const make = (list) => this._stream(path, list, merge);
 		/** @param {...any} args */
-		const factory = (...args) => this._stream(path, args, options);
+		const factory = (...args) =>
+			args.length === 1 && typeof args[0] === 'function' ? follow(args[0], make, arity) : make(args);
 		factory.subscribe = (/** @type {(v: any) => void} */ run) => factory().subscribe(run);
 		Object.defineProperty(factory, 'error', { get: () => factory().error });
 		Object.defineProperty(factory, 'status', { get: () => factory().status });

@@ -13,12 +13,17 @@ import { readFile, mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve, sep } from 'node:path';
 
 /**
- * @typedef {{ args?: string[] }} RpcDef
- * @typedef {{ merge?: string, key?: string, prepend?: boolean, max?: number, args?: string[], topicArgs?: number, dynamic?: boolean }} StreamDef
- * @typedef {{ topicArgs?: number, args?: string[], merge?: string, key?: string, prepend?: boolean, max?: number,
- *   presence?: boolean, cursors?: boolean, actions?: Record<string, RpcDef> | string[] }} RoomDef
+ * A JSON Schema (draft 2020-12), as the server derives it from its Rust types.
+ * @typedef {boolean | Record<string, any>} Schema
+ * @typedef {{ name: string, schema?: Schema, required?: boolean, rest?: boolean }} Param
+ * @typedef {{ args?: string[], params?: Param[], result?: Schema }} RpcDef
+ * @typedef {{ merge?: string, key?: string, prepend?: boolean, max?: number, args?: string[], params?: Param[], data?: Schema,
+ *   topicArgs?: number, dynamic?: boolean }} StreamDef
+ * @typedef {{ topicArgs?: number, args?: string[], params?: Param[], data?: Schema, merge?: string, key?: string, prepend?: boolean,
+ *   max?: number, presence?: boolean, presenceData?: Schema, cursors?: boolean, cursorPosition?: Schema,
+ *   actions?: Record<string, RpcDef> | string[] }} RoomDef
  * @typedef {{ rooms?: Record<string, RoomDef>, streams?: Record<string, StreamDef>, rpcs?: Record<string, RpcDef> }} ModuleDef
- * @typedef {{ version: number, modules: Record<string, ModuleDef> }} Manifest
+ * @typedef {{ version: number, modules: Record<string, ModuleDef>, $defs?: Record<string, Schema> }} Manifest
  * @typedef {'liveroom' | 'svelte-realtime'} ClientFlavour
  * @typedef {{ client?: ClientFlavour, importFrom?: string }} GenerateOptions
  * @typedef {{ path: string, contents: string }} GeneratedFile
@@ -81,32 +86,202 @@ export function toIdentifier(name) {
 /** @param {string} s */
 const q = (s) => JSON.stringify(s);
 
+const IDENT = /^[A-Za-z_$][\w$]*$/;
+
 /**
- * Parameter list for declarations: names when known, else `...args: any[]`.
- * @param {string[] | undefined} names
+ * TypeScript for a JSON Schema. `refs` collects the names of the `$defs` it points at.
+ * Unknown shapes become `unknown`, never `any`.
+ * @param {Schema | undefined} schema
+ * @param {Set<string>} refs
+ * @param {string} [indent]
+ * @returns {string}
+ */
+export function schemaToTs(schema, refs, indent = '') {
+	if (schema === undefined || schema === true) return 'unknown';
+	if (schema === false) return 'never';
+	if (typeof schema !== 'object' || schema === null) return 'unknown';
+	if (typeof schema.$ref === 'string') {
+		const name = defName(schema.$ref);
+		refs.add(name);
+		return name;
+	}
+	if ('const' in schema) return JSON.stringify(schema.const);
+	if (Array.isArray(schema.enum)) return schema.enum.map((v) => JSON.stringify(v)).join(' | ') || 'never';
+	const union = schema.anyOf || schema.oneOf;
+	if (Array.isArray(union)) return unionOf(union.map((s) => schemaToTs(s, refs, indent)));
+	if (Array.isArray(schema.allOf)) return schema.allOf.map((s) => wrap(schemaToTs(s, refs, indent))).join(' & ') || 'unknown';
+	const type = schema.type;
+	if (Array.isArray(type)) return unionOf(type.map((t) => schemaToTs({ ...schema, type: t }, refs, indent)));
+	switch (type) {
+		case 'null':
+			return 'null';
+		case 'boolean':
+			return 'boolean';
+		case 'integer':
+		case 'number':
+			return 'number';
+		case 'string':
+			return 'string';
+		case 'array': {
+			if (Array.isArray(schema.prefixItems)) {
+				const items = schema.prefixItems.map((s) => schemaToTs(s, refs, indent));
+				const rest = schema.items === false || schema.items === undefined ? '' : `...${wrap(schemaToTs(schema.items, refs, indent))}[]`;
+				return `[${[...items, ...(rest ? [rest] : [])].join(', ')}]`;
+			}
+			return `${wrap(schemaToTs(schema.items, refs, indent))}[]`;
+		}
+		case 'object':
+			return objectType(schema, refs, indent);
+		default:
+			return schema.properties ? objectType(schema, refs, indent) : 'unknown';
+	}
+}
+
+/** @param {Record<string, any>} schema @param {Set<string>} refs @param {string} indent */
+function objectType(schema, refs, indent) {
+	const props = Object.entries(schema.properties || {});
+	const extra = schema.additionalProperties;
+	if (!props.length) {
+		return extra === false ? 'Record<string, never>' : `Record<string, ${schemaToTs(extra === undefined ? true : extra, refs, indent)}>`;
+	}
+	const required = new Set(Array.isArray(schema.required) ? schema.required : []);
+	const inner = indent + '\t';
+	const lines = props.map(([name, s]) => {
+		const doc = s && typeof s === 'object' && typeof s.description === 'string' ? `${inner}/** ${s.description.replace(/\*\//g, '* /')} */\n` : '';
+		return `${doc}${inner}${IDENT.test(name) ? name : q(name)}${required.has(name) ? '' : '?'}: ${schemaToTs(s, refs, inner)};`;
+	});
+	if (extra && extra !== false) lines.push(`${inner}[field: string]: ${extra === true ? 'unknown' : schemaToTs(extra, refs, inner)};`);
+	return `{\n${lines.join('\n')}\n${indent}}`;
+}
+
+/** @param {string[]} types */
+function unionOf(types) {
+	const unique = [...new Set(types)];
+	return unique.length ? unique.map(wrap).join(' | ') : 'never';
+}
+
+/** Parenthesise a union or intersection where it is an operand. @param {string} t */
+const wrap = (t) => (/^[^{[]*[|&]/.test(t) && !/^\(/.test(t) ? `(${t})` : t);
+
+/** `#/$defs/Card` -> `Card` (a valid identifier). @param {string} ref */
+const defName = (ref) => toIdentifier(decodeURIComponent(ref.split('/').pop() || 'Unknown'));
+
+/**
+ * Declarations of the named types `refs` points at, and of those they point at in turn.
+ * @param {Record<string, Schema>} defs
+ * @param {Set<string>} refs
+ * @param {Set<string>} taken export names a type must not shadow
+ */
+function typeDeclarations(defs, refs, taken) {
+	const byName = new Map(Object.entries(defs).map(([k, v]) => [toIdentifier(k), v]));
+	const out = [];
+	const done = new Set();
+	const queue = [...refs];
+	while (queue.length) {
+		const name = /** @type {string} */ (queue.shift());
+		if (done.has(name)) continue;
+		done.add(name);
+		if (taken.has(name)) throw new Error(`liveroom codegen: type '${name}' clashes with an export of the same name`);
+		const schema = byName.get(name);
+		const found = new Set();
+		const body = schema === undefined ? 'unknown' : schemaToTs(schema, found);
+		for (const r of found) if (!done.has(r)) queue.push(r);
+		const doc = schema && typeof schema === 'object' && typeof schema.description === 'string' ? `/** ${schema.description.replace(/\*\//g, '* /')} */\n` : '';
+		out.push(body.startsWith('{') ? `${doc}export interface ${name} ${body}` : `${doc}export type ${name} = ${body};`);
+	}
+	return out.sort();
+}
+
+/**
+ * Parameter list for declarations: typed from `params` (the server's schemas), else names from
+ * `args` typed `any` (a manifest without schemas), else `...args: any[]`.
+ * @param {{ args?: string[], params?: Param[] }} def
+ * @param {Set<string>} refs
  * @param {number} [count] how many to take (room args); undefined = all
  */
-function params(names, count) {
+function params(def, refs, count) {
+	if (Array.isArray(def.params)) {
+		const list = count === undefined ? def.params : def.params.slice(0, count);
+		const out = [];
+		let optional = false;
+		for (const [i, p] of list.entries()) {
+			const name = paramName(p.name, i);
+			if (p.rest) {
+				out.push(`...${name}: ${restType(p.schema, refs)}`);
+				break;
+			}
+			// Optional only at the end: a required arg after an optional one stays required.
+			optional = p.required === false && list.slice(i + 1).every((x) => x.required === false && !x.rest);
+			out.push(`${name}${optional ? '?' : ''}: ${schemaToTs(p.schema, refs)}`);
+		}
+		return out.join(', ');
+	}
+	const names = def.args;
 	if (count === undefined) {
 		return names && names.length ? names.map((n, i) => `${paramName(n, i)}: any`).join(', ') : '...args: any[]';
 	}
 	return Array.from({ length: count }, (_, i) => `${paramName(names?.[i], i)}: any`).join(', ');
 }
 
+/** The type of a rest parameter: the schema's array type, else `unknown[]`. @param {Schema | undefined} schema @param {Set<string>} refs */
+function restType(schema, refs) {
+	const t = schemaToTs(schema, refs);
+	return t.endsWith('[]') || t.startsWith('[') ? t : 'unknown[]';
+}
+
 /**
- * Parameters of a room action: the room args come first. Accepts action arg lists that include
- * the room args (`["boardId","title"]`) or only the extra ones (`["title"]`); `[]` means unknown.
+ * Parameters of a room action: the room args come first. With schemas the action's `params`
+ * hold both; otherwise accepts arg lists that include the room args (`["boardId","title"]`) or
+ * only the extra ones (`["title"]`); `[]` means unknown.
  * @param {RoomDef} room
- * @param {string[] | undefined} names
+ * @param {RpcDef} action
+ * @param {Set<string>} refs
  */
-function actionParams(room, names) {
+function actionParams(room, action, refs) {
+	if (Array.isArray(action.params)) return params(action, refs);
+	const names = action.args;
 	const n = roomArgCount(room);
-	if (n === undefined) return params(names);
+	if (n === undefined) return params({ args: names }, refs);
 	const roomNames = Array.from({ length: n }, (_, i) => paramName(room.args?.[i], i));
 	if (!names || names.length === 0) return [...roomNames.map((r) => `${r}: any`), '...args: any[]'].join(', ');
 	const extra = names.slice(0, n).every((x, i) => x === room.args?.[i]) && names.length >= n ? names.slice(n) : names;
 	const all = [...roomNames, ...extra.map((x, i) => paramName(x, n + i))];
 	return all.map((x) => `${x}: any`).join(', ');
+}
+
+/**
+ * The args as one getter, for stores that follow reactive props (Svelte 5): \`boardId: () => string\`
+ * for one arg, \`args: () => [a: string, b: number]\` for several; empty without schemas or args.
+ * @param {{ params?: Param[] }} def
+ * @param {Set<string>} refs
+ * @param {number} [count]
+ */
+function argGetter(def, refs, count) {
+	if (!Array.isArray(def.params)) return '';
+	const list = count === undefined ? def.params : def.params.slice(0, count);
+	if (!list.length || list.some((p) => p.rest)) return '';
+	if (list.length === 1) return `${paramName(list[0].name, 0)}: () => ${schemaToTs(list[0].schema, refs)}`;
+	return `args: () => [${list.map((p, i) => `${paramName(p.name, i)}: ${schemaToTs(p.schema, refs)}`).join(', ')}]`;
+}
+
+/** A result type: the schema's, else `any` (a manifest without schemas). @param {Schema | undefined} schema @param {Set<string>} refs */
+const resultType = (schema, refs) => (schema === undefined ? 'any' : schemaToTs(schema, refs));
+
+/**
+ * The store value type of a stream: the schema of its initial data, else by merge mode.
+ * @param {StreamDef | RoomDef} def
+ * @param {Set<string>} refs
+ */
+function dataType(def, refs) {
+	if (def.data === undefined) return valueType(def.merge);
+	return schemaToTs(def.data, refs);
+}
+
+/** Presence data of listed members (a `null` presence is counted, not listed). @param {Schema | undefined} schema @param {Set<string>} refs */
+function presenceType(schema, refs) {
+	if (schema === undefined) return 'any';
+	const t = schemaToTs(schema, refs);
+	return t.replace(/ \| null$/, '').replace(/^null \| /, '');
 }
 
 /** @param {string | undefined} n @param {number} i */
@@ -125,10 +300,10 @@ function dataOptions(def) {
 	return o;
 }
 
-/** @param {RoomDef} room */
+/** @param {RoomDef} room @returns {Array<RpcDef & { name: string }>} */
 function actionList(room) {
 	const a = room.actions || {};
-	return Array.isArray(a) ? a.map((name) => ({ name, args: undefined })) : Object.entries(a).map(([name, d]) => ({ name, args: d?.args }));
+	return Array.isArray(a) ? a.map((name) => ({ name })) : Object.entries(a).map(([name, d]) => ({ ...d, name }));
 }
 
 /** @param {string | undefined} merge */
@@ -151,9 +326,10 @@ function roomArgCount(room) {
  * @param {string} moduleName e.g. `collab`
  * @param {ModuleDef} mod
  * @param {GenerateOptions} [options]
+ * @param {Record<string, Schema>} [defs] the manifest's `$defs` (named types)
  * @returns {{ js: string, dts: string }}
  */
-export function generateModule(moduleName, mod, options = {}) {
+export function generateModule(moduleName, mod, options = {}, defs = {}) {
 	const client = options.client || 'liveroom';
 	if (client !== 'liveroom' && client !== 'svelte-realtime') throw new Error(`liveroom codegen: unknown client '${client}'`);
 	const sr = client === 'svelte-realtime';
@@ -163,6 +339,7 @@ export function generateModule(moduleName, mod, options = {}) {
 	/** @type {Set<string>} */ const imports = new Set();
 	/** @type {Set<string>} */ const typeImports = new Set();
 	/** @type {Set<string>} */ const used = new Set();
+	/** @type {Set<string>} */ const refs = new Set();
 	const js = [];
 	const dts = [];
 	let needsCursorHelper = false;
@@ -184,8 +361,11 @@ export function generateModule(moduleName, mod, options = {}) {
 			return ok;
 		});
 		const n = roomArgCount(room);
-		const roomParams = n === undefined ? '...args: any[]' : params(room.args, n);
-		const cursorParams = n === undefined ? '...args: any[]' : [params(room.args, n), 'position: CursorPosition'].filter(Boolean).join(', ');
+		const roomParams = n === undefined ? '...args: any[]' : params(room, refs, n);
+		const position = room.cursorPosition === undefined ? 'CursorPosition' : schemaToTs(room.cursorPosition, refs);
+		const cursorParams = n === undefined ? '...args: any[]' : [params(room, refs, n), `position: ${position}`].filter(Boolean).join(', ');
+		const member = presenceType(room.presenceData, refs);
+		const cursorEntry = room.cursorPosition === undefined ? 'CursorEntry' : `CursorEntry<${position}>`;
 		const presence = room.presence === true;
 		const cursors = room.cursors === true;
 
@@ -211,13 +391,14 @@ export function generateModule(moduleName, mod, options = {}) {
 			js.push(`export const ${id} = __room(${q(path)}, ${JSON.stringify(opts)});`);
 		}
 
-		const members = [`\t/** Live data of the room (merge \`${room.merge || 'crud'}\`). */`, `\tdata(${roomParams}): ${S}<${valueType(room.merge)}>;`];
-		if (presence) members.push(`\t/** Who is in the room: \`[{ key, data }]\`. */`, `\tpresence(${roomParams}): ${S}<PresenceEntry[]>;`);
+		const getters = sr ? '' : argGetter(room, refs, n);
+		const members = [`\t/** Live data of the room (merge \`${room.merge || 'crud'}\`). */`, `\tdata(${roomParams}): ${S}<${dataType(room, refs)}>;${getters && `\n\tdata(${getters}): ${S}<${dataType(room, refs)}>;`}`];
+		if (presence) members.push(`\t/** Who is in the room: \`[{ key, data }]\`. */`, `\tpresence(${roomParams}): ${S}<PresenceEntry<${member}>[]>;${getters && `\n\tpresence(${getters}): ${S}<PresenceEntry<${member}>[]>;`}`);
 		if (cursors) {
-			members.push(`\t/** Cursor positions: \`[{ key, x, y, ... }]\`. */`, `\tcursors(${roomParams}): ${S}<CursorEntry[]>;`);
+			members.push(`\t/** Cursor positions: \`[{ key, ...position }]\`. */`, `\tcursors(${roomParams}): ${S}<${cursorEntry}[]>;${getters && `\n\tcursors(${getters}): ${S}<${cursorEntry}[]>;`}`);
 			members.push(`\t/** Send my cursor position (fire-and-forget, at most once per animation frame). */`, `\tmoveCursor(${cursorParams}): void;`);
 		}
-		for (const a of actions) members.push(`\t${a.name}(${actionParams(room, a.args)}): Promise<any>;`);
+		for (const a of actions) members.push(`\t${a.name}(${actionParams(room, a, refs)}): Promise<${resultType(a.result, refs)}>;`);
 		dts.push(`/** Room \`${path}\`. */\nexport declare const ${id}: {\n${members.join('\n')}\n};`);
 		typeImports.add(S).add('PresenceEntry').add('CursorEntry').add('CursorPosition');
 	}
@@ -231,13 +412,14 @@ export function generateModule(moduleName, mod, options = {}) {
 			js.push(`export const ${id} = __stream(${q(path)}, ${JSON.stringify(dataOptions(stream))}${hasArgs ? ', true' : ''});`);
 			dts.push(
 				hasArgs
-					? `/** Stream \`${path}\`. */\nexport declare const ${id}: (${params(stream.args)}) => ${S}<${valueType(stream.merge)}>;`
-					: `/** Stream \`${path}\`. */\nexport declare const ${id}: ${S}<${valueType(stream.merge)}>;`
+					? `/** Stream \`${path}\`. */\nexport declare const ${id}: (${params(stream, refs)}) => ${S}<${dataType(stream, refs)}>;`
+					: `/** Stream \`${path}\`. */\nexport declare const ${id}: ${S}<${dataType(stream, refs)}>;`
 			);
 		} else {
-			js.push(`export const ${id} = __stream(${q(path)}, ${JSON.stringify(dataOptions(stream))});`);
-			const argsType = stream.args && stream.args.length ? `[${params(stream.args)}]` : 'any[]';
-			dts.push(`/** Stream \`${path}\`: call with its args for a store (also a store itself when it takes none). */\nexport declare const ${id}: StreamFactory<${argsType}, ${valueType(stream.merge)}>;`);
+			const arity = Array.isArray(stream.params) && !stream.params.some((p) => p.rest) ? { arity: stream.params.length } : {};
+			js.push(`export const ${id} = __stream(${q(path)}, ${JSON.stringify({ ...dataOptions(stream), ...arity })});`);
+			const argsType = Array.isArray(stream.params) || (stream.args && stream.args.length) ? `[${params(stream, refs)}]` : 'any[]';
+			dts.push(`/** Stream \`${path}\`: call with its args for a store (also a store itself when it takes none). */\nexport declare const ${id}: StreamFactory<${argsType}, ${dataType(stream, refs)}>;`);
 			typeImports.add('StreamFactory');
 		}
 		if (sr) typeImports.add(S);
@@ -248,13 +430,15 @@ export function generateModule(moduleName, mod, options = {}) {
 		const path = `${moduleName}/${name}`;
 		imports.add('__rpc');
 		js.push(`export const ${id} = __rpc(${q(path)});`);
-		dts.push(`/** RPC \`${path}\`. */\nexport declare const ${id}: (${params(rpc?.args)}) => Promise<any>;`);
+		dts.push(`/** RPC \`${path}\`. */\nexport declare const ${id}: (${params(rpc || {}, refs)}) => Promise<${resultType(rpc?.result, refs)}>;`);
 	}
 
 	const jsHead = [HEADER.trimEnd()];
 	if (imports.size) jsHead.push(`import { ${[...imports].sort().join(', ')} } from ${q(from)};`);
 	if (needsCursorHelper) jsHead.push(SR_CURSOR_HELPER);
 
+	const types = typeDeclarations(defs, refs, used);
+	if (types.length) dts.unshift(...types);
 	let dtsHead;
 	if (sr) {
 		dtsHead = [HEADER.trimEnd(), SR_TYPES];
@@ -297,10 +481,10 @@ function __cursorSender(path) {
 /** Self-contained declarations for svelte-realtime builds (no dependency on liveroom's types). */
 const SR_TYPES = `import type { Readable } from 'svelte/store';
 
-type LiveStore<T> = Readable<T | undefined | { error: { code: string; message: string } }>;
-type PresenceEntry = { key: string; data: any };
-type CursorEntry = { key: string; x: number; y: number; [field: string]: unknown };
-type CursorPosition = { x: number; y: number; [field: string]: unknown };`;
+type LiveStore<T> = Readable<(T & { error?: undefined }) | undefined | { error: { code: string; message: string } }>;
+type PresenceEntry<D = unknown> = { key: string; data: D };
+type CursorPosition = { x: number; y: number; [field: string]: unknown };
+type CursorEntry<P = CursorPosition> = P & { key: string };`;
 
 /**
  * Generate every module of a manifest.
@@ -313,7 +497,7 @@ export function generate(manifest, options = {}) {
 	/** @type {GeneratedFile[]} */
 	const files = [];
 	for (const [name, mod] of Object.entries(manifest.modules).sort(([a], [b]) => a.localeCompare(b))) {
-		const { js, dts } = generateModule(name, mod || {}, options);
+		const { js, dts } = generateModule(name, mod || {}, options, manifest.$defs);
 		files.push({ path: `${name}.js`, contents: js }, { path: `${name}.d.ts`, contents: dts });
 	}
 	return files;
@@ -331,7 +515,7 @@ export function generateAmbientTypes(manifest, options = {}) {
 	const prefix = options.prefix || '$live/';
 	const blocks = [];
 	for (const [name, mod] of Object.entries(manifest.modules).sort(([a], [b]) => a.localeCompare(b))) {
-		const body = generateModule(name, mod || {}, options)
+		const body = generateModule(name, mod || {}, options, manifest.$defs)
 			.dts.split('\n')
 			.filter((line) => !line.startsWith('//') && line !== 'export {};')
 			.map((line) => line.replace(/^export declare /, 'export ').replace(/^type /, 'export type '))

@@ -46,8 +46,15 @@ export interface MergeOptions {
 /** Apply one live event to a value (pure; returns new arrays). */
 export function applyMerge(current: any, event: string, data: any, options?: MergeOptions): any;
 
-/** Store value: `undefined` while loading, the data, or `{ error }` when the first load failed. */
-export type StreamValue<T> = T | undefined | { error: LiveError };
+/**
+ * Store value: `undefined` while loading, the data, or `{ error }` when the first load failed.
+ * Every case has an `error` field, so `$data?.error` type-checks and narrows:
+ * `{#if $data?.error} ... {:else if $data} {#each $data as card} ...`.
+ */
+export type StreamValue<T> = (T & { error?: undefined }) | undefined | { error: LiveError };
+
+/** A getter of a stream's args: the one arg itself, or the array of several. */
+export type ArgsGetter<A extends any[]> = () => A extends [infer One] ? One : A;
 
 export type StreamStatus = 'idle' | 'loading' | 'ready' | 'refreshing' | 'error';
 
@@ -69,6 +76,8 @@ export interface StreamStore<T> extends Readable<StreamValue<T>> {
 /** `factory(...args)` -> store (same instance while in use). Itself a store for the no-arg stream. */
 export interface StreamFactory<A extends any[], T> extends Readable<StreamValue<T>> {
 	(...args: A): StreamStore<T>;
+	/** A store that follows reactive args (Svelte 5 props): `items(() => listId)`. */
+	(args: ArgsGetter<A>): StreamStore<T>;
 	readonly error: Readable<LiveError | null>;
 	readonly status: Readable<StreamStatus>;
 	readonly path: string;
@@ -94,9 +103,8 @@ export interface CursorPosition {
 	[field: string]: unknown;
 }
 
-export interface CursorEntry extends CursorPosition {
-	key: string;
-}
+/** A cursor of another user: its position type plus the user's `key`. */
+export type CursorEntry<P = CursorPosition> = P & { key: string };
 
 export interface RoomOptions extends MergeOptions {
 	topicArgs?: number;
@@ -166,7 +174,7 @@ export class LiveClient {
 	reconnect(): void;
 	close(): void;
 	rpc<A extends any[] = any[], R = any>(path: string, options?: { timeout?: number }): RpcFunction<A, R>;
-	stream<A extends any[] = any[], T = any>(path: string, options?: MergeOptions): StreamFactory<A, T>;
+	stream<A extends any[] = any[], T = any>(path: string, options?: MergeOptions & { arity?: number }): StreamFactory<A, T>;
 	room(path: string, options?: RoomOptions): Room;
 }
 
@@ -179,5 +187,5 @@ export const status: Readable<ConnectionStatus>;
 export function configure(options: ClientOptions): LiveClient;
 export function connect(options?: ClientOptions): LiveClient;
 export function __rpc<A extends any[] = any[], R = any>(path: string, options?: { timeout?: number }): RpcFunction<A, R>;
-export function __stream<A extends any[] = any[], T = any>(path: string, options?: MergeOptions): StreamFactory<A, T>;
+export function __stream<A extends any[] = any[], T = any>(path: string, options?: MergeOptions & { arity?: number }): StreamFactory<A, T>;
 export function __room(path: string, options?: RoomOptions): Room;

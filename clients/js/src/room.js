@@ -34,15 +34,17 @@ export function createRoom(client, path, options = {}) {
 	/** @type {Record<string, any>} */
 	const room = {
 		data: client.stream(`${path}/__data`, {
+			arity: options.topicArgs,
 			merge: options.merge || 'crud',
 			key: options.key || 'id',
 			...(options.prepend !== undefined && { prepend: options.prepend }),
 			...(options.max !== undefined && { max: options.max })
 		})
 	};
-	if (options.presence !== false) room.presence = client.stream(`${path}/__presence`, { merge: 'presence', key: 'key' });
+	const arity = options.topicArgs;
+	if (options.presence !== false) room.presence = client.stream(`${path}/__presence`, { arity, merge: 'presence', key: 'key' });
 	if (options.cursors !== false) {
-		room.cursors = client.stream(`${path}/__cursors`, { merge: 'cursor', key: 'key' });
+		room.cursors = client.stream(`${path}/__cursors`, { arity, merge: 'cursor', key: 'key' });
 		room.moveCursor = cursorSender(client, `${path}/__cursor`);
 	}
 	const actions = Array.isArray(options.actions) ? options.actions : Object.keys(options.actions || {});

@@ -42,8 +42,20 @@ test('CLI codegen from the manifest URL writes <module>.js and .d.ts', async () 
 	assert.match(js, /import \{ __room \} from "liveroom";/);
 	assert.match(js, /export const board = __room\("collab\/board", /);
 	const dts = await readFile(join(out, 'collab.d.ts'), 'utf8');
-	assert.match(dts, /addCard\(boardId: any, title: any\): Promise<any>;/);
-	assert.match(dts, /moveCursor\(boardId: any, position: CursorPosition\): void;/);
+	// Typed from the server's schemas: the room args struct, the action's args struct.
+	assert.match(dts, /addCard\(boardId: string, title: string\): Promise<unknown>;/);
+	assert.match(dts, /addCardAfter\(boardId: string, title: string, ms: number\): Promise<unknown>;/);
+	assert.match(dts, /data\(boardId: \(\) => string\): StreamStore<unknown\[\]>;/);
+	assert.match(dts, /presence\(boardId: string\): StreamStore<PresenceEntry<Member>\[\]>;/);
+	assert.match(dts, /export interface Member \{\n\tname\?: unknown;\n\}/);
+	assert.match(dts, /moveCursor\(boardId: string, position: CursorPosition\): void;/);
+	assert.match(dts, /note\(a: string, b: string, text: string\): Promise<unknown>;/);
+	assert.doesNotMatch(dts, /\bany\b/);
+	const test = await readFile(join(out, 'test.d.ts'), 'utf8');
+	assert.match(test, /export declare const add: \(a: number, b: number\) => Promise<number>;/);
+	assert.match(test, /export declare const slow: \(arg0: number\) => Promise<number>;/);
+	assert.match(test, /export declare const echo: \(\.\.\.args: unknown\[\]\) => Promise<unknown\[\]>;/);
+	assert.match(test, /export declare const topic: StreamFactory<\[name: string\], unknown\[\]>;/);
 });
 
 test('the seed example works through the generated $live/collab module', async () => {

@@ -13,7 +13,7 @@ test('results: test/echo and test/add', async () => {
 	assert.equal(await c.rpc('test/add')(2, 40), 42);
 });
 
-test('typed errors: app code + message from test/fail, INVALID_REQUEST, NOT_FOUND', async () => {
+test('typed errors: app code + message from test/fail, VALIDATION with the argument, NOT_FOUND', async () => {
 	const c = client();
 	const err = await c.rpc('test/fail')('TEAPOT', 'I am a teapot').catch((e) => e);
 	assert.ok(err instanceof LiveError);
@@ -22,8 +22,12 @@ test('typed errors: app code + message from test/fail, INVALID_REQUEST, NOT_FOUN
 	const v = await c.rpc('test/fail')('VALIDATION', 'Title must be 1-200 characters').catch((e) => e);
 	assert.equal(v.code, 'VALIDATION');
 	assert.equal(v.message, 'Title must be 1-200 characters');
-	assert.equal((await c.rpc('test/add')(1).catch((e) => e)).code, 'INVALID_REQUEST');
-	assert.equal((await c.rpc('test/add')('a', 'b').catch((e) => e)).code, 'INVALID_REQUEST');
+	const missing = await c.rpc('test/add')(1).catch((e) => e);
+	assert.equal(missing.code, 'VALIDATION');
+	assert.deepEqual(missing.issues[0].path, ['b']);
+	const wrong = await c.rpc('test/add')('a', 'b').catch((e) => e);
+	assert.equal(wrong.code, 'VALIDATION');
+	assert.deepEqual(wrong.issues[0].path, ['a']);
 	assert.equal((await c.rpc('test/missing')().catch((e) => e)).code, 'NOT_FOUND');
 });
 

@@ -111,3 +111,64 @@ test('codegen() writes files; the Vite plugin serves virtual $live/* modules or 
 		await rm(dir, { recursive: true, force: true });
 	}
 });
+
+test('schemas become TypeScript types, named types declared once, never any', async () => {
+	const { schemaToTs, generate } = await import('../src/codegen.js');
+	const refs = new Set();
+	assert.equal(schemaToTs({ type: ['string', 'null'] }, refs), 'string | null');
+	assert.equal(schemaToTs({ type: 'array', items: { type: 'integer' } }, refs), 'number[]');
+	assert.equal(schemaToTs({ type: 'array', prefixItems: [{ type: 'string' }, { type: 'boolean' }], items: false }, refs), '[string, boolean]');
+	assert.equal(schemaToTs({ enum: ['todo', 'done'] }, refs), '"todo" | "done"');
+	assert.equal(schemaToTs({ type: 'object', additionalProperties: { type: 'number' } }, refs), 'Record<string, number>');
+	assert.equal(schemaToTs({ anyOf: [{ $ref: '#/$defs/Card' }, { type: 'null' }] }, refs), 'Card | null');
+	assert.equal(schemaToTs(true, refs), 'unknown');
+	assert.deepEqual([...refs], ['Card']);
+	assert.equal(
+		schemaToTs({ type: 'object', properties: { id: { type: 'string' }, 'x-y': { type: 'number' } }, required: ['id'] }, refs),
+		'{\n\tid: string;\n\t"x-y"?: number;\n}'
+	);
+
+	const manifest = {
+		version: 1,
+		$defs: {
+			Card: { type: 'object', description: 'A card.', properties: { id: { type: 'string' }, tags: { type: 'array', items: { $ref: '#/$defs/Tag' } } }, required: ['id', 'tags'] },
+			Tag: { type: 'string', enum: ['a', 'b'] }
+		},
+		modules: {
+			m: {
+				rooms: {
+					r: {
+						topicArgs: 1,
+						args: ['id'],
+						params: [{ name: 'id', schema: { type: 'string' }, required: true }],
+						data: { type: 'array', items: { $ref: '#/$defs/Card' } },
+						presence: true,
+						presenceData: { type: ['object', 'null'], properties: { n: { type: 'string' } }, required: ['n'] },
+						cursors: false,
+						actions: {
+							add: {
+								args: ['id', 'title', 'note'],
+								params: [
+									{ name: 'id', schema: { type: 'string' }, required: true },
+									{ name: 'title', schema: { type: 'string' }, required: true },
+									{ name: 'note', schema: { type: ['string', 'null'] }, required: false }
+								],
+								result: { $ref: '#/$defs/Card' }
+							}
+						}
+					}
+				},
+				rpcs: { n: { args: [], params: [], result: { type: 'integer' } } }
+			}
+		}
+	};
+	const dts = generate(manifest).find((f) => f.path === 'm.d.ts')?.contents ?? '';
+	assert.match(dts, /\/\*\* A card\. \*\/\nexport interface Card \{\n\tid: string;\n\ttags: Tag\[\];\n\}/);
+	assert.match(dts, /export type Tag = "a" \| "b";/);
+	assert.match(dts, /data\(id: string\): StreamStore<Card\[\]>;/);
+	assert.match(dts, /data\(id: \(\) => string\): StreamStore<Card\[\]>;/);
+	assert.match(dts, /presence\(id: string\): StreamStore<PresenceEntry<\{\n\tn: string;\n\}>\[\]>;/);
+	assert.match(dts, /add\(id: string, title: string, note\?: string \| null\): Promise<Card>;/);
+	assert.match(dts, /export declare const n: \(\) => Promise<number>;/);
+	assert.doesNotMatch(dts, /\bany\b/);
+});

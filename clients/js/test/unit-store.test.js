@@ -35,3 +35,30 @@ test('objects always notify (new arrays for keyed each blocks)', () => {
 	s.set(arr);
 	assert.equal(seen.length, 3);
 });
+
+test('a getter of args gives a store that follows it (read per subscription without Svelte)', async () => {
+	const { follow } = await import('../src/follow.js');
+	/** @type {Map<string, ReturnType<typeof writable>>} */
+	const made = new Map();
+	const make = (/** @type {any[]} */ args) => {
+		const key = JSON.stringify(args);
+		if (!made.has(key)) {
+			const s = writable(`value of ${key}`);
+			made.set(key, Object.assign(s, { error: writable(null), status: writable('ready'), recovery: writable(null), path: 'p', refetch() {} }));
+		}
+		return /** @type {any} */ (made.get(key));
+	};
+	let id = 'a';
+	const store = follow(() => id, make, 1);
+	assert.equal(get(store), 'value of ["a"]');
+	assert.deepEqual(store.args, ['a']);
+	id = 'b';
+	assert.equal(get(store), 'value of ["b"]');
+	assert.equal(get(store.status), 'ready');
+	// Several args: the getter returns them as an array.
+	const pair = follow(() => ['x', 2], make, 2);
+	assert.equal(get(pair), 'value of ["x",2]');
+	// One arg that is itself an array stays one arg.
+	const list = follow(() => [1, 2], make, 1);
+	assert.equal(get(list), 'value of [[1,2]]');
+});

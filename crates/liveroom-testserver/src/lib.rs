@@ -19,8 +19,9 @@
 //! - `collab/vault`: a guard that fails with a plain error.
 
 use liveroom::{
-    App, Ctx, Cursors, LiveError, Merge, Reject, Room, RoomCtx, Stream, UpgradeRequest,
+    App, Ctx, Cursors, JsonSchema, LiveError, Merge, Reject, Room, RoomCtx, Stream, UpgradeRequest,
 };
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,20 +100,19 @@ fn count_key(log: &Mutex<Vec<(String, String)>>, key: &str) -> usize {
 }
 
 /// The test app (see the crate docs) and its state.
-pub fn app(options: &Options) -> (App, Arc<State>) {
+pub fn app(options: &Options) -> (App<Arc<State>>, Arc<State>) {
     let state = Arc::new(State::default());
-    let app = rpcs(with_auth(App::new()), &state);
-    let app = streams(app, &state);
+    let app = streams(rpcs(with_auth(App::with_state(state.clone()))));
     let app = app
-        .room("collab", "board", board(&state, options))
-        .room("collab", "pair", pair(&state, options))
+        .room("collab", "board", board(options))
+        .room("collab", "pair", pair(options))
         .room("collab", "lobby", lobby(options))
         .room("collab", "vault", vault(options));
     (app, state)
 }
 
 /// Installs the test app's upgrade hook (see the crate docs) on `app`.
-pub fn with_auth(app: App) -> App {
+pub fn with_auth<S: Clone + Send + Sync + 'static>(app: App<S>) -> App<S> {
     app.authenticate(|req: UpgradeRequest| async move { user_of(&req) })
 }
 
@@ -133,30 +133,56 @@ fn user_of(req: &UpgradeRequest) -> Result<Option<Value>, Reject> {
     }))
 }
 
-fn rpcs(app: App, state: &Arc<State>) -> App {
-    let (publish, log) = (state.clone(), state.clone());
-    app.rpc("test/echo", |_ctx: Ctx, args: Vec<Value>| async move {
+/// The test app's context: its handlers share one [`State`].
+type TestCtx = Ctx<Arc<State>>;
+
+/// `test/add`'s args: `[a, b]`.
+#[derive(Deserialize, JsonSchema)]
+struct Add {
+    a: i64,
+    b: i64,
+}
+
+/// `test/publish`'s args: `[topic, event, data]`.
+#[derive(Deserialize, JsonSchema)]
+struct Publish {
+    topic: String,
+    event: String,
+    data: Value,
+}
+
+/// `test/log`'s args: `[name, ms]`.
+#[derive(Deserialize, JsonSchema)]
+struct Log {
+    name: String,
+    ms: u64,
+}
+
+fn rpcs(app: App<Arc<State>>) -> App<Arc<State>> {
+    // `echo` takes any args (a `Vec` takes them all); `fail`, `validate` and `slow` keep tuple
+    // args, named by position.
+    app.rpc("test/echo", |_ctx: TestCtx, args: Vec<Value>| async move {
         Ok(args)
     })
-    .rpc("test/add", |_ctx: Ctx, (a, b): (i64, i64)| async move {
+    .rpc("test/add", |_ctx: TestCtx, Add { a, b }| async move {
         Ok(a + b)
     })
     .rpc(
         "test/fail",
-        |_ctx: Ctx, (code, message): (String, String)| async move {
+        |_ctx: TestCtx, (code, message): (String, String)| async move {
             Err::<(), _>(LiveError::new(code, message))
         },
     )
     .rpc(
         "test/validate",
-        |_ctx: Ctx, (title,): (String,)| async move {
+        |_ctx: TestCtx, (title,): (String,)| async move {
             if title.is_empty() {
                 return Err(LiveError::validation("title", "must not be empty"));
             }
             Ok(title)
         },
     )
-    .rpc("test/leak", |_ctx: Ctx, (): ()| async move {
+    .rpc("test/leak", |_ctx: TestCtx, (): ()| async move {
         Err::<(), _>(std::io::Error::other(
             "password=hunter2 on db.internal:5432",
         ))?;
@@ -164,42 +190,41 @@ fn rpcs(app: App, state: &Arc<State>) -> App {
     })
     .rpc(
         "test/publish",
-        move |ctx: Ctx, (topic, event, data): (String, String, Value)| {
-            let state = publish.clone();
-            async move {
-                if topic == "items" {
-                    crud_apply(&mut state.items.lock().unwrap(), &event, &data);
-                }
-                ctx.publish(&topic, &event, &data)
+        |ctx: TestCtx, Publish { topic, event, data }| async move {
+            if topic == "items" {
+                crud_apply(&mut ctx.state().items.lock().unwrap(), &event, &data);
             }
+            ctx.publish(&topic, &event, &data)
         },
     )
-    .rpc("test/slow", |_ctx: Ctx, (ms,): (u64,)| async move {
+    .rpc("test/slow", |_ctx: TestCtx, (ms,): (u64,)| async move {
         tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
         Ok(ms)
     })
-    .rpc("test/log", move |_ctx: Ctx, (name, ms): (String, u64)| {
-        let state = log.clone();
-        async move {
-            tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
-            state.log.lock().unwrap().push(name.clone());
-            Ok(name)
-        }
+    .rpc("test/log", |ctx: TestCtx, Log { name, ms }| async move {
+        tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
+        ctx.state().log.lock().unwrap().push(name.clone());
+        Ok(name)
     })
-    .rpc("test/whoami", |ctx: Ctx, (): ()| async move {
+    .rpc("test/whoami", |ctx: TestCtx, (): ()| async move {
         Ok(json!({ "identity": ctx.identity(), "user": ctx.user(), "guest": ctx.is_guest() }))
     })
     // A slow query: it does not hold up the connection's other calls.
     .concurrent("test/slow")
 }
 
-fn streams(app: App, state: &Arc<State>) -> App {
-    let items = state.clone();
+/// `test/topic`'s args: `[name]`.
+#[derive(Clone, Deserialize, JsonSchema)]
+struct TopicName {
+    name: String,
+}
+
+fn streams(app: App<Arc<State>>) -> App<Arc<State>> {
     app.stream(
         "test/items",
-        Stream::new("items").init(move |_ctx, ()| {
-            items.loads.fetch_add(1, Ordering::Relaxed);
-            let list = items.items.lock().unwrap().clone();
+        Stream::new("items").init(|ctx: TestCtx, ()| {
+            ctx.state().loads.fetch_add(1, Ordering::Relaxed);
+            let list = ctx.state().items.lock().unwrap().clone();
             async move { Ok::<_, LiveError>(list) }
         }),
     )
@@ -216,7 +241,7 @@ fn streams(app: App, state: &Arc<State>) -> App {
     )
     .stream(
         "test/topic",
-        Stream::with_topic(|_ctx, (name,): &(String,)| format!("t:{name}")).args(["name"]),
+        Stream::with_topic(|_ctx, t: &TopicName| format!("t:{}", t.name)),
     )
     .stream(
         "test/denied",
@@ -233,31 +258,68 @@ fn streams(app: App, state: &Arc<State>) -> App {
     .allow_subscribe(|_ctx, topic| topic.starts_with("open:"))
 }
 
-/// `{name}` of the user, for presence.
-fn name_of(ctx: &Ctx) -> Value {
-    json!({ "name": ctx.user().and_then(|u| u.get("name")).cloned() })
+/// What others see of a member: `{name}`.
+#[derive(Serialize, JsonSchema)]
+struct Member {
+    name: Option<Value>,
+}
+
+fn name_of<S>(ctx: &Ctx<S>) -> Member {
+    Member {
+        name: ctx.user().and_then(|u| u.get("name")).cloned(),
+    }
+}
+
+/// The board room's args: `[boardId]`.
+#[derive(Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct Board {
+    board_id: String,
+}
+
+/// `addCard`'s args.
+#[derive(Deserialize, JsonSchema)]
+struct AddCard {
+    title: String,
+}
+
+/// `addCardAfter`'s args.
+#[derive(Deserialize, JsonSchema)]
+struct AddCardAfter {
+    title: String,
+    ms: u64,
+}
+
+/// `editCard`'s args.
+#[derive(Deserialize, JsonSchema)]
+struct EditCard {
+    id: String,
+    title: String,
+}
+
+/// `deleteCard`'s args.
+#[derive(Deserialize, JsonSchema)]
+struct DeleteCard {
+    id: String,
 }
 
 /// The seed room (see the crate docs).
-fn board(state: &Arc<State>, options: &Options) -> Room<(String,)> {
-    let (init, add, edit, delete) = (state.clone(), state.clone(), state.clone(), state.clone());
-    let slow_add = state.clone();
-    let (joins, leaves) = (state.clone(), state.clone());
-    Room::new(|_ctx: &Ctx, (board,): &(String,)| format!("board:{board}"))
-        .args(["boardId"])
-        .init(move |_ctx, (board,): (String,)| {
-            init.loads.fetch_add(1, Ordering::Relaxed);
-            let cards = init.cards.lock().unwrap().get(&board).cloned();
+fn board(options: &Options) -> Room<Board, Arc<State>> {
+    Room::new(|_ctx: &TestCtx, b: &Board| format!("board:{}", b.board_id))
+        .init(|ctx, Board { board_id }| {
+            let state = ctx.state();
+            state.loads.fetch_add(1, Ordering::Relaxed);
+            let cards = state.cards.lock().unwrap().get(&board_id).cloned();
             async move {
-                if board == "broken" {
+                if board_id == "broken" {
                     return Err(LiveError::from(std::io::Error::other("database is down")));
                 }
                 Ok(cards.unwrap_or_default())
             }
         })
         .presence(|ctx| match ctx.user() {
-            Some(user) if user["hidden"] == true => Value::Null,
-            _ => name_of(ctx),
+            Some(user) if user["hidden"] == true => None,
+            _ => Some(name_of(ctx)),
         })
         .cursors(Cursors::throttle(options.cursor_throttle))
         .grace(options.grace)
@@ -270,77 +332,56 @@ fn board(state: &Arc<State>, options: &Options) -> Room<(String,)> {
             }
             Ok(())
         })
-        .action(
-            "addCard",
-            move |ctx: RoomCtx, (board,): (String,), (title,): (String,)| {
-                let state = add.clone();
-                async move { add_card(&state, &ctx, board, title) }
-            },
-        )
-        .action_args("addCard", ["title"])
+        .action("addCard", |ctx, Board { board_id }, AddCard { title }| async move {
+            add_card(&ctx, board_id, title)
+        })
         // `addCard` that first waits `ms` (a slow database): calls sent back to back still
         // take effect in order.
         .action(
             "addCardAfter",
-            move |ctx: RoomCtx, (board,): (String,), (title, ms): (String, u64)| {
-                let state = slow_add.clone();
-                async move {
-                    tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
-                    add_card(&state, &ctx, board, title)
-                }
+            |ctx, Board { board_id }, AddCardAfter { title, ms }| async move {
+                tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
+                add_card(&ctx, board_id, title)
             },
         )
-        .action_args("addCardAfter", ["title", "ms"])
         .action(
             "editCard",
-            move |ctx: RoomCtx, (board,): (String,), (id, title): (String, String)| {
-                let state = edit.clone();
-                async move {
-                    let mut cards = state.cards.lock().unwrap();
-                    let list = cards.entry(board).or_default();
-                    let Some(card) = list.iter_mut().find(|c| c["id"] == id.as_str()) else {
-                        return Err(LiveError::not_found("no such card"));
-                    };
-                    card["title"] = title.into();
-                    let card = card.clone();
-                    drop(cards);
-                    ctx.publish("updated", &card)?;
-                    Ok(card)
-                }
+            |ctx, Board { board_id }, EditCard { id, title }| async move {
+                let mut cards = ctx.state().cards.lock().unwrap();
+                let list = cards.entry(board_id).or_default();
+                let Some(card) = list.iter_mut().find(|c| c["id"] == id.as_str()) else {
+                    return Err(LiveError::not_found("no such card"));
+                };
+                card["title"] = title.into();
+                let card = card.clone();
+                drop(cards);
+                ctx.publish("updated", &card)?;
+                Ok(card)
             },
         )
-        .action_args("editCard", ["id", "title"])
         .action(
             "deleteCard",
-            move |ctx: RoomCtx, (board,): (String,), (id,): (String,)| {
-                let state = delete.clone();
-                async move {
-                    let mut cards = state.cards.lock().unwrap();
-                    cards
-                        .entry(board)
-                        .or_default()
-                        .retain(|c| c["id"] != id.as_str());
-                    drop(cards);
-                    ctx.publish("deleted", &json!({ "id": id }))?;
-                    Ok(json!({ "id": id }))
-                }
+            |ctx, Board { board_id }, DeleteCard { id }| async move {
+                let mut cards = ctx.state().cards.lock().unwrap();
+                cards
+                    .entry(board_id)
+                    .or_default()
+                    .retain(|c| c["id"] != id.as_str());
+                drop(cards);
+                ctx.publish("deleted", &json!({ "id": id }))?;
+                Ok(json!({ "id": id }))
             },
         )
-        .action_args("deleteCard", ["id"])
-        .action("fail", |_ctx: RoomCtx, _: (String,), (): ()| async move {
+        .action("fail", |_ctx, _, (): ()| async move {
             Err::<(), _>(LiveError::new("BOOM", "the action failed on purpose"))
         })
-        .on_join(move |e| record(&joins.joins, e))
-        .on_leave(move |e| record(&leaves.leaves, e))
+        .on_join(|state, e| record(&state.joins, e))
+        .on_leave(|state, e| record(&state.leaves, e))
 }
 
 /// Stores a new card on `board` and publishes `created`.
-fn add_card(
-    state: &State,
-    ctx: &RoomCtx,
-    board: String,
-    title: String,
-) -> Result<Value, LiveError> {
+fn add_card(ctx: &RoomCtx<Arc<State>>, board: String, title: String) -> Result<Value, LiveError> {
+    let state = ctx.state();
     let card = json!({ "id": state.id(), "title": title, "by": ctx.identity() });
     let mut cards = state.cards.lock().unwrap();
     cards.entry(board).or_default().push(card.clone());
@@ -355,43 +396,53 @@ fn record(log: &Mutex<Vec<(String, String)>>, e: &liveroom::room::PresenceEvent)
         .push((e.topic.to_string(), e.key.to_string()));
 }
 
-/// Two room args; `note` echoes them with the room's topic.
-fn pair(state: &Arc<State>, options: &Options) -> Room<(String, String)> {
-    let state = state.clone();
-    Room::new(|_ctx: &Ctx, (a, b): &(String, String)| format!("pair:{a}:{b}"))
-        .args(["a", "b"])
-        .presence(name_of)
-        .grace(options.grace)
-        .action(
-            "note",
-            move |ctx: RoomCtx, (a, b): (String, String), (text,): (String,)| {
-                let id = state.id();
-                async move {
-                    let note =
-                        json!({ "id": id, "a": a, "b": b, "text": text, "topic": ctx.topic() });
-                    ctx.publish("created", &note)?;
-                    Ok(note)
-                }
-            },
-        )
-        .action_args("note", ["text"])
+/// The pair room's args: `[a, b]`.
+#[derive(Clone, Deserialize, JsonSchema)]
+struct Pair {
+    a: String,
+    b: String,
 }
 
-fn lobby(options: &Options) -> Room<()> {
-    Room::new(|_ctx: &Ctx, (): &()| "lobby".to_owned())
-        .presence(|ctx| json!({ "guest": ctx.is_guest() }))
+/// `note`'s args.
+#[derive(Deserialize, JsonSchema)]
+struct Note {
+    text: String,
+}
+
+/// Two room args; `note` echoes them with the room's topic.
+fn pair(options: &Options) -> Room<Pair, Arc<State>> {
+    Room::new(|_ctx: &TestCtx, p: &Pair| format!("pair:{}:{}", p.a, p.b))
+        .presence(name_of)
+        .grace(options.grace)
+        .action("note", |ctx, Pair { a, b }, Note { text }| async move {
+            let id = ctx.state().id();
+            let note = json!({ "id": id, "a": a, "b": b, "text": text, "topic": ctx.topic() });
+            ctx.publish("created", &note)?;
+            Ok(note)
+        })
+}
+
+/// What others see of a lobby member.
+#[derive(Serialize, JsonSchema)]
+struct Visitor {
+    guest: bool,
+}
+
+fn lobby(options: &Options) -> Room<(), Arc<State>> {
+    Room::new(|_ctx, (): &()| "lobby".to_owned())
+        .presence(|ctx| Visitor {
+            guest: ctx.is_guest(),
+        })
         .cursors(true)
         .grace(options.grace)
 }
 
-fn vault(options: &Options) -> Room<(String,)> {
-    Room::new(|_ctx: &Ctx, (id,): &(String,)| format!("vault:{id}"))
+fn vault(options: &Options) -> Room<(String,), Arc<State>> {
+    Room::new(|_ctx, (id,): &(String,)| format!("vault:{id}"))
         .grace(options.grace)
-        .guard(|_ctx, (_id,): (String,)| async move {
+        .guard(|_ctx, _| async move {
             Err::<(), _>(std::io::Error::other("vault backend is down"))?;
             Ok(())
         })
-        .action("open", |_ctx: RoomCtx, _: (String,), (): ()| async move {
-            Ok("opened")
-        })
+        .action("open", |_ctx, _, (): ()| async move { Ok("opened") })
 }

@@ -17,7 +17,8 @@ use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use liveroom::outbox::Drain;
 use liveroom::session::Hooks;
-use liveroom::{App, Ctx, Live, LiveError, Room, RoomCtx};
+use liveroom::{App, Ctx, JsonSchema, Live, LiveError, Room};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,16 +31,32 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+/// The board's cards, shared by its handlers as the app's state.
+#[derive(Default)]
+pub struct Cards {
+    by_board: Mutex<HashMap<String, Vec<Value>>>,
+    next: AtomicU64,
+}
+
+/// The board room's args: `[boardId]`.
+#[derive(Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Board {
+    board_id: String,
+}
+
+/// `addCard(boardId, title)`.
+#[derive(Deserialize, JsonSchema)]
+pub struct AddCard {
+    title: String,
+}
+
 /// The seed room: a board with cards, presence, cursors, a guard requiring a user, and an
 /// `addCard` action publishing `created`.
-pub fn app(grace: Duration) -> App {
-    let cards: Arc<Mutex<HashMap<String, Vec<Value>>>> = Arc::default();
-    let next = Arc::new(AtomicU64::new(1));
-    let (init_cards, add_cards) = (cards.clone(), cards);
-    let board = Room::new(|_ctx: &Ctx, (board,): &(String,)| format!("board:{board}"))
-        .args(["boardId"])
-        .init(move |_ctx, (board,): (String,)| {
-            let list = init_cards.lock().unwrap().get(&board).cloned();
+pub fn app(grace: Duration) -> App<Arc<Cards>> {
+    let board = Room::new(|_ctx: &Ctx<Arc<Cards>>, b: &Board| format!("board:{}", b.board_id))
+        .init(|ctx, Board { board_id }| {
+            let list = ctx.state().by_board.lock().unwrap().get(&board_id).cloned();
             async move { Ok::<_, LiveError>(list.unwrap_or_default()) }
         })
         .presence(|ctx| json!({ "name": ctx.user().and_then(|u| u.get("name")) }))
@@ -53,23 +70,17 @@ pub fn app(grace: Duration) -> App {
         })
         .action(
             "addCard",
-            move |ctx: RoomCtx, (board,): (String,), (title,): (String,)| {
-                let (cards, id) = (add_cards.clone(), next.fetch_add(1, Ordering::Relaxed));
-                async move {
-                    let card = json!({ "id": id, "title": title });
-                    cards
-                        .lock()
-                        .unwrap()
-                        .entry(board)
-                        .or_default()
-                        .push(card.clone());
-                    ctx.publish("created", &card)?;
-                    Ok(card)
-                }
+            |ctx, Board { board_id }, AddCard { title }| async move {
+                let id = ctx.state().next.fetch_add(1, Ordering::Relaxed) + 1;
+                let card = json!({ "id": id, "title": title });
+                let mut cards = ctx.state().by_board.lock().unwrap();
+                cards.entry(board_id).or_default().push(card.clone());
+                drop(cards);
+                ctx.publish("created", &card)?;
+                Ok(card)
             },
-        )
-        .action_args("addCard", ["title"]);
-    App::new().room("collab", "board", board)
+        );
+    App::with_state(Arc::default()).room("collab", "board", board)
 }
 
 /// Accepts WebSocket connections on `listener` forever, serving the board room of `live`.

@@ -7,9 +7,12 @@ use serde::Serialize;
 use serde_json::Value;
 use std::sync::Arc;
 
-/// The context of one call: who is calling, on which connection, and a way to publish.
+/// The context of one call: who is calling, on which connection, the app's shared state, and a
+/// way to publish.
 ///
-/// Cheap to clone (two `Arc`s).
+/// `S` is the state given to [`App::with_state`](crate::App::with_state) (`()` for
+/// [`App::new`](crate::App::new)); [`Ctx::state`] hands it to handlers, so they need no clones of
+/// their own. Cheap to clone (two `Arc`s and a clone of the state).
 ///
 /// ```no_run
 /// # use liveroom::{App, Ctx, LiveError};
@@ -19,13 +22,59 @@ use std::sync::Arc;
 ///     Ok(())
 /// });
 /// ```
-#[derive(Clone, Debug)]
-pub struct Ctx {
+#[derive(Clone)]
+pub struct Ctx<S = ()> {
     pub(crate) conn: Arc<Conn>,
     pub(crate) hub: Arc<Hub>,
+    state: S,
+}
+
+impl<S> std::fmt::Debug for Ctx<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("conn", &self.conn.id)
+            .field("identity", &self.conn.identity)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Ctx {
+    /// The context of a call on `conn` (the erased layers carry no state).
+    pub(crate) fn new(conn: Arc<Conn>, hub: Arc<Hub>) -> Self {
+        Ctx {
+            conn,
+            hub,
+            state: (),
+        }
+    }
+
+    /// The same call, seen by a handler of an app with state `state`.
+    pub(crate) fn with_state<S>(&self, state: S) -> Ctx<S> {
+        Ctx {
+            conn: self.conn.clone(),
+            hub: self.hub.clone(),
+            state,
+        }
+    }
+}
+
+impl<S> Ctx<S> {
+    /// The app's shared state ([`App::with_state`](crate::App::with_state)).
+    ///
+    /// ```
+    /// use liveroom::{App, Ctx, LiveError};
+    /// use std::sync::{atomic::{AtomicU64, Ordering}, Arc};
+    ///
+    /// let app = App::with_state(Arc::new(AtomicU64::new(0)))
+    ///     .rpc("hits/add", |ctx: Ctx<Arc<AtomicU64>>, ()| async move {
+    ///         Ok::<_, LiveError>(ctx.state().fetch_add(1, Ordering::Relaxed) + 1)
+    ///     });
+    /// # let _ = app;
+    /// ```
+    pub fn state(&self) -> &S {
+        &self.state
+    }
+
     /// The user the upgrade hook returned, `None` for guests.
     pub fn user(&self) -> Option<&Value> {
         self.conn.user.as_ref()

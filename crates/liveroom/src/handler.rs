@@ -1,14 +1,16 @@
-//! The plumbing between typed handlers and the wire: deserializing a call's `args` into the
-//! handler's argument type, serializing its result once, and the [`Gate`] that every stream and
-//! room call passes first (its guard, then its topic).
+//! The plumbing between typed handlers and the wire: erasing a handler (its args parsed by
+//! [`Params`], its result serialized once, the app's state handed in), and the [`Gate`] that
+//! every stream and room call passes first (its guard, then its topic).
 //!
-//! Everything here is generic over the handler's types at registration and type-erased after,
-//! so the layers above deal only in `Vec<Value>` args and [`Reply`] bytes.
+//! Everything here is generic over the handler's types (and the app's state) at registration and
+//! type-erased after, so the layers above deal only in `Vec<Value>` args and [`Reply`] bytes.
 
+use crate::args::{schema_of, Params, SchemaFn};
 use crate::ctx::Ctx;
 use crate::error::{code, LiveError};
 use crate::protocol::validate_topic;
 use futures_util::future::BoxFuture;
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -22,23 +24,13 @@ pub(crate) type Reply = Result<Box<RawValue>, LiveError>;
 /// A type-erased handler of one call.
 pub(crate) type CallFn = Arc<dyn Fn(Ctx, Vec<Value>) -> BoxFuture<'static, Reply> + Send + Sync>;
 
-/// A typed loader of initial data, its result already serialized.
-pub(crate) type InitFn<A> = Arc<dyn Fn(Ctx, A) -> BoxFuture<'static, Reply> + Send + Sync>;
+/// A typed loader of initial data, given the stream's topic; its result already serialized.
+pub(crate) type InitFn<A, S> =
+    Arc<dyn Fn(Ctx<S>, Arc<str>, A) -> BoxFuture<'static, Reply> + Send + Sync>;
 
-type TopicFn<A> = Arc<dyn Fn(&Ctx, &A) -> String + Send + Sync>;
-type GuardFn<A> = Arc<dyn Fn(Ctx, A) -> BoxFuture<'static, Result<(), LiveError>> + Send + Sync>;
-
-/// Deserializes a call's `args` array into the handler's argument type.
-pub(crate) fn args_from<A: DeserializeOwned>(args: Vec<Value>) -> Result<A, LiveError> {
-    // serde reads `()` from `null`, not from `[]`: an empty args list means "no args".
-    if args.is_empty() {
-        if let Ok(a) = serde_json::from_value(Value::Null) {
-            return Ok(a);
-        }
-    }
-    serde_json::from_value(Value::Array(args))
-        .map_err(|e| LiveError::invalid(format!("invalid args: {e}")))
-}
+type TopicFn<A, S> = Arc<dyn Fn(&Ctx<S>, &A) -> String + Send + Sync>;
+type GuardFn<A, S> =
+    Arc<dyn Fn(Ctx<S>, A) -> BoxFuture<'static, Result<(), LiveError>> + Send + Sync>;
 
 /// Serializes a handler's result once, into the bytes that go on the wire.
 pub(crate) fn to_raw<T: Serialize>(value: T) -> Reply {
@@ -48,45 +40,48 @@ pub(crate) fn to_raw<T: Serialize>(value: T) -> Reply {
     })
 }
 
-/// Erases a typed RPC handler: args parsed into `A` (wrong arity or types answer
-/// `INVALID_REQUEST` without calling it), result serialized once.
-pub(crate) fn erase_call<A, R, F, Fut>(handler: F) -> CallFn
-where
-    A: DeserializeOwned + Send + 'static,
-    R: Serialize,
-    F: Fn(Ctx, A) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<R, LiveError>> + Send + 'static,
-{
-    let handler = Arc::new(handler);
-    Arc::new(move |ctx, args| {
-        let parsed = args_from::<A>(args);
-        let handler = handler.clone();
-        Box::pin(async move { to_raw(handler(ctx, parsed?).await?) })
-    })
+/// An RPC handler, erased: its args, its result's schema and the call itself.
+pub(crate) struct Erased {
+    pub call: CallFn,
+    pub params: Params,
+    pub result: SchemaFn,
 }
 
-/// Erases the result type of an initial-data loader.
-pub(crate) fn erase_init<A, F, Fut, T>(init: F) -> InitFn<A>
+/// Erases a typed RPC handler of an app with state `state`: args parsed into `A` (a wrong arg
+/// answers `VALIDATION` without calling it), result serialized once.
+pub(crate) fn erase_call<S, A, R, F, Fut>(state: S, handler: F) -> Erased
 where
-    F: Fn(Ctx, A) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<T, LiveError>> + Send + 'static,
-    T: Serialize,
+    S: Clone + Send + Sync + 'static,
+    A: DeserializeOwned + JsonSchema + Send + 'static,
+    R: Serialize + JsonSchema,
+    F: Fn(Ctx<S>, A) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, LiveError>> + Send + 'static,
 {
-    Arc::new(move |ctx, args| {
-        let fut = init(ctx, args);
-        Box::pin(async move { to_raw(fut.await?) })
-    })
+    let params = Params::of::<A>();
+    let handler = Arc::new(handler);
+    let p = params.clone();
+    let call: CallFn = Arc::new(move |ctx, args| {
+        let parsed = p.parse::<A>(args, 0);
+        let ctx = ctx.with_state(state.clone());
+        let handler = handler.clone();
+        Box::pin(async move { to_raw(handler(ctx, parsed?).await?) })
+    });
+    Erased {
+        call,
+        params,
+        result: schema_of::<R>,
+    }
 }
 
 /// What a stream or room call passes before anything else happens: its guard (if any), then its
 /// topic function. The topic function never sees a caller the guard refused.
-pub(crate) struct Gate<A> {
-    topic: TopicFn<A>,
-    guard: Option<GuardFn<A>>,
+pub(crate) struct Gate<A, S> {
+    topic: TopicFn<A, S>,
+    guard: Option<GuardFn<A, S>>,
 }
 
-impl<A: Clone + Send + 'static> Gate<A> {
-    pub(crate) fn new(topic: impl Fn(&Ctx, &A) -> String + Send + Sync + 'static) -> Self {
+impl<A: Clone + Send + 'static, S: Clone + Send + 'static> Gate<A, S> {
+    pub(crate) fn new(topic: impl Fn(&Ctx<S>, &A) -> String + Send + Sync + 'static) -> Self {
         Gate {
             topic: Arc::new(topic),
             guard: None,
@@ -95,14 +90,14 @@ impl<A: Clone + Send + 'static> Gate<A> {
 
     pub(crate) fn set_guard<F, Fut>(&mut self, guard: F)
     where
-        F: Fn(Ctx, A) -> Fut + Send + Sync + 'static,
+        F: Fn(Ctx<S>, A) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), LiveError>> + Send + 'static,
     {
         self.guard = Some(Arc::new(move |ctx, args| Box::pin(guard(ctx, args))));
     }
 
     /// Runs the guard, then the topic function. Resolves to the (validated) topic.
-    pub(crate) async fn pass(&self, ctx: &Ctx, args: &A) -> Result<Arc<str>, LiveError> {
+    pub(crate) async fn pass(&self, ctx: &Ctx<S>, args: &A) -> Result<Arc<str>, LiveError> {
         if let Some(guard) = &self.guard {
             guard(ctx.clone(), args.clone())
                 .await
@@ -114,7 +109,7 @@ impl<A: Clone + Send + 'static> Gate<A> {
 
 /// A guard that failed with a plain (non-`LiveError`) error: `UNAUTHENTICATED` without a user
 /// identity, else `FORBIDDEN` (protocol.md section 3).
-fn guard_error(ctx: &Ctx, e: LiveError) -> LiveError {
+fn guard_error<S>(ctx: &Ctx<S>, e: LiveError) -> LiveError {
     if e.code() != code::INTERNAL_ERROR {
         return e;
     }

@@ -63,6 +63,7 @@
 
 #![warn(missing_docs)]
 
+mod args;
 pub mod auth;
 pub mod close;
 pub mod cluster;
@@ -95,6 +96,9 @@ pub use rate::RateLimit;
 pub use registry::{App, Live};
 pub use replay::Replay;
 pub use room::{Cursors, Room, RoomCtx};
+/// Derive it on args, results, data, presence and cursor types: their schemas go into the
+/// manifest, and generated TypeScript follows them.
+pub use schemars::JsonSchema;
 pub use server::{Running, Server, ServerConfig};
 pub use stream::Stream;
 

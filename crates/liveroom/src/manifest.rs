@@ -1,7 +1,10 @@
 //! The manifest: a description of the registry for code generators, served at
-//! `/__live/manifest.json` (modules, each with its rooms, streams and RPCs, and their args).
+//! `/__live/manifest.json`: modules, each with its rooms, streams and RPCs; their args with names
+//! and JSON Schemas (draft 2020-12), their result, data, presence and cursor types; named types
+//! once, under the top-level `$defs`.
 
 use crate::registry::{Entry, Live};
+use schemars::generate::SchemaSettings;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -9,14 +12,21 @@ impl Live {
     /// Describes the registry for code generators (served at `/__live/manifest.json`).
     ///
     /// ```
-    /// use liveroom::{App, Ctx, LiveError};
+    /// use liveroom::{App, Ctx, JsonSchema, LiveError};
+    /// #[derive(serde::Deserialize, JsonSchema)]
+    /// struct Add { a: i64, b: i64 }
+    ///
     /// let live = App::new()
-    ///     .rpc("math/add", |_ctx: Ctx, (a, b): (i64, i64)| async move { Ok::<_, LiveError>(a + b) })
-    ///     .arg_names("math/add", ["a", "b"])
+    ///     .rpc("math/add", |_ctx: Ctx, Add { a, b }| async move { Ok::<_, LiveError>(a + b) })
     ///     .build();
-    /// assert_eq!(live.manifest()["modules"]["math"]["rpcs"]["add"]["args"], serde_json::json!(["a", "b"]));
+    /// let add = &live.manifest()["modules"]["math"]["rpcs"]["add"];
+    /// assert_eq!(add["args"], serde_json::json!(["a", "b"]));
+    /// assert_eq!(add["params"][1]["schema"]["type"], "integer");
+    /// assert_eq!(add["result"]["type"], "integer");
     /// ```
     pub fn manifest(&self) -> Value {
+        let mut generator = SchemaSettings::draft2020_12().into_generator();
+        let g = &mut generator;
         let mut modules: BTreeMap<String, Value> = BTreeMap::new();
         let mut paths: Vec<(&String, &Entry)> = self.entries().iter().collect();
         paths.sort_by_key(|(path, _)| *path);
@@ -24,11 +34,17 @@ impl Live {
             let (m, n) = path.rsplit_once('/').unwrap_or(("", path));
             match entry {
                 Entry::Rpc(def) => {
-                    module(&mut modules, m)["rpcs"][n] = json!({ "args": def.arg_names })
+                    module(&mut modules, m)["rpcs"][n] = json!({
+                        "args": def.params.names,
+                        "params": def.params.describe(g),
+                        "result": (def.result)(g).to_value(),
+                    })
                 }
                 Entry::Stream(def) => {
                     let mut d = def.merge.describe();
-                    d["args"] = json!(def.arg_names);
+                    d["args"] = json!(def.params.names);
+                    d["params"] = json!(def.params.describe(g));
+                    d["data"] = (def.data)(g).to_value();
                     module(&mut modules, m)["streams"][n] = d;
                 }
                 // Described with their room below.
@@ -36,9 +52,9 @@ impl Live {
             }
         }
         for room in self.rooms() {
-            module(&mut modules, room.module())["rooms"][room.name()] = room.describe();
+            module(&mut modules, room.module())["rooms"][room.name()] = room.describe(g);
         }
-        json!({ "version": 1, "modules": modules })
+        json!({ "version": 1, "modules": modules, "$defs": generator.definitions() })
     }
 }
 

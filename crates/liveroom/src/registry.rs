@@ -4,6 +4,7 @@
 //! room's streams, or a room action. Layers above extend [`Live`] where they need to: the
 //! manifest (`manifest.rs`) and the connection hooks (`session`).
 
+use crate::args::{Params, SchemaFn};
 use crate::auth::{AuthFn, Reject, UpgradeRequest};
 use crate::conn::Limits;
 use crate::ctx::Ctx;
@@ -17,6 +18,7 @@ use crate::room::def::{RoomDef, RoomPart};
 use crate::room::{Room, RoomArgs};
 use crate::stream::{Stream, StreamDef};
 use futures_util::future::BoxFuture;
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -30,7 +32,9 @@ type SubscribeFilter = Arc<dyn Fn(&Ctx, &str) -> bool + Send + Sync>;
 
 pub(crate) struct RpcDef {
     pub call: CallFn,
-    pub arg_names: Vec<String>,
+    pub params: Params,
+    /// The schema of its result.
+    pub result: SchemaFn,
     pub rate: Option<Scoped>,
     /// Runs at once instead of after the connection's earlier RPCs ([`App::concurrent`]).
     pub concurrent: bool,
@@ -66,18 +70,25 @@ impl Entry {
 /// The registry builder: RPCs, streams and rooms at paths, plus the upgrade hook.
 ///
 /// Build it once at startup, then serve it with [`Server`](crate::Server), or drive it from
-/// your own WebSocket server through [`Live::hooks`].
+/// your own WebSocket server through [`Live::hooks`]. `S` is the shared state every handler
+/// gets through [`Ctx::state`] ([`App::with_state`]; `()` for [`App::new`]).
 ///
 /// ```no_run
-/// use liveroom::{App, Ctx, LiveError, Server};
+/// use liveroom::{App, Ctx, JsonSchema, LiveError, Server};
+/// use serde::Deserialize;
+///
+/// /// The args of `math/add`, in order: `[2, 3]`.
+/// #[derive(Deserialize, JsonSchema)]
+/// struct Add { a: i64, b: i64 }
 ///
 /// # async fn run() -> std::io::Result<()> {
 /// let app = App::new()
-///     .rpc("math/add", |_ctx: Ctx, (a, b): (i64, i64)| async move { Ok::<_, LiveError>(a + b) });
+///     .rpc("math/add", |_ctx: Ctx, Add { a, b }| async move { Ok::<_, LiveError>(a + b) });
 /// Server::new(app).bind("127.0.0.1:3000").run().await
 /// # }
 /// ```
-pub struct App {
+pub struct App<S = ()> {
+    state: S,
     entries: HashMap<String, Entry>,
     rooms: Vec<Arc<RoomDef>>,
     auth: Option<AuthFn>,
@@ -95,9 +106,32 @@ impl Default for App {
 }
 
 impl App {
-    /// An empty registry.
+    /// An empty registry without shared state.
     pub fn new() -> Self {
+        App::with_state(())
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> App<S> {
+    /// An empty registry whose handlers, loaders, guards and topic functions all get `state`
+    /// through [`Ctx::state`] (a database pool, a client, your own `Arc`): declared once, no
+    /// clones captured by each closure.
+    ///
+    /// ```
+    /// use liveroom::{App, Ctx, LiveError};
+    /// use std::sync::Arc;
+    ///
+    /// struct Db { name: String }
+    ///
+    /// let app = App::with_state(Arc::new(Db { name: "main".into() }))
+    ///     .rpc("db/name", |ctx: Ctx<Arc<Db>>, ()| async move {
+    ///         Ok::<_, LiveError>(ctx.state().name.clone())
+    ///     });
+    /// # let _ = app;
+    /// ```
+    pub fn with_state(state: S) -> Self {
         App {
+            state,
             entries: HashMap::new(),
             rooms: Vec::new(),
             auth: None,
@@ -120,45 +154,30 @@ impl App {
         );
     }
 
-    /// Registers an RPC at `path` (e.g. `"chat/send"`). The call's `args` array is
-    /// deserialized into `A` (a tuple for positional args); wrong arity or types answer
-    /// `INVALID_REQUEST` without calling the handler.
+    /// Registers an RPC at `path` (e.g. `"chat/send"`). The call's positional `args` are
+    /// deserialized into `A`: a struct whose fields, in order, are the args (and name them in
+    /// the manifest and generated clients), or a tuple. A wrong arg is answered `VALIDATION`
+    /// with an issue whose path names it, without calling the handler. `R`'s schema is the
+    /// result type of generated clients.
     ///
     /// # Panics
     /// If `path` is not a valid RPC path or is already registered.
     pub fn rpc<A, R, F, Fut>(mut self, path: &str, handler: F) -> Self
     where
-        A: DeserializeOwned + Send + 'static,
-        R: Serialize,
-        F: Fn(Ctx, A) -> Fut + Send + Sync + 'static,
+        A: DeserializeOwned + JsonSchema + Send + 'static,
+        R: Serialize + JsonSchema,
+        F: Fn(Ctx<S>, A) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<R, LiveError>> + Send + 'static,
     {
+        let erased = erase_call(self.state.clone(), handler);
         let rpc = RpcDef {
-            call: erase_call(handler),
-            arg_names: Vec::new(),
+            call: erased.call,
+            params: erased.params,
+            result: erased.result,
             rate: None,
             concurrent: false,
         };
         self.insert(path.to_owned(), Entry::Rpc(rpc));
-        self
-    }
-
-    /// Names the args of the RPC or stream at `path`, for the manifest and generated clients
-    /// (`.rpc("boards/create", ..).arg_names("boards/create", ["name"])`).
-    ///
-    /// # Panics
-    /// If no RPC or stream is registered at `path`.
-    pub fn arg_names<S: Into<String>>(
-        mut self,
-        path: &str,
-        names: impl IntoIterator<Item = S>,
-    ) -> Self {
-        let names = names.into_iter().map(Into::into).collect();
-        match self.entries.get_mut(path) {
-            Some(Entry::Rpc(def)) => def.arg_names = names,
-            Some(Entry::Stream(def)) => def.arg_names = names,
-            _ => panic!("no RPC or stream at `{path}`"),
-        }
         self
     }
 
@@ -209,11 +228,12 @@ impl App {
     ///
     /// # Panics
     /// If `path` is not a valid RPC path or is already registered.
-    pub fn stream<A>(mut self, path: &str, stream: Stream<A>) -> Self
+    pub fn stream<A>(mut self, path: &str, stream: Stream<A, S>) -> Self
     where
-        A: DeserializeOwned + Clone + Send + Sync + 'static,
+        A: DeserializeOwned + JsonSchema + Clone + Send + Sync + 'static,
     {
-        self.insert(path.to_owned(), Entry::Stream(stream.erase()));
+        let def = stream.erase(self.state.clone());
+        self.insert(path.to_owned(), Entry::Stream(def));
         self
     }
 
@@ -222,8 +242,8 @@ impl App {
     ///
     /// # Panics
     /// If the paths are invalid or already registered.
-    pub fn room<A: RoomArgs>(mut self, module: &str, name: &str, room: Room<A>) -> Self {
-        let def = Arc::new(room.erase(module, name));
+    pub fn room<A: RoomArgs>(mut self, module: &str, name: &str, room: Room<A, S>) -> Self {
+        let def = Arc::new(room.erase(module, name, self.state.clone()));
         for (suffix, part) in def.parts() {
             self.insert(
                 format!("{module}/{name}/{suffix}"),
@@ -274,9 +294,12 @@ impl App {
     /// socket was given by a stream call, so guards cannot be bypassed.
     pub fn allow_subscribe(
         mut self,
-        filter: impl Fn(&Ctx, &str) -> bool + Send + Sync + 'static,
+        filter: impl Fn(&Ctx<S>, &str) -> bool + Send + Sync + 'static,
     ) -> Self {
-        self.allow_subscribe = Some(Arc::new(filter));
+        let state = self.state.clone();
+        self.allow_subscribe = Some(Arc::new(move |ctx: &Ctx, topic: &str| {
+            filter(&ctx.with_state(state.clone()), topic)
+        }));
         self
     }
 

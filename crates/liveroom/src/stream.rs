@@ -1,11 +1,13 @@
 //! Streams: a topic, an initial-data loader and a merge mode (protocol.md section 4).
 
+use crate::args::{schema_of, Params, SchemaFn};
 use crate::ctx::Ctx;
 use crate::error::LiveError;
-use crate::handler::{args_from, erase_init, to_raw, Gate, InitFn, Reply};
+use crate::handler::{to_raw, Gate, InitFn, Reply};
 use crate::merge::Merge;
 use crate::replay::Replay;
 use futures_util::future::BoxFuture;
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -15,15 +17,21 @@ use std::sync::Arc;
 /// A stream declaration: where its events are published (the topic), what a new subscriber
 /// gets first (the loader), and how the client merges events (the [`Merge`] mode).
 ///
-/// `A` is the type of the stream's args, deserialized from the call's `args` array (a tuple
-/// for positional args).
+/// `A` is the type of the stream's args, deserialized from the call's positional `args`: a
+/// struct (its fields, in order, named in the manifest) or a tuple. `S` is the app's state
+/// ([`App::with_state`](crate::App::with_state)). The loader's result type is the stream's data
+/// type in the manifest and in generated TypeScript.
 ///
 /// ```no_run
-/// use liveroom::{App, Ctx, LiveError, Merge, Stream};
-/// use serde::Serialize;
+/// use liveroom::{App, Ctx, JsonSchema, LiveError, Merge, Stream};
+/// use serde::{Deserialize, Serialize};
 ///
-/// #[derive(Serialize)]
+/// #[derive(Serialize, JsonSchema)]
 /// struct Message { id: u64, text: String }
+///
+/// /// The args of `chat/room`: `["general"]`.
+/// #[derive(Clone, Deserialize, JsonSchema)]
+/// struct ChatRoom { room: String }
 ///
 /// let app = App::new()
 ///     // A static topic: every subscriber shares "chat".
@@ -31,19 +39,20 @@ use std::sync::Arc;
 ///         .init(|_ctx: Ctx, ()| async { Ok(vec![Message { id: 1, text: "hi".into() }]) })
 ///         .merge(Merge::crud("id").max(100)))
 ///     // A topic computed from the args: `["general"]` -> "room:general".
-///     .stream("chat/room", Stream::with_topic(|_ctx, (room,): &(String,)| format!("room:{room}"))
-///         .init(|_ctx, (room,): (String,)| async move { Ok::<_, LiveError>(vec![room]) })
+///     .stream("chat/room", Stream::with_topic(|_ctx, a: &ChatRoom| format!("room:{}", a.room))
+///         .init(|_ctx, ChatRoom { room }| async move { Ok::<_, LiveError>(vec![room]) })
 ///         .merge(Merge::latest(50)));
 /// ```
-pub struct Stream<A = ()> {
-    gate: Gate<A>,
-    init: Option<InitFn<A>>,
+pub struct Stream<A = (), S = ()> {
+    gate: Gate<A, S>,
+    init: Option<InitFn<A, S>>,
+    /// The schema of the initial data (what the store holds).
+    data: SchemaFn,
     merge: Merge,
-    arg_names: Vec<String>,
     replay: Option<Replay>,
 }
 
-impl Stream<()> {
+impl<S: Clone + Send + Sync + 'static> Stream<(), S> {
     /// A stream with a fixed topic and no args.
     pub fn new(topic: impl Into<String>) -> Self {
         let topic: String = topic.into();
@@ -51,29 +60,47 @@ impl Stream<()> {
     }
 }
 
-impl<A> Stream<A>
+impl<A, S> Stream<A, S>
 where
-    A: DeserializeOwned + Clone + Send + Sync + 'static,
+    A: DeserializeOwned + JsonSchema + Clone + Send + Sync + 'static,
+    S: Clone + Send + Sync + 'static,
 {
     /// A stream whose topic is computed from the context and the args (after the guard).
-    pub fn with_topic(topic: impl Fn(&Ctx, &A) -> String + Send + Sync + 'static) -> Self {
+    ///
+    /// The args type names the args in the manifest and generated clients: a struct's fields
+    /// (positional on the wire, in field order), or a tuple's positions.
+    pub fn with_topic(topic: impl Fn(&Ctx<S>, &A) -> String + Send + Sync + 'static) -> Self {
         Stream {
             gate: Gate::new(topic),
             init: None,
+            data: schema_of::<Vec<Value>>,
             merge: Merge::crud("id"),
-            arg_names: Vec::new(),
             replay: None,
         }
     }
 
     /// The loader of the initial data. Without one the initial value is `[]` (`null` for `set`).
-    pub fn init<F, Fut, T>(mut self, init: F) -> Self
+    pub fn init<F, Fut, T>(self, init: F) -> Self
     where
-        F: Fn(Ctx, A) -> Fut + Send + Sync + 'static,
+        F: Fn(Ctx<S>, A) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<T, LiveError>> + Send + 'static,
-        T: Serialize,
+        T: Serialize + JsonSchema,
     {
-        self.init = Some(erase_init(init));
+        self.init_with_topic(move |ctx, _topic, args| init(ctx, args))
+    }
+
+    /// [`Stream::init`] for loaders that also need the resolved topic (a room's `init`).
+    pub(crate) fn init_with_topic<F, Fut, T>(mut self, init: F) -> Self
+    where
+        F: Fn(Ctx<S>, Arc<str>, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, LiveError>> + Send + 'static,
+        T: Serialize + JsonSchema,
+    {
+        self.init = Some(Arc::new(move |ctx, topic, args| {
+            let fut = init(ctx, topic, args);
+            Box::pin(async move { to_raw(fut.await?) })
+        }));
+        self.data = schema_of::<T>;
         self
     }
 
@@ -81,7 +108,7 @@ where
     /// subscription.
     pub fn guard<F, Fut>(mut self, guard: F) -> Self
     where
-        F: Fn(Ctx, A) -> Fut + Send + Sync + 'static,
+        F: Fn(Ctx<S>, A) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), LiveError>> + Send + 'static,
     {
         self.gate.set_guard(guard);
@@ -99,7 +126,7 @@ where
     ///
     /// ```
     /// use liveroom::{Replay, Stream};
-    /// let feed = Stream::new("feed").replay(Replay::events(2_000));
+    /// let feed: Stream = Stream::new("feed").replay(Replay::events(2_000));
     /// # let _ = feed;
     /// ```
     pub fn replay(mut self, replay: Replay) -> Self {
@@ -107,36 +134,37 @@ where
         self
     }
 
-    /// Names of the args, for the manifest and generated client code.
-    pub fn args<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
-        self.arg_names = names.into_iter().map(Into::into).collect();
-        self
-    }
-
-    pub(crate) fn erase(self) -> StreamDef {
-        self.erase_sharing_gate().0
+    pub(crate) fn erase(self, state: S) -> StreamDef {
+        self.erase_sharing_gate(state).0
     }
 
     /// Erases the stream, also handing out its gate (a room's actions pass the same guard and
     /// topic as its data stream).
-    pub(crate) fn erase_sharing_gate(self) -> (StreamDef, Arc<Gate<A>>) {
+    pub(crate) fn erase_sharing_gate(self, state: S) -> (StreamDef, Arc<Gate<A, S>>) {
         let Stream {
             gate,
             init,
+            data,
             merge,
-            arg_names,
             replay,
         } = self;
         let gate = Arc::new(gate);
         let empty = merge.empty();
         let shared = gate.clone();
+        let params = Params::of::<A>();
+        let p = params.clone();
         let prepare: PrepareFn = Arc::new(move |ctx: Ctx, args: Vec<Value>| {
             let (gate, init, empty) = (shared.clone(), init.clone(), empty.clone());
+            let parsed = p.parse::<A>(args, 0);
+            let ctx = ctx.with_state(state.clone());
             Box::pin(async move {
-                let args: A = args_from(args)?;
+                let args = parsed?;
                 let topic = gate.pass(&ctx, &args).await?;
                 let load: Load = match init {
-                    Some(init) => Box::new(move || init(ctx, args)),
+                    Some(init) => {
+                        let t = topic.clone();
+                        Box::new(move || init(ctx, t, args))
+                    }
                     None => Box::new(move || Box::pin(async move { to_raw(empty) })),
                 };
                 Ok(Prepared { topic, load })
@@ -145,7 +173,8 @@ where
         let def = StreamDef {
             prepare,
             merge,
-            arg_names,
+            params,
+            data,
             replay,
         };
         (def, gate)
@@ -175,7 +204,9 @@ type PrepareFn =
 pub(crate) struct StreamDef {
     prepare: PrepareFn,
     pub merge: Merge,
-    pub arg_names: Vec<String>,
+    pub params: Params,
+    /// The schema of the initial data.
+    pub data: SchemaFn,
     /// Its own replay policy, if not the server's.
     pub replay: Option<Replay>,
 }

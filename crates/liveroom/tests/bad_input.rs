@@ -172,24 +172,24 @@ async fn malformed_calls_with_an_id_get_error_replies() {
             "",
         ),
         ("n3", r#"{"rpc":"TEST/ADD","id":"n3"}"#, "NOT_FOUND", ""),
-        // wrong arg types and arity
+        // wrong arg types and arity: VALIDATION naming the argument
         (
             "t1",
             r#"{"rpc":"test/add","id":"t1","args":[1]}"#,
-            "INVALID_REQUEST",
-            "args",
+            "VALIDATION",
+            "argument `b`",
         ),
         (
             "t2",
             r#"{"rpc":"test/add","id":"t2","args":[1,"2"]}"#,
-            "INVALID_REQUEST",
-            "args",
+            "VALIDATION",
+            "argument `b`",
         ),
         (
             "t3",
             r#"{"rpc":"test/add","id":"t3","args":[1,2,3]}"#,
-            "INVALID_REQUEST",
-            "args",
+            "VALIDATION",
+            "argument 2",
         ),
         // stream flag mismatch
         (

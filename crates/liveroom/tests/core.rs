@@ -76,15 +76,31 @@ async fn protocol_error_codes() {
         code_of(p.call("nope/nothing", json!([])).await),
         "NOT_FOUND"
     );
-    // INVALID_REQUEST: wrong arity, wrong types, bad path.
+    // VALIDATION: wrong arity or types, with the path of the argument (its name: `test/add`
+    // takes a struct `{a, b}`; its position for tuple args).
+    let call = |rpc: &str, args: Value| json!({ "rpc": rpc, "args": args });
+    let r = p.reply_to(call("test/add", json!([1]))).await;
+    assert_eq!(r["code"], "VALIDATION");
     assert_eq!(
-        code_of(p.call("test/add", json!([1])).await),
-        "INVALID_REQUEST"
+        r["issues"],
+        json!([{"path":["b"],"message":"missing (takes 2 args)"}])
     );
+    let r = p.reply_to(call("test/add", json!(["a", 2]))).await;
     assert_eq!(
-        code_of(p.call("test/add", json!(["a", "b"])).await),
-        "INVALID_REQUEST"
+        (&r["code"], &r["issues"][0]["path"]),
+        (&json!("VALIDATION"), &json!(["a"]))
     );
+    assert!(r["error"].as_str().unwrap().contains("argument `a`"), "{r}");
+    let r = p.reply_to(call("test/slow", json!(["soon"]))).await;
+    assert_eq!(
+        (&r["code"], &r["issues"][0]["path"]),
+        (&json!("VALIDATION"), &json!([0]))
+    );
+    let r = p
+        .reply_to(call("test/publish", json!(["t", "created"])))
+        .await;
+    assert_eq!(r["issues"][0]["path"], json!(["data"]), "{r}");
+    // INVALID_REQUEST: a bad path.
     assert_eq!(
         code_of(p.call("nopath", json!([])).await),
         "INVALID_REQUEST"

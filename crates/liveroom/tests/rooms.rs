@@ -82,21 +82,29 @@ async fn multi_argument_rooms_route_actions_and_pass_every_arg() {
         .unwrap();
     assert_eq!(keys(&roster.data), ["u1"]);
 
-    // Too few args for the room, or for the action: INVALID_REQUEST, nothing published.
-    for args in [
-        json!(["x"]),
-        json!(["x", "y"]),
-        json!(["x", "y", 1]),
-        json!(["x", "y", "t", "extra"]),
+    // Too few args for the room, or for the action, or a wrong one: VALIDATION naming the
+    // argument, nothing published.
+    for (args, path) in [
+        (json!(["x"]), "b"),
+        (json!(["x", "y"]), "text"),
+        (json!(["x", 2, "t"]), "b"),
+        (json!(["x", "y", 1]), "text"),
     ] {
-        let r = xy.call("collab/pair/__action/note", args.clone()).await;
-        assert_eq!(code_of(r), "INVALID_REQUEST", "{args}");
+        let r = xy
+            .reply_to(json!({"rpc":"collab/pair/__action/note","args":args}))
+            .await;
+        assert_eq!(r["code"], "VALIDATION", "{args}: {r}");
+        assert_eq!(r["issues"][0]["path"], json!([path]), "{args}: {r}");
     }
+    let r = xy
+        .reply_to(json!({"rpc":"collab/pair/__action/note","args":["x","y","t","extra"]}))
+        .await;
+    assert_eq!(r["issues"][0]["path"], json!([3]), "{r}");
     let r = xy
         .stream("collab/pair/__data", json!(["x"]))
         .await
         .map(|r| r.data);
-    assert_eq!(code_of(r), "INVALID_REQUEST");
+    assert_eq!(code_of(r), "VALIDATION");
     xy.quiet("pair:x:y", QUIET).await;
     server.shutdown().await.unwrap();
 }
@@ -139,11 +147,11 @@ async fn unknown_and_malformed_actions() {
     let r = alice
         .call("collab/board/__action/addCard", json!(["b1", 5]))
         .await;
-    assert_eq!(code_of(r), "INVALID_REQUEST");
+    assert_eq!(code_of(r), "VALIDATION");
     let r = alice
         .call("collab/board/__action/addCard", json!(["b1"]))
         .await;
-    assert_eq!(code_of(r), "INVALID_REQUEST");
+    assert_eq!(code_of(r), "VALIDATION");
     // Room streams must be called as streams, actions as plain calls.
     let r = alice.call("collab/board/__data", json!(["b1"])).await;
     assert_eq!(code_of(r), "INVALID_REQUEST");

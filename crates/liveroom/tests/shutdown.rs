@@ -42,10 +42,10 @@ async fn shutdown_releases_presence_without_waiting_for_the_grace() {
     let room = Room::new(|_ctx: &Ctx, (id,): &(String,)| format!("room:{id}"))
         .presence(|ctx| json!({ "id": ctx.identity() }))
         .grace(Duration::from_secs(60))
-        .on_join(move |_| {
+        .on_join(move |_, _| {
             j.fetch_add(1, Ordering::SeqCst);
         })
-        .on_leave(move |_| {
+        .on_leave(move |_, _| {
             l.fetch_add(1, Ordering::SeqCst);
         });
     let server = start(with_auth(App::new().room("m", "r", room))).await;

@@ -50,7 +50,7 @@ async fn stream_reply_shapes() {
     // Stream args are validated like RPC args.
     assert_eq!(
         code_of(p.stream("test/topic", json!([1])).await.map(|r| r.data)),
-        "INVALID_REQUEST"
+        "VALIDATION"
     );
     server.shutdown().await.unwrap();
 }

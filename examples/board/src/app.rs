@@ -1,9 +1,10 @@
 //! The registry: the `collab/board` room, the `boards` list and the `me` RPCs.
 
-use crate::db::{Board, Store, COLUMNS};
+use crate::db::{Board, Column, Store};
 use crate::identity::{self, clean_name, valid_color, valid_id};
-use liveroom::{App, Ctx, LiveError, Merge, Room, RoomCtx, Stream};
-use serde_json::{json, Value};
+use liveroom::{App, Ctx, JsonSchema, LiveError, Merge, Room, Stream};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::time::Duration;
 
 /// Longest card title, in characters (after trimming).
@@ -44,17 +45,6 @@ pub fn clean_title(title: &str) -> Result<String, LiveError> {
     Ok(title.to_owned())
 }
 
-fn check_column(column: &str) -> Result<(), LiveError> {
-    if COLUMNS.contains(&column) {
-        Ok(())
-    } else {
-        Err(LiveError::validation(
-            "column",
-            "Column must be todo, doing or done",
-        ))
-    }
-}
-
 fn check_board_id(id: &str) -> Result<(), LiveError> {
     if valid_id(id) {
         Ok(())
@@ -85,18 +75,22 @@ fn board_id_for(name: &str) -> String {
     }
 }
 
-fn user_field<'a>(ctx: &'a Ctx, field: &str) -> Option<&'a Value> {
-    ctx.user().and_then(|u| u.get(field))
+/// The handlers' context: the store is the app's state.
+pub type BoardCtx = Ctx<Store>;
+
+fn user_field(ctx: &BoardCtx, field: &str) -> Option<String> {
+    let value = ctx.user().and_then(|u| u.get(field))?;
+    value.as_str().map(str::to_owned)
 }
 
-fn announce(ctx: &Ctx, board: Option<Board>) -> Result<(), LiveError> {
+fn announce(ctx: &BoardCtx, board: Option<Board>) -> Result<(), LiveError> {
     if let Some(board) = board {
         ctx.publish("boards", "created", &board)?;
     }
     Ok(())
 }
 
-fn require_user(ctx: &Ctx) -> Result<(), LiveError> {
+fn require_user(ctx: &BoardCtx) -> Result<(), LiveError> {
     if ctx.is_guest() {
         return Err(LiveError::unauthenticated(
             "No identity: allow cookies for this site and reload the page",
@@ -105,124 +99,203 @@ fn require_user(ctx: &Ctx) -> Result<(), LiveError> {
     Ok(())
 }
 
+/// The board room's args: `[boardId]`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BoardArgs {
+    /// The board id (its link).
+    pub board_id: String,
+}
+
+/// What the others see of a member.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Member {
+    /// Display name.
+    pub name: Option<String>,
+    /// Avatar and cursor colour, `#rrggbb`.
+    pub color: Option<String>,
+}
+
+/// A cursor position on the board, in board pixels.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct Pointer {
+    /// From the board's left edge.
+    pub x: f64,
+    /// From the board's top edge.
+    pub y: f64,
+}
+
+/// `addCard(boardId, title)`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct AddCard {
+    /// The card's title, 1-200 characters.
+    pub title: String,
+}
+
+/// `editCard(boardId, cardId, title)`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EditCard {
+    /// The card.
+    pub card_id: String,
+    /// Its new title, 1-200 characters.
+    pub title: String,
+}
+
+/// `moveCard(boardId, cardId, column, position)`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MoveCard {
+    /// The card.
+    pub card_id: String,
+    /// Where it goes.
+    pub column: Column,
+    /// Its order in that column (ascending).
+    pub position: f64,
+}
+
+/// `deleteCard(boardId, cardId)`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteCard {
+    /// The card.
+    pub card_id: String,
+}
+
+/// A deleted card, as `deleted` events and `deleteCard` carry it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Deleted {
+    /// The card's id.
+    pub id: String,
+}
+
+/// `boards/create(name)`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct CreateBoard {
+    /// Display name, 1-80 characters.
+    pub name: String,
+}
+
+/// A board that was just created.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct NewBoard {
+    /// Its id (and link).
+    pub id: String,
+    /// Its display name.
+    pub name: String,
+}
+
+/// `me/update(name, color)`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct UpdateMe {
+    /// Display name, 1-40 characters.
+    pub name: String,
+    /// `#rrggbb`.
+    pub color: String,
+}
+
+/// Who the caller is, as `me/get` and `me/update` answer.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Me {
+    /// The identity key.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Colour, `#rrggbb`.
+    pub color: String,
+}
+
 /// The `collab/board` room: the cards of a board, its members and their cursors.
-pub fn board_room(store: Store, options: &Options) -> Room<(String,)> {
-    let (init_db, add_db, edit_db, move_db, del_db) = (
-        store.clone(),
-        store.clone(),
-        store.clone(),
-        store.clone(),
-        store,
-    );
+pub fn board_room(options: &Options) -> Room<BoardArgs, Store> {
     // The guard runs first: the topic is only computed for valid ids.
-    Room::new(|_ctx: &Ctx, (id,): &(String,)| format!("board:{id}"))
-        .args(["boardId"])
+    Room::new(|_ctx: &BoardCtx, b: &BoardArgs| format!("board:{}", b.board_id))
         .key("id")
-        .init(move |ctx: Ctx, (id,): (String,)| {
-            let db = init_db.clone();
-            async move {
-                // A shared link works like a room name: opening it creates the board.
-                announce(&ctx, db.ensure_board(&id, &id).await?)?;
-                Ok(db.cards(&id).await?)
-            }
+        .init(|ctx, BoardArgs { board_id }| async move {
+            let db = ctx.state();
+            // A shared link works like a room name: opening it creates the board.
+            announce(&ctx, db.ensure_board(&board_id, &board_id).await?)?;
+            Ok(db.cards(&board_id).await?)
         })
-        .presence(|ctx| {
-            json!({
-                "name": user_field(ctx, "name"),
-                "color": user_field(ctx, "color"),
-            })
+        .presence(|ctx| Member {
+            name: user_field(ctx, "name"),
+            color: user_field(ctx, "color"),
         })
         .cursors(liveroom::Cursors::throttle(options.cursor_throttle))
+        .cursor_position::<Pointer>()
         .grace(options.grace)
-        .guard(|ctx: Ctx, (id,): (String,)| async move {
+        .guard(|ctx, BoardArgs { board_id }| async move {
             require_user(&ctx)?;
-            check_board_id(&id)
+            check_board_id(&board_id)
         })
         .action(
             "addCard",
-            move |ctx: RoomCtx, (board,): (String,), (title,): (String,)| {
-                let db = add_db.clone();
-                async move {
-                    let title = clean_title(&title)?;
-                    let author = ctx.identity().to_owned();
-                    let id = identity::random_id(12);
-                    let (card, created) = db.add_card(&id, &board, &title, &author).await?;
-                    announce(&ctx, created)?;
-                    ctx.publish("created", &card)?;
-                    Ok(card)
-                }
+            |ctx, BoardArgs { board_id }, AddCard { title }| async move {
+                let title = clean_title(&title)?;
+                let author = ctx.identity().to_owned();
+                let id = identity::random_id(12);
+                let (card, created) = ctx
+                    .state()
+                    .add_card(&id, &board_id, &title, &author)
+                    .await?;
+                announce(&ctx, created)?;
+                ctx.publish("created", &card)?;
+                Ok(card)
             },
         )
-        .action_args("addCard", ["title"])
         .action(
             "editCard",
-            move |ctx: RoomCtx, (board,): (String,), (card_id, title): (String, String)| {
-                let db = edit_db.clone();
-                async move {
-                    let title = clean_title(&title)?;
-                    let card = db
-                        .edit_card(&board, &card_id, &title)
-                        .await?
-                        .ok_or_else(|| LiveError::not_found("No such card"))?;
-                    ctx.publish("updated", &card)?;
-                    Ok(card)
-                }
+            |ctx, BoardArgs { board_id }, EditCard { card_id, title }| async move {
+                let title = clean_title(&title)?;
+                let card = ctx
+                    .state()
+                    .edit_card(&board_id, &card_id, &title)
+                    .await?
+                    .ok_or_else(|| LiveError::not_found("No such card"))?;
+                ctx.publish("updated", &card)?;
+                Ok(card)
             },
         )
-        .action_args("editCard", ["cardId", "title"])
         .action(
             "moveCard",
-            move |ctx: RoomCtx,
-                  (board,): (String,),
-                  (card_id, column, position): (String, String, f64)| {
-                let db = move_db.clone();
-                async move {
-                    check_column(&column)?;
-                    let card = db
-                        .move_card(&board, &card_id, &column, position)
-                        .await?
-                        .ok_or_else(|| LiveError::not_found("No such card"))?;
-                    ctx.publish("updated", &card)?;
-                    Ok(card)
-                }
+            |ctx, BoardArgs { board_id }, m: MoveCard| async move {
+                let card = ctx
+                    .state()
+                    .move_card(&board_id, &m.card_id, m.column, m.position)
+                    .await?
+                    .ok_or_else(|| LiveError::not_found("No such card"))?;
+                ctx.publish("updated", &card)?;
+                Ok(card)
             },
         )
-        .action_args("moveCard", ["cardId", "column", "position"])
         .action(
             "deleteCard",
-            move |ctx: RoomCtx, (board,): (String,), (card_id,): (String,)| {
-                let db = del_db.clone();
-                async move {
-                    if !db.delete_card(&board, &card_id).await? {
-                        return Err(LiveError::not_found("No such card"));
-                    }
-                    let gone = json!({ "id": card_id });
-                    ctx.publish("deleted", &gone)?;
-                    Ok(gone)
+            |ctx, BoardArgs { board_id }, DeleteCard { card_id }| async move {
+                if !ctx.state().delete_card(&board_id, &card_id).await? {
+                    return Err(LiveError::not_found("No such card"));
                 }
+                let gone = Deleted { id: card_id };
+                ctx.publish("deleted", &gone)?;
+                Ok(gone)
             },
         )
-        .action_args("deleteCard", ["cardId"])
 }
 
-/// The whole registry.
-pub fn app(store: Store, options: &Options) -> App {
-    let (list_db, create_db) = (store.clone(), store.clone());
-    App::new()
+/// The whole registry, over `store`.
+pub fn app(store: Store, options: &Options) -> App<Store> {
+    App::with_state(store)
         .authenticate(identity::authenticate)
-        .room("collab", "board", board_room(store, options))
+        .room("collab", "board", board_room(options))
         .stream(
             "boards/list",
             Stream::new("boards")
-                .init(move |_ctx: Ctx, ()| {
-                    let db = list_db.clone();
-                    async move { Ok::<_, LiveError>(db.boards(LIST_MAX as i64).await?) }
+                .init(|ctx: BoardCtx, ()| async move {
+                    Ok::<_, LiveError>(ctx.state().boards(LIST_MAX as i64).await?)
                 })
                 .merge(Merge::crud("id").prepend().max(LIST_MAX)),
         )
-        .rpc("boards/create", move |ctx: Ctx, (name,): (String,)| {
-            let db = create_db.clone();
-            async move {
+        .rpc(
+            "boards/create",
+            |ctx: BoardCtx, CreateBoard { name }| async move {
                 require_user(&ctx)?;
                 let name = name.trim();
                 let n = name.chars().count();
@@ -234,21 +307,24 @@ pub fn app(store: Store, options: &Options) -> App {
                 }
                 // Ids carry a random suffix; a collision just draws again.
                 for _ in 0..5 {
-                    if let Some(board) = db.ensure_board(&board_id_for(name), name).await? {
+                    if let Some(board) = ctx.state().ensure_board(&board_id_for(name), name).await?
+                    {
                         ctx.publish("boards", "created", &board)?;
-                        return Ok(json!({ "id": board.id, "name": board.name }));
+                        return Ok(NewBoard {
+                            id: board.id,
+                            name: board.name,
+                        });
                     }
                 }
                 Err(LiveError::internal())
-            }
-        })
-        .arg_names("boards/create", ["name"])
-        .rpc("me/get", |ctx: Ctx, ()| async move {
-            Ok::<_, LiveError>(ctx.user().cloned())
+            },
+        )
+        .rpc("me/get", |ctx: BoardCtx, ()| async move {
+            Ok::<_, LiveError>(me_of(&ctx))
         })
         .rpc(
             "me/update",
-            |ctx: Ctx, (name, color): (String, String)| async move {
+            |ctx: BoardCtx, UpdateMe { name, color }| async move {
                 require_user(&ctx)?;
                 let Some(name) = clean_name(&name) else {
                     return Err(LiveError::validation(
@@ -264,14 +340,22 @@ pub fn app(store: Store, options: &Options) -> App {
                 }
                 // The identity lives in the cookies, which the page sets; new sockets pick
                 // them up. This checks the values and answers what they will become.
-                Ok(json!({
-                    "id": ctx.identity(),
-                    "name": name,
-                    "color": color.to_ascii_lowercase(),
-                }))
+                Ok(Me {
+                    id: ctx.identity().to_owned(),
+                    name,
+                    color: color.to_ascii_lowercase(),
+                })
             },
         )
-        .arg_names("me/update", ["name", "color"])
+}
+
+/// The caller as `me/get` answers it (`null` for a guest).
+fn me_of(ctx: &BoardCtx) -> Option<Me> {
+    Some(Me {
+        id: user_field(ctx, "id")?,
+        name: user_field(ctx, "name").unwrap_or_default(),
+        color: user_field(ctx, "color").unwrap_or_default(),
+    })
 }
 
 /// The registry manifest, for the front end's code generator.
@@ -282,6 +366,7 @@ pub fn manifest(store: Store, options: &Options) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn titles_are_trimmed_and_bounded() {

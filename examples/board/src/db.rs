@@ -4,13 +4,44 @@
 //! is the common subset of both databases (`$n` placeholders, `ON CONFLICT DO NOTHING`,
 //! `RETURNING`).
 
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The three columns of a board, in display order.
-pub const COLUMNS: [&str; 3] = ["todo", "doing", "done"];
+/// The three columns of a board, in display order (`"todo"`, `"doing"`, `"done"` on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Column {
+    /// Not started.
+    Todo,
+    /// In progress.
+    Doing,
+    /// Finished.
+    Done,
+}
+
+impl Column {
+    /// Every column, in display order.
+    pub const ALL: [Column; 3] = [Column::Todo, Column::Doing, Column::Done];
+
+    /// The name stored and sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Column::Todo => "todo",
+            Column::Doing => "doing",
+            Column::Done => "done",
+        }
+    }
+
+    fn parse(name: &str) -> Result<Column, sqlx::Error> {
+        Column::ALL
+            .into_iter()
+            .find(|c| c.as_str() == name)
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown column `{name}`").into()))
+    }
+}
 
 const MIGRATIONS: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS boards (
@@ -34,7 +65,7 @@ const MIGRATIONS: &[&str] = &[
 const CARD_COLUMNS: &str = "id, board_id, title, col, position, created_by, updated_at";
 
 /// A board as the `boards/list` stream sends it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Board {
     /// The board id (also its room name and link).
@@ -46,7 +77,7 @@ pub struct Board {
 }
 
 /// A card as the board room sends it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Card {
     /// Card id.
@@ -55,8 +86,8 @@ pub struct Card {
     pub board_id: String,
     /// Title, 1..=200 characters.
     pub title: String,
-    /// `todo`, `doing` or `done`.
-    pub column: String,
+    /// Its column.
+    pub column: Column,
     /// Order within the column (ascending).
     pub position: f64,
     /// Identity of the user who created it.
@@ -70,7 +101,7 @@ fn card_of(row: &AnyRow) -> Result<Card, sqlx::Error> {
         id: row.try_get("id")?,
         board_id: row.try_get("board_id")?,
         title: row.try_get("title")?,
-        column: row.try_get("col")?,
+        column: Column::parse(&row.try_get::<String, _>("col")?)?,
         position: row.try_get("position")?,
         created_by: row.try_get("created_by")?,
         updated_at: row.try_get("updated_at")?,
@@ -227,7 +258,7 @@ impl Store {
         &self,
         board_id: &str,
         card_id: &str,
-        column: &str,
+        column: Column,
         position: f64,
     ) -> Result<Option<Card>, sqlx::Error> {
         let sql = format!(
@@ -236,7 +267,7 @@ impl Store {
              RETURNING {CARD_COLUMNS}"
         );
         sqlx::query(&sql)
-            .bind(column)
+            .bind(column.as_str())
             .bind(position)
             .bind(now_ms())
             .bind(board_id)

@@ -237,7 +237,7 @@ async fn validation_and_not_found() {
             json!(["v", id, "done", "top"]),
         )
         .await;
-    assert_eq!(code(r), "INVALID_REQUEST");
+    assert_eq!(code(r), "VALIDATION");
 
     let r = ann
         .call("collab/board/__action/editCard", json!(["v", "nope", "t"]))

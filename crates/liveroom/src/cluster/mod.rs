@@ -35,12 +35,18 @@ use std::sync::Arc;
 /// let app = liveroom::cluster::enable(app, "redis://127.0.0.1:6379").await?;
 /// # Ok(()) }
 /// ```
-pub async fn enable(app: App, url: &str) -> Result<App, ClusterError> {
+pub async fn enable<S: Clone + Send + Sync + 'static>(
+    app: App<S>,
+    url: &str,
+) -> Result<App<S>, ClusterError> {
     enable_with(app, ClusterConfig::from_env(url)).await
 }
 
 /// [`enable`] with explicit settings.
-pub async fn enable_with(app: App, config: ClusterConfig) -> Result<App, ClusterError> {
+pub async fn enable_with<S: Clone + Send + Sync + 'static>(
+    app: App<S>,
+    config: ClusterConfig,
+) -> Result<App<S>, ClusterError> {
     let redis = Redis::new(&config)?;
     let replica = lease::replica_id();
     let store = Arc::new(presence::RedisPresence::new(redis.clone(), replica.clone()));

@@ -3,6 +3,7 @@
 
 use super::cursors::{CursorTable, Cursors};
 use super::presence::{PresenceHook, Tracker};
+use crate::args::{Params, SchemaFn};
 use crate::conn::Conn;
 use crate::ctx::Ctx;
 use crate::error::LiveError;
@@ -12,6 +13,7 @@ use crate::presence_store::PresenceStore;
 use crate::rate::Scoped;
 use crate::stream::StreamDef;
 use futures_util::future::BoxFuture;
+use schemars::SchemaGenerator;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -20,11 +22,16 @@ use std::time::Duration;
 /// What others see of a member.
 pub(crate) type PresenceFn = Arc<dyn Fn(&Ctx) -> Value + Send + Sync>;
 
+/// Whether a cursor position has the room's position type.
+pub(crate) type PositionCheck = fn(&Value) -> bool;
+
 /// One erased action: guard, topic and handler in one call.
 pub(crate) struct Action {
     pub call: CallFn,
-    /// Names of the action's own args (after the room args).
-    pub arg_names: Vec<String>,
+    /// The action's own args (after the room args).
+    pub params: Params,
+    /// The schema of its result.
+    pub result: SchemaFn,
     /// Its rate limit, if not the default one.
     pub rate: Option<Scoped>,
 }
@@ -43,11 +50,15 @@ pub(crate) enum RoomPart {
 pub(crate) struct Parts {
     pub module: String,
     pub name: String,
-    pub topic_args: usize,
+    /// The room args.
+    pub params: Params,
     pub data: StreamDef,
     pub actions: BTreeMap<String, Action>,
-    pub presence: Option<PresenceFn>,
+    /// What others see of a member, and its schema.
+    pub presence: Option<(PresenceFn, SchemaFn)>,
     pub cursors: Cursors,
+    /// The cursor position type, if the room declared one.
+    pub position: Option<(PositionCheck, SchemaFn)>,
     pub on_join: Option<PresenceHook>,
     pub on_leave: Option<PresenceHook>,
     pub grace: Duration,
@@ -80,18 +91,10 @@ pub(crate) fn cursors_topic(topic: &str) -> Arc<str> {
     format!("{topic}:cursors").into()
 }
 
-/// Splits a room call's args: `args` keeps the `count` room args, the rest is returned.
-pub(crate) fn split_room_args(
-    args: &mut Vec<Value>,
-    count: usize,
-) -> Result<Vec<Value>, LiveError> {
-    if args.len() < count {
-        return Err(LiveError::invalid(format!(
-            "invalid args: the room takes {count} args, got {}",
-            args.len()
-        )));
-    }
-    Ok(args.split_off(count))
+/// Splits a room call's args: `args` keeps the `count` room args, the rest is returned (none
+/// when there are too few: parsing the room args then names the first one missing).
+pub(crate) fn split_room_args(args: &mut Vec<Value>, count: usize) -> Vec<Value> {
+    args.split_off(count.min(args.len()))
 }
 
 impl RoomDef {
@@ -134,13 +137,13 @@ impl RoomDef {
 
     /// How many leading args select the room.
     pub fn topic_args(&self) -> usize {
-        self.parts.topic_args
+        self.parts.params.names.len()
     }
 
     /// The room args of a stream call (extra args are ignored).
-    pub fn room_args(&self, mut args: Vec<Value>) -> Result<Vec<Value>, LiveError> {
-        split_room_args(&mut args, self.parts.topic_args)?;
-        Ok(args)
+    pub fn room_args(&self, mut args: Vec<Value>) -> Vec<Value> {
+        split_room_args(&mut args, self.topic_args());
+        args
     }
 
     /// Connects the room to the hub and the presence store (at build time).
@@ -174,7 +177,7 @@ impl RoomDef {
 
     /// What others see of `ctx`'s identity as a member (`None`: counted, not listed).
     pub fn presence_of(&self, ctx: &Ctx) -> Option<Value> {
-        let data = self.parts.presence.as_ref().map(|p| p(ctx));
+        let data = self.parts.presence.as_ref().map(|(p, _)| p(ctx));
         data.filter(|d| !d.is_null())
     }
 
@@ -246,13 +249,21 @@ impl RoomDef {
         &self,
         mut args: Vec<Value>,
     ) -> Result<(Vec<Value>, Map<String, Value>), LiveError> {
-        let n = self.parts.topic_args;
+        let n = self.topic_args();
         if args.len() != n + 1 {
             return Err(LiveError::invalid(format!(
                 "invalid args: __cursor takes the {n} room args then a position"
             )));
         }
-        let Some(Value::Object(position)) = args.pop() else {
+        let position = args.pop();
+        if let (Some((fits, _)), Some(p)) = (&self.parts.position, &position) {
+            if !fits(p) {
+                return Err(LiveError::invalid(
+                    "invalid args: the position does not have the room's position type",
+                ));
+            }
+        }
+        let Some(Value::Object(position)) = position else {
             return Err(LiveError::invalid(
                 "invalid args: the position must be an object",
             ));
@@ -267,23 +278,36 @@ impl RoomDef {
         }
     }
 
-    /// The manifest entry.
-    pub fn describe(&self) -> Value {
+    /// The manifest entry: merge mode, args, the schemas of its data, presence data, cursor
+    /// position and each action's args and result.
+    pub fn describe(&self, generator: &mut SchemaGenerator) -> Value {
         let p = &self.parts;
         let mut d = p.data.merge.describe();
-        d["topicArgs"] = p.topic_args.into();
-        d["args"] = json!(p.data.arg_names);
+        d["topicArgs"] = self.topic_args().into();
+        d["args"] = json!(p.params.names);
+        let room_params = p.params.describe(generator);
+        d["params"] = json!(room_params);
+        d["data"] = (p.data.data)(generator).to_value();
         d["presence"] = p.presence.is_some().into();
+        if let Some((_, schema)) = &p.presence {
+            d["presenceData"] = schema(generator).to_value();
+        }
         d["cursors"] = p.cursors.enabled.into();
-        d["actions"] = p
-            .actions
-            .iter()
-            .map(|(n, a)| {
-                let all: Vec<&String> = p.data.arg_names.iter().chain(&a.arg_names).collect();
-                (n.clone(), json!({ "args": all }))
-            })
-            .collect::<Map<String, Value>>()
-            .into();
+        if let Some((_, schema)) = &p.position {
+            d["cursorPosition"] = schema(generator).to_value();
+        }
+        let mut actions = Map::new();
+        for (n, a) in &p.actions {
+            let names: Vec<&String> = p.params.names.iter().chain(&a.params.names).collect();
+            let mut params = room_params.clone();
+            params.extend(a.params.describe(generator));
+            let result = (a.result)(generator).to_value();
+            actions.insert(
+                n.clone(),
+                json!({ "args": names, "params": params, "result": result }),
+            );
+        }
+        d["actions"] = actions.into();
         d
     }
 }

@@ -16,15 +16,17 @@ pub mod presence;
 pub use cursors::Cursors;
 pub use presence::PresenceEvent;
 
+use crate::args::{schema_of, Params, SchemaFn};
 use crate::ctx::Ctx;
 use crate::error::LiveError;
-use crate::handler::{args_from, to_raw, CallFn, Reply};
+use crate::handler::{to_raw, CallFn, Reply};
 use crate::merge::Merge;
 use crate::rate::{RateLimit, Scoped};
 use crate::stream::Stream;
-use def::{Action, PresenceFn, RoomDef};
+use def::{Action, PositionCheck, PresenceFn, RoomDef};
 use futures_util::future::BoxFuture;
 use presence::PresenceHook;
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -34,43 +36,22 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The type of a room's args: how many leading call args select the room (`topicArgs`).
-///
-/// Implemented for `()` and tuples of up to six elements; implement it for your own
-/// `Deserialize` struct (deserialized from the leading args as a sequence) if you prefer.
-pub trait RoomArgs: DeserializeOwned + Clone + Send + Sync + 'static {
-    /// How many args select the room.
-    const COUNT: usize;
-}
+/// What a room's args type must be: deserializable from the leading call args (a struct whose
+/// fields, in order, are the room args, or a tuple), with a schema, cheap to clone. Their
+/// number is the room's `topicArgs`.
+pub trait RoomArgs: DeserializeOwned + JsonSchema + Clone + Send + Sync + 'static {}
 
-macro_rules! room_args {
-    ($($n:expr => ($($t:ident),*);)*) => {$(
-        impl<$($t),*> RoomArgs for ($($t,)*)
-        where $($t: DeserializeOwned + Clone + Send + Sync + 'static),*
-        {
-            const COUNT: usize = $n;
-        }
-    )*};
-}
+impl<T: DeserializeOwned + JsonSchema + Clone + Send + Sync + 'static> RoomArgs for T {}
 
-room_args! {
-    0 => ();
-    1 => (A);
-    2 => (A, B);
-    3 => (A, B, C);
-    4 => (A, B, C, D);
-    5 => (A, B, C, D, E);
-    6 => (A, B, C, D, E, F);
-}
-
-/// The context of a room action: a [`Ctx`] whose `publish(event, data)` goes to the room.
+/// The context of a room's `init` and actions: a [`Ctx`] whose `publish(event, data)` goes to
+/// the room.
 #[derive(Clone, Debug)]
-pub struct RoomCtx {
-    ctx: Ctx,
+pub struct RoomCtx<S = ()> {
+    ctx: Ctx<S>,
     topic: Arc<str>,
 }
 
-impl RoomCtx {
+impl<S> RoomCtx<S> {
     /// The room's data topic.
     pub fn topic(&self) -> &str {
         &self.topic
@@ -83,57 +64,115 @@ impl RoomCtx {
     }
 }
 
-impl Deref for RoomCtx {
-    type Target = Ctx;
-    fn deref(&self) -> &Ctx {
+impl<S> Deref for RoomCtx<S> {
+    type Target = Ctx<S>;
+    fn deref(&self) -> &Ctx<S> {
         &self.ctx
     }
 }
 
-/// An action with its args split: room args first, the action's own args after.
-type ActionFn<A> = Arc<dyn Fn(RoomCtx, A, Vec<Value>) -> BoxFuture<'static, Reply> + Send + Sync>;
+/// An action with its args split: room args first, the action's own args after (parsed inside,
+/// so their errors name the right argument).
+type ActionFn<A, S> =
+    Arc<dyn Fn(RoomCtx<S>, A, Vec<Value>) -> BoxFuture<'static, Reply> + Send + Sync>;
+
+/// A typed action: the call, its own args, the schema of its result.
+struct TypedAction<A, S> {
+    call: ActionFn<A, S>,
+    params: Params,
+    result: SchemaFn,
+}
+
+/// What others see of a member, serialized, before the app's state is known.
+type TypedPresence<S> = Arc<dyn Fn(&Ctx<S>) -> Value + Send + Sync>;
 
 /// A room declaration. See the crate docs for the full seed example.
 ///
-/// ```no_run
-/// use liveroom::{App, Ctx, LiveError, Room, RoomCtx};
-/// use serde_json::json;
+/// `A` is the type of the room args (a struct whose fields are the args in order, or a tuple);
+/// `S` the app's state ([`App::with_state`](crate::App::with_state)).
 ///
-/// let board = Room::new(|_ctx: &Ctx, (id,): &(String,)| format!("board:{id}"))
-///     .init(|_ctx, (_id,): (String,)| async move { Ok::<_, LiveError>(Vec::<serde_json::Value>::new()) })
-///     .presence(|ctx| json!({ "name": ctx.user().and_then(|u| u.get("name")).cloned() }))
+/// ```no_run
+/// use liveroom::{App, Ctx, JsonSchema, LiveError, Room};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Clone, Deserialize, JsonSchema)]
+/// #[serde(rename_all = "camelCase")]
+/// struct Board { board_id: String }
+///
+/// #[derive(Deserialize, JsonSchema)]
+/// struct AddCard { title: String }
+///
+/// #[derive(Serialize, JsonSchema)]
+/// struct Card { id: String, title: String }
+///
+/// #[derive(Serialize, JsonSchema)]
+/// struct Member { name: String }
+///
+/// let board = Room::new(|_ctx: &Ctx, b: &Board| format!("board:{}", b.board_id))
+///     .init(|_ctx, _board| async move { Ok::<_, LiveError>(Vec::<Card>::new()) })
+///     .presence(|ctx| Member { name: ctx.identity().to_owned() })
 ///     .cursors(true)
-///     .action("addCard", |ctx: RoomCtx, (id,): (String,), (title,): (String,)| async move {
-///         let card = json!({ "id": title.len(), "boardId": id, "title": title });
+///     .action("addCard", |ctx, Board { board_id }, AddCard { title }| async move {
+///         let card = Card { id: format!("{board_id}:{title}"), title };
 ///         ctx.publish("created", &card)?;
 ///         Ok(card)
 ///     });
 /// let app = App::new().room("collab", "board", board);
 /// ```
-pub struct Room<A: RoomArgs> {
-    data: Stream<A>,
-    presence: Option<PresenceFn>,
+pub struct Room<A: RoomArgs, S = ()> {
+    data: Stream<A, S>,
+    params: Params,
+    presence: Option<(TypedPresence<S>, SchemaFn)>,
     cursors: Cursors,
-    actions: BTreeMap<String, (ActionFn<A>, Vec<String>)>,
+    position: Option<(PositionCheck, SchemaFn)>,
+    actions: BTreeMap<String, TypedAction<A, S>>,
     /// Rate limits: one for all actions, and per action.
     rate: Option<Scoped>,
     action_rates: BTreeMap<String, Scoped>,
-    on_join: Option<PresenceHook>,
-    on_leave: Option<PresenceHook>,
+    on_join: Option<TypedHook<S>>,
+    on_leave: Option<TypedHook<S>>,
     grace: Duration,
+}
+
+/// A presence hook, before the app's state is known.
+type TypedHook<S> = Arc<dyn Fn(&S, &PresenceEvent) + Send + Sync>;
+
+/// Hands the app's state to a presence hook.
+fn erase_hook<S: Clone + Send + Sync + 'static>(
+    hook: Option<TypedHook<S>>,
+    state: &S,
+) -> Option<PresenceHook> {
+    let state = state.clone();
+    hook.map(|h| Arc::new(move |e: &PresenceEvent| h(&state, e)) as PresenceHook)
 }
 
 /// The default leave grace of a room ([`Room::grace`]): 5 s, long enough for a reload.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
-impl<A: RoomArgs> Room<A> {
+/// Whether a cursor position deserializes into `P`.
+fn position_fits<P: DeserializeOwned>(position: &Value) -> bool {
+    P::deserialize(position).is_ok()
+}
+
+impl<A: RoomArgs, S: Clone + Send + Sync + 'static> Room<A, S> {
     /// A room whose data topic is `topic(ctx, room_args)`. The topic function runs only for
     /// callers the [guard](Room::guard) let in.
-    pub fn new(topic: impl Fn(&Ctx, &A) -> String + Send + Sync + 'static) -> Self {
+    ///
+    /// # Panics
+    /// If `A` takes a variable number of args (a `Vec`, a `Value`): a room needs a fixed count.
+    pub fn new(topic: impl Fn(&Ctx<S>, &A) -> String + Send + Sync + 'static) -> Self {
+        let params = Params::of::<A>();
+        assert!(
+            !params.is_rest(),
+            "room args must be a struct or a tuple (their count is the room's topicArgs), not {}",
+            std::any::type_name::<A>()
+        );
         Room {
             data: Stream::with_topic(topic),
+            params,
             presence: None,
             cursors: false.into(),
+            position: None,
             actions: BTreeMap::new(),
             rate: None,
             action_rates: BTreeMap::new(),
@@ -143,21 +182,35 @@ impl<A: RoomArgs> Room<A> {
         }
     }
 
-    /// Loads the data stream's initial value.
+    /// Loads the data stream's initial value. It gets the room's context (whose `publish` goes
+    /// to the room) and the room args; its result type is the data type generated clients see.
     pub fn init<F, Fut, T>(mut self, init: F) -> Self
     where
-        F: Fn(Ctx, A) -> Fut + Send + Sync + 'static,
+        F: Fn(RoomCtx<S>, A) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<T, LiveError>> + Send + 'static,
-        T: Serialize,
+        T: Serialize + JsonSchema,
     {
-        self.data = self.data.init(init);
+        self.data = self
+            .data
+            .init_with_topic(move |ctx, topic, args| init(RoomCtx { ctx, topic }, args));
         self
     }
 
-    /// Turns presence on: `presence(ctx)` is what others see of a member. Returning
-    /// `Value::Null` counts the member without listing it.
-    pub fn presence(mut self, presence: impl Fn(&Ctx) -> Value + Send + Sync + 'static) -> Self {
-        self.presence = Some(Arc::new(presence));
+    /// Turns presence on: `presence(ctx)` is what others see of a member (its type is the
+    /// presence data type of generated clients). Serializing to `null` (`None`) counts the
+    /// member without listing it.
+    pub fn presence<P, F>(mut self, presence: F) -> Self
+    where
+        P: Serialize + JsonSchema,
+        F: Fn(&Ctx<S>) -> P + Send + Sync + 'static,
+    {
+        let f: TypedPresence<S> = Arc::new(move |ctx| {
+            serde_json::to_value(presence(ctx)).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "presence data does not serialize");
+                Value::Null
+            })
+        });
+        self.presence = Some((f, schema_of::<P>));
         self
     }
 
@@ -167,57 +220,70 @@ impl<A: RoomArgs> Room<A> {
         self
     }
 
+    /// Types the cursor positions: a move whose position does not deserialize into `P` is
+    /// dropped (and counted as a bad input), and generated clients type positions as `P`.
+    /// Without it a position is any object (`{x, y, ...}` in the JS client's types).
+    ///
+    /// ```
+    /// use liveroom::{Ctx, JsonSchema, Room};
+    /// #[derive(serde::Deserialize, JsonSchema)]
+    /// struct Point { x: f64, y: f64 }
+    /// let room: Room<(String,)> = Room::new(|_: &Ctx, (id,): &(String,)| format!("doc:{id}"))
+    ///     .cursors(true)
+    ///     .cursor_position::<Point>();
+    /// # let _ = room;
+    /// ```
+    pub fn cursor_position<P: DeserializeOwned + JsonSchema>(mut self) -> Self {
+        self.position = Some((position_fits::<P>, schema_of::<P>));
+        self
+    }
+
     /// Runs first on every room subscription (data, presence, cursors) and every action,
     /// before the topic function and anything else. An error denies: the caller is not
     /// subscribed and never appears in any roster.
     pub fn guard<F, Fut>(mut self, guard: F) -> Self
     where
-        F: Fn(Ctx, A) -> Fut + Send + Sync + 'static,
+        F: Fn(Ctx<S>, A) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), LiveError>> + Send + 'static,
     {
         self.data = self.data.guard(guard);
         self
     }
 
-    /// Adds an action `name` (`[A-Za-z0-9_]+`): it receives the room args, then its own args
-    /// `B` (a tuple), typed.
+    /// Adds an action `name` (`[A-Za-z0-9_]+`): it receives the room's context, the room args,
+    /// then its own args `B` (a struct whose fields are the args in order, named in generated
+    /// clients, or a tuple), typed. A wrong arg is answered `VALIDATION` naming it.
     ///
     /// # Panics
-    /// If `name` is not a valid action name.
+    /// If `name` is not a valid action name or was added before.
     pub fn action<B, R, F, Fut>(mut self, name: &str, action: F) -> Self
     where
-        B: DeserializeOwned + Send + 'static,
-        R: Serialize,
-        F: Fn(RoomCtx, A, B) -> Fut + Send + Sync + 'static,
+        B: DeserializeOwned + JsonSchema + Send + 'static,
+        R: Serialize + JsonSchema,
+        F: Fn(RoomCtx<S>, A, B) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<R, LiveError>> + Send + 'static,
     {
         assert!(
             !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
             "invalid action name `{name}`"
         );
+        let params = Params::of::<B>();
+        let (own, offset) = (params.clone(), self.params.names.len());
         let action = Arc::new(action);
-        let f: ActionFn<A> = Arc::new(move |ctx, room_args, rest| {
-            let own = args_from::<B>(rest);
+        let call: ActionFn<A, S> = Arc::new(move |ctx, room_args, rest| {
+            let parsed = own.parse::<B>(rest, offset);
             let action = action.clone();
-            Box::pin(async move { to_raw(action(ctx, room_args, own?).await?) })
+            Box::pin(async move { to_raw(action(ctx, room_args, parsed?).await?) })
         });
-        self.actions.insert(name.to_owned(), (f, Vec::new()));
-        self
-    }
-
-    /// Names of an action's own args, for the manifest and generated clients.
-    ///
-    /// # Panics
-    /// If no action `name` was added before.
-    pub fn action_args<S: Into<String>>(
-        mut self,
-        name: &str,
-        names: impl IntoIterator<Item = S>,
-    ) -> Self {
-        let Some((_, n)) = self.actions.get_mut(name) else {
-            panic!("action_args(\"{name}\", ..): no action `{name}` was added before");
+        let typed = TypedAction {
+            call,
+            params,
+            result: schema_of::<R>,
         };
-        *n = names.into_iter().map(Into::into).collect();
+        assert!(
+            self.actions.insert(name.to_owned(), typed).is_none(),
+            "action `{name}` added twice"
+        );
         self
     }
 
@@ -249,12 +315,6 @@ impl<A: RoomArgs> Room<A> {
         self
     }
 
-    /// Names of the room args, for the manifest and generated clients.
-    pub fn args<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
-        self.data = self.data.args(names);
-        self
-    }
-
     /// How many of the room's recent data events are kept for members that reconnect (default:
     /// the server-wide `--replay-*` settings; see [`Stream::replay`]).
     pub fn replay(mut self, replay: crate::Replay) -> Self {
@@ -273,14 +333,23 @@ impl<A: RoomArgs> Room<A> {
         self.merge(Merge::crud(key))
     }
 
-    /// Called once when an identity joins the room (first socket anywhere).
-    pub fn on_join(mut self, hook: impl Fn(&PresenceEvent) + Send + Sync + 'static) -> Self {
+    /// Called once when an identity joins the room (first socket anywhere), with the app's
+    /// state.
+    ///
+    /// ```
+    /// # use liveroom::{Ctx, Room};
+    /// let room: Room<(String,)> = Room::new(|_: &Ctx, (id,): &(String,)| format!("doc:{id}"))
+    ///     .on_join(|_state, e| println!("{} joined {}", e.key, e.topic));
+    /// # let _ = room;
+    /// ```
+    pub fn on_join(mut self, hook: impl Fn(&S, &PresenceEvent) + Send + Sync + 'static) -> Self {
         self.on_join = Some(Arc::new(hook));
         self
     }
 
-    /// Called once per actual leave (after the grace, last socket anywhere).
-    pub fn on_leave(mut self, hook: impl Fn(&PresenceEvent) + Send + Sync + 'static) -> Self {
+    /// Called once per actual leave (after the grace, last socket anywhere), with the app's
+    /// state.
+    pub fn on_leave(mut self, hook: impl Fn(&S, &PresenceEvent) + Send + Sync + 'static) -> Self {
         self.on_leave = Some(Arc::new(hook));
         self
     }
@@ -292,44 +361,53 @@ impl<A: RoomArgs> Room<A> {
         self
     }
 
-    pub(crate) fn erase(self, module: &str, name: &str) -> RoomDef {
-        let (data, gate) = self.data.erase_sharing_gate();
-        let count = A::COUNT;
+    pub(crate) fn erase(self, module: &str, name: &str, state: S) -> RoomDef {
+        let (data, gate) = self.data.erase_sharing_gate(state.clone());
+        let room_params = self.params;
+        let count = room_params.names.len();
         let actions = self
             .actions
             .into_iter()
-            .map(|(action_name, (f, arg_names))| {
-                let gate = gate.clone();
+            .map(|(action_name, typed)| {
+                let (gate, room, state) = (gate.clone(), room_params.clone(), state.clone());
+                let f = typed.call;
                 let call: CallFn = Arc::new(move |ctx: Ctx, mut args: Vec<Value>| {
                     let (gate, f) = (gate.clone(), f.clone());
+                    let own = def::split_room_args(&mut args, count);
+                    let room_args = room.parse::<A>(args, 0).map(|r| (r, own));
+                    let ctx = ctx.with_state(state.clone());
                     Box::pin(async move {
-                        let own = def::split_room_args(&mut args, count)?;
-                        let room_args: A = args_from(args)?;
+                        let (room_args, own) = room_args?;
                         let topic = gate.pass(&ctx, &room_args).await?;
                         f(RoomCtx { ctx, topic }, room_args, own).await
                     })
                 });
                 let rate = self.action_rates.get(&action_name).copied().or(self.rate);
-                (
-                    action_name,
-                    Action {
-                        call,
-                        arg_names,
-                        rate,
-                    },
-                )
+                let action = Action {
+                    call,
+                    params: typed.params,
+                    result: typed.result,
+                    rate,
+                };
+                (action_name, action)
             })
             .collect();
+        let presence = self.presence.map(|(f, schema)| {
+            let state = state.clone();
+            let erased: PresenceFn = Arc::new(move |ctx: &Ctx| f(&ctx.with_state(state.clone())));
+            (erased, schema)
+        });
         RoomDef::new(def::Parts {
             module: module.to_owned(),
             name: name.to_owned(),
-            topic_args: count,
+            params: room_params,
             data,
             actions,
-            presence: self.presence,
+            presence,
             cursors: self.cursors,
-            on_join: self.on_join,
-            on_leave: self.on_leave,
+            position: self.position,
+            on_join: erase_hook(self.on_join, &state),
+            on_leave: erase_hook(self.on_leave, &state),
             grace: self.grace,
         })
     }

@@ -35,7 +35,8 @@ use tokio::sync::{watch, Notify};
 /// # }
 /// ```
 pub struct Server {
-    app: App,
+    /// Builds the registry with the configured limits (the app's state type erased).
+    app: Box<dyn FnOnce(crate::Limits) -> Live + Send>,
     config: ServerConfig,
     routes: Option<Router>,
 }
@@ -79,9 +80,9 @@ impl Running {
 
 impl Server {
     /// A server for `app` with the default configuration.
-    pub fn new(app: App) -> Self {
+    pub fn new<S: Clone + Send + Sync + 'static>(app: App<S>) -> Self {
         Server {
-            app,
+            app: Box::new(move |limits| app.limits(limits).build()),
             config: ServerConfig::default(),
             routes: None,
         }
@@ -125,7 +126,7 @@ impl Server {
     pub async fn start_on(self, listener: TcpListener) -> std::io::Result<Running> {
         let addr = listener.local_addr()?;
         let metrics = crate::metrics::handle();
-        let live = self.app.limits(self.config.limits.clone()).build();
+        let live = (self.app)(self.config.limits.clone());
         let (stop, shutdown) = watch::channel(false);
         let shared = Arc::new(Shared {
             live: live.clone(),

@@ -175,10 +175,7 @@ impl Session {
     }
 
     fn ctx(&self) -> Ctx {
-        Ctx {
-            conn: self.conn.clone(),
-            hub: self.live.hub().clone(),
-        }
+        Ctx::new(self.conn.clone(), self.live.hub().clone())
     }
 
     /// Handles one text frame. Errors are answered on the outbox; nothing here panics or closes
@@ -468,7 +465,7 @@ impl Session {
         recorded: Value,
     ) -> Result<Pending, LiveError> {
         let limits = self.live.limits();
-        let args = room.room_args(args)?;
+        let args = room.room_args(args);
         let key = room_key(room, &args);
         let prepared = room.data().prepare(ctx.clone(), args).await?;
         let topic = prepared.topic.clone();

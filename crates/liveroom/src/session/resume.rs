@@ -78,10 +78,7 @@ pub(super) struct Recovery<'a> {
 
 impl Recovery<'_> {
     fn ctx(&self) -> Ctx {
-        Ctx {
-            conn: self.conn.clone(),
-            hub: self.live.hub().clone(),
-        }
+        Ctx::new(self.conn.clone(), self.live.hub().clone())
     }
 
     /// Records which stream call gave this session `topic` (here, and in cluster mode in
@@ -246,9 +243,7 @@ impl Recovery<'_> {
         let resolved = match self.live.entry(path) {
             Some(Entry::Stream(def)) => def.prepare(ctx, args.clone()).await.ok().map(|p| p.topic),
             Some(Entry::Room(room, part @ (RoomPart::Data | RoomPart::Presence))) => {
-                let Ok(args) = room.room_args(args.clone()) else {
-                    return false;
-                };
+                let args = room.room_args(args.clone());
                 let data = room.data().prepare(ctx, args).await.ok().map(|p| p.topic);
                 match part {
                     RoomPart::Presence => data.map(|t| presence_topic(&t)),

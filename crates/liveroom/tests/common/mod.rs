@@ -32,12 +32,15 @@ pub fn config() -> ServerConfig {
 }
 
 /// Starts `app` with [`config`].
-pub async fn start(app: App) -> Running {
+pub async fn start<S: Clone + Send + Sync + 'static>(app: App<S>) -> Running {
     start_with(app, config()).await
 }
 
 /// Starts `app` with `config`.
-pub async fn start_with(app: App, config: ServerConfig) -> Running {
+pub async fn start_with<S: Clone + Send + Sync + 'static>(
+    app: App<S>,
+    config: ServerConfig,
+) -> Running {
     Server::new(app)
         .config(config)
         .start()
@@ -518,12 +521,12 @@ impl RawWs {
 }
 
 /// The shared test app (`liveroom-testserver`'s) with the default 5 s leave grace.
-pub fn test_app() -> (App, Arc<State>) {
+pub fn test_app() -> (App<Arc<State>>, Arc<State>) {
     test_app_with(Duration::from_secs(5))
 }
 
 /// The shared test app with a leave grace of `grace`.
-pub fn test_app_with(grace: Duration) -> (App, Arc<State>) {
+pub fn test_app_with(grace: Duration) -> (App<Arc<State>>, Arc<State>) {
     liveroom_testserver::app(&Options {
         grace,
         ..Options::default()

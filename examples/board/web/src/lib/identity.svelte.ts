@@ -1,8 +1,8 @@
 // Who am I: rpc me/get -> {id, name, color}; cookies lr_user / lr_name / lr_color as fallback.
 import { get as getMe, update as updateMe } from '$live/me';
-import { showError } from './toasts.svelte.js';
+import { showError } from './toasts.svelte';
 
-export function readCookie(name) {
+export function readCookie(name: string): string | null {
   for (const part of document.cookie.split(';')) {
     const i = part.indexOf('=');
     if (i < 0) continue;
@@ -14,23 +14,31 @@ export function readCookie(name) {
   return null;
 }
 
-export function writeCookie(name, value) {
+export function writeCookie(name: string, value: string): void {
   document.cookie = `${name}=${encodeURIComponent(value)}; path=/; max-age=31536000; samesite=lax`;
 }
 
-export const identity = $state({
-  me: readCookie('lr_user')
-    ? { id: readCookie('lr_user'), name: readCookie('lr_name') || 'You', color: readCookie('lr_color') }
+export interface Me {
+  id: string;
+  name: string;
+  color: string | null;
+}
+
+const cookieUser = readCookie('lr_user');
+
+export const identity: { me: Me | null; loaded: boolean } = $state({
+  me: cookieUser
+    ? { id: cookieUser, name: readCookie('lr_name') || 'You', color: readCookie('lr_color') }
     : null,
   loaded: false,
 });
 
-let loading = null;
-export function loadMe() {
+let loading: Promise<void> | null = null;
+export function loadMe(): Promise<void> {
   if (!loading) {
     loading = getMe()
       .then((me) => {
-        if (me && typeof me === 'object') identity.me = { ...me, id: me.id == null ? null : String(me.id) };
+        if (me) identity.me = { ...me, id: String(me.id) };
       })
       .catch((err) => {
         loading = null;
@@ -43,7 +51,7 @@ export function loadMe() {
   return loading;
 }
 
-export async function saveMe(name, color) {
+export async function saveMe(name: string, color: string): Promise<void> {
   await updateMe(name, color);
   writeCookie('lr_name', name);
   writeCookie('lr_color', color);

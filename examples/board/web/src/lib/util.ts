@@ -1,26 +1,28 @@
+import type { LiveError } from 'liveroom';
+
 const PALETTE = ['#e5484d', '#f76b15', '#ffb224', '#30a46c', '#12a594', '#0090ff', '#5b5bd6', '#8e4ec6', '#d6409f'];
 
-export function initials(name) {
+export function initials(name: string | null | undefined): string {
   const words = String(name || '?').trim().split(/\s+/).filter(Boolean);
   if (words.length === 0) return '?';
   if (words.length === 1) return Array.from(words[0]).slice(0, 1).join('').toUpperCase();
   return (Array.from(words[0])[0] + Array.from(words[1])[0]).toUpperCase();
 }
 
-export function fallbackColor(key) {
+export function fallbackColor(key: unknown): string {
   let h = 0;
-  for (const ch of String(key ?? '')) h = (h * 31 + ch.codePointAt(0)) >>> 0;
+  for (const ch of String(key ?? '')) h = (h * 31 + (ch.codePointAt(0) ?? 0)) >>> 0;
   return PALETTE[h % PALETTE.length];
 }
 
-export function safeColor(color, key) {
+export function safeColor(color: unknown, key: unknown): string {
   return typeof color === 'string' && /^#[0-9a-fA-F]{3,8}$|^(rgb|hsl)a?\([\d\s.,%]+\)$/.test(color)
     ? color
     : fallbackColor(key);
 }
 
 // Dark or light text for a background colour (#rgb / #rrggbb).
-export function textOn(color) {
+export function textOn(color: string | null | undefined): string {
   const m = /^#([0-9a-f]{3}|[0-9a-f]{6})$/i.exec(color || '');
   if (!m) return '#fff';
   let hex = m[1];
@@ -32,6 +34,7 @@ export function textOn(color) {
 
 export { PALETTE };
 
-export function isError(v) {
+/** Whether a store value is the `{ error }` of a failed load. */
+export function isError<T>(v: T | { error: LiveError }): v is { error: LiveError } {
   return v != null && typeof v === 'object' && !Array.isArray(v) && 'error' in v && v.error != null;
 }

@@ -1,7 +1,14 @@
 // Connection state derived from the liveroom client's `status` store.
 import { status } from 'liveroom';
 
-export const connection = $state({ raw: 'connecting', everOpen: false, kind: 'connecting', label: 'Connecting…' });
+import type { ConnectionStatus } from 'liveroom';
+
+export const connection: {
+  raw: ConnectionStatus;
+  everOpen: boolean;
+  kind: 'connecting' | 'open' | 'reconnecting';
+  label: string;
+} = $state({ raw: 'connecting', everOpen: false, kind: 'connecting', label: 'Connecting…' });
 
 status.subscribe((s) => {
   connection.raw = s;
@@ -9,9 +16,6 @@ status.subscribe((s) => {
   if (s === 'open') {
     connection.kind = 'open';
     connection.label = 'Connected';
-  } else if (s === 'offline') {
-    connection.kind = 'offline';
-    connection.label = 'Offline';
   } else if (connection.everOpen) {
     connection.kind = 'reconnecting';
     connection.label = 'Reconnecting…';

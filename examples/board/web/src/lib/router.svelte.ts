@@ -1,5 +1,7 @@
 // Hash-based routing: `#/` board list, `#/b/<boardId>` a board.
-function parse(hash) {
+type Route = { name: 'board'; boardId: string } | { name: 'home'; boardId: null };
+
+function parse(hash: string): Route {
   const h = (hash || '').replace(/^#/, '');
   const m = h.match(/^\/b\/([^/?#]+)/);
   if (m) {
@@ -10,20 +12,20 @@ function parse(hash) {
   return { name: 'home', boardId: null };
 }
 
-export const router = $state({ route: parse(location.hash) });
+export const router: { route: Route } = $state({ route: parse(location.hash) });
 
 window.addEventListener('hashchange', () => {
   router.route = parse(location.hash);
 });
 
-export function boardHref(id) {
+export function boardHref(id: string): string {
   return '#/b/' + encodeURIComponent(id);
 }
 
-export function goBoard(id) {
+export function goBoard(id: string): void {
   location.hash = boardHref(id);
 }
 
-export function goHome() {
+export function goHome(): void {
   location.hash = '#/';
 }
