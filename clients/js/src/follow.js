@@ -5,7 +5,8 @@
  * warns `state_referenced_locally`). Passing a getter instead makes the store follow it: the
  * getter is tracked with `svelte/store`'s `toStore` (Svelte 5), and whenever its value changes the
  * store switches to the stream for the new args, keeping the shared per-args stores underneath.
- * Without Svelte the getter is read once per subscription.
+ * Call it while a component is set up (its `<script>`), as Svelte's `toStore` expects. Without
+ * Svelte the getter is read at each first subscription; on the server (SSR) once.
  */
 import { writable } from './store.js';
 
@@ -38,7 +39,12 @@ function argsOf(value, arity) {
  * @param {number | undefined} arity
  */
 export function follow(getter, make, arity) {
-	const args = toStore ? toStore(getter) : { subscribe: (/** @type {(v: unknown) => void} */ run) => (run(getter()), () => {}) };
+	// One tracker, made now: Svelte ties its effect to the component being set up (a tracker
+	// made later, inside a template effect, would die when that effect re-runs). Without Svelte the
+	// getter is read at each first subscription.
+	const args = toStore
+		? toStore(getter)
+		: { subscribe: (/** @type {(v: unknown) => void} */ run) => (run(getter()), () => {}) };
 
 	/**
 	 * One of the stream's stores (`value`, `error`, `status`, `recovery`), switched with the args.

@@ -8,20 +8,30 @@
 //! grace), cursors, a guard, and actions whose publishes go to the room.
 //!
 //! ```no_run
-//! use liveroom::{App, Ctx, LiveError, Room, RoomCtx, Server};
-//! use serde_json::{json, Value};
+//! use liveroom::{App, Ctx, JsonSchema, LiveError, Room, Server};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Clone, Deserialize, JsonSchema)]
+//! #[serde(rename_all = "camelCase")]
+//! struct Board { board_id: String }           // room args: ["b1"]
+//!
+//! #[derive(Deserialize, JsonSchema)]
+//! struct AddCard { title: String }            // addCard("b1", "Buy milk")
+//!
+//! #[derive(Serialize, JsonSchema)]
+//! struct Card { id: String, title: String }
 //!
 //! # async fn run() -> std::io::Result<()> {
-//! let board = Room::new(|_ctx: &Ctx, (board_id,): &(String,)| format!("board:{board_id}"))
-//!     .init(|_ctx, (_board_id,): (String,)| async move { Ok::<_, LiveError>(Vec::<Value>::new()) })
-//!     .presence(|ctx| json!({ "name": ctx.user().and_then(|u| u.get("name")) }))
+//! let board = Room::new(|_ctx: &Ctx, b: &Board| format!("board:{}", b.board_id))
+//!     .init(|_ctx, _board| async move { Ok::<_, LiveError>(Vec::<Card>::new()) })
+//!     .presence(|ctx| serde_json::json!({ "name": ctx.user().and_then(|u| u.get("name")) }))
 //!     .cursors(true)
-//!     .guard(|ctx, _args| async move {
+//!     .guard(|ctx, _board| async move {
 //!         if ctx.is_guest() { return Err(LiveError::unauthenticated("Sign in first")); }
 //!         Ok(())
 //!     })
-//!     .action("addCard", |ctx: RoomCtx, (board_id,): (String,), (title,): (String,)| async move {
-//!         let card = json!({ "id": format!("{board_id}-{title}"), "title": title });
+//!     .action("addCard", |ctx, Board { board_id }, AddCard { title }| async move {
+//!         let card = Card { id: format!("{board_id}-{title}"), title };
 //!         ctx.publish("created", &card)?;
 //!         Ok(card)
 //!     });
@@ -32,6 +42,10 @@
 //!     .await
 //! # }
 //! ```
+//!
+//! Handlers share state through [`App::with_state`] and [`Ctx::state`]; args are named by their
+//! type (a struct's fields, in order), and every type's JSON Schema goes into the
+//! [manifest](Live::manifest), from which `liveroom codegen` writes typed TypeScript.
 //!
 //! ## Crate map
 //! One file per concern, in layers: each module uses only the layers above it in this list
@@ -48,8 +62,9 @@
 //!    [`presence_store`]: the [`PresenceStore`](presence_store::PresenceStore) seam and its
 //!    in-memory implementation.
 //! 3. **Handlers.** [`auth`]: what the upgrade hook sees. [`ctx`]: what handlers get.
-//!    `handler`: args in, results out, and the gate every stream and room passes (guard, then
-//!    topic). [`merge`] and [`stream`]: streams. [`room`]: rooms, whose data part is a stream,
+//!    `args`: a handler's args named by their type, parsed with the path of what is wrong, and
+//!    their schemas. `handler`: typed handlers erased (state in, result serialized once), and the
+//!    gate every stream and room passes (guard, then topic). [`merge`] and [`stream`]: streams. [`room`]: rooms, whose data part is a stream,
 //!    with their presence tracker and cursor tables.
 //! 4. **Registry.** [`registry`]: the builder [`App`] and the built [`Live`]; [`manifest`]:
 //!    its description for code generators.

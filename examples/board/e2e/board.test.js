@@ -305,6 +305,37 @@ describe('board: two users', { timeout: 180_000 }, () => {
     assert.equal(fewest, before, 'the cards stayed on screen while the server restarted');
   });
 
+  step('the same page switches boards in place: its stores follow the route', async () => {
+    const { a } = page;
+    const first = await a.getByTestId('card-title').allTextContents();
+    assert.ok(first.length > 0);
+    // Remember the Board page's heading: the page must not remount, its stores follow the prop.
+    await a.evaluate(() => {
+      window.__heading = document.querySelector('[data-testid="board-name"]');
+    });
+    await a.evaluate(() => {
+      location.hash = '#/b/second-board';
+    });
+    await textIs(a.getByTestId('board-name'), 'second-board');
+    await a.getByTestId('column-todo').waitFor();
+    await eventually(async () => (await a.getByTestId('card').count()) === 0, { message: 'no card of the first board' });
+    await addCard(a, 'Only on the second board');
+    await inColumn(a, 'todo', 'Only on the second board').waitFor();
+    await textIs(online(a), '1 online');
+    assert.ok(
+      await a.evaluate(() => window.__heading === document.querySelector('[data-testid="board-name"]')),
+      'the same Board component',
+    );
+    await a.evaluate((id) => {
+      location.hash = `#/b/${id}`;
+    }, boardId);
+    await eventually(
+      async () => JSON.stringify(await a.getByTestId('card-title').allTextContents()) === JSON.stringify(first),
+      { message: `back on the first board: ${first}` },
+    );
+    assert.equal(await card(a, 'Only on the second board').count(), 0);
+  });
+
   step('a guest (no cookies) is refused with a message', async () => {
     const context = await browser.newContext({ viewport: VIEWPORT });
     // A browser that keeps no cookies: drop the identity before the page's scripts run.
