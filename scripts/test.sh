@@ -51,6 +51,9 @@ fi
 
 step "demo front end: strict type check against the generated types (svelte-check)"
 (cd examples/board/web && npm run check --silent)
+if grep -nw any examples/board/web/src/live/generated/*.d.ts; then
+  echo "the board's generated types contain 'any'"; exit 1
+fi
 # A type regression must fail: a call with a wrong argument type does not type-check.
 probe=examples/board/web/src/typecheck-probe.ts
 printf "import { board } from '\$live/collab';\nexport const wrong = board.addCard('b', 42);\n" > "$probe"

@@ -133,3 +133,41 @@ export function __rpc(path) {
 	await until(() => sent.length > 0, { label: 'coalesced cursor send' });
 	assert.deepEqual(sent, [{ rpc: 'collab/board/__cursor', args: ['b1', { x: 3, y: 4 }] }]);
 });
+
+test('generated declarations type-check under strict TypeScript, and a wrong argument type does not', async () => {
+	const tsc = join(pkgRoot, 'node_modules', 'typescript', 'bin', 'tsc');
+	const work = join(dir, 'ts');
+	await mkdir(join(work, 'node_modules'), { recursive: true });
+	await symlink(pkgRoot, join(work, 'node_modules', 'liveroom'), 'dir');
+	await symlink(join(pkgRoot, 'node_modules', 'svelte'), join(work, 'node_modules', 'svelte'), 'dir');
+	const manifest = `${server.http}/__live/manifest.json`;
+	for (const client of ['liveroom', 'svelte-realtime']) {
+		await run(process.execPath, [join(pkgRoot, 'bin/liveroom.js'), 'codegen', '--manifest', manifest, '--out', join(work, client), '--client', client]);
+	}
+	const check = async (/** @type {string} */ name, /** @type {string} */ body) => {
+		await writeFile(join(work, `${name}.ts`), body);
+		const args = [tsc, '--strict', '--noEmit', '--skipLibCheck', '--module', 'esnext', '--moduleResolution', 'bundler', '--target', 'es2022', join(work, `${name}.ts`)];
+		return run(process.execPath, args, { cwd: work }).then(
+			() => '',
+			(/** @type {any} */ e) => String(e.stdout)
+		);
+	};
+	const good = (/** @type {string} */ client) => `import { board } from './${client}/collab.js';
+import { add } from './${client}/test.js';
+const data = board.data('b1');
+const sum: Promise<number> = add(1, 2);
+const card: Promise<unknown> = board.addCard('b1', 'title');
+data.subscribe((v) => {
+	if (v?.error) console.log(v.error.message);
+	else if (v) console.log(v.length);
+});
+board.moveCursor('b1', { x: 1, y: 2 });
+export { sum, card };
+`;
+	assert.equal(await check('good-liveroom', good('liveroom') + `board.data(() => 'b1');\n`), '');
+	assert.equal(await check('good-sr', good('svelte-realtime')), '');
+	const bad = await check('bad', `import { board } from './liveroom/collab.js';\nboard.addCard('b1', 42);\n`);
+	assert.match(bad, /bad\.ts.*Argument of type 'number' is not assignable to parameter of type 'string'/);
+	const badSr = await check('bad-sr', `import { add } from './svelte-realtime/test.js';\nadd('1', 2);\n`);
+	assert.match(badSr, /not assignable to parameter of type 'number'/);
+});

@@ -405,6 +405,18 @@ mod tests {
             room["actions"]["editCard"]["args"],
             json!(["boardId", "cardId", "title"])
         );
+        // Schemas: what generated TypeScript is typed from.
+        assert_eq!(room["data"]["items"]["$ref"], "#/$defs/Card");
+        assert_eq!(room["presenceData"]["$ref"], "#/$defs/Member");
+        assert_eq!(room["cursorPosition"]["$ref"], "#/$defs/Pointer");
+        let params = &room["actions"]["moveCard"]["params"];
+        assert_eq!(params[2]["schema"]["$ref"], "#/$defs/Column");
+        assert_eq!(params[3]["schema"]["type"], "number");
+        assert_eq!(room["actions"]["addCard"]["result"]["$ref"], "#/$defs/Card");
+        assert_eq!(
+            m["$defs"]["Column"]["enum"],
+            json!(["todo", "doing", "done"])
+        );
         let boards = &m["modules"]["boards"];
         assert_eq!(boards["streams"]["list"]["merge"], "crud");
         assert_eq!(boards["streams"]["list"]["key"], "id");

@@ -144,6 +144,16 @@ impl Drop for Board {
     }
 }
 
+/// The path of the first issue of a `VALIDATION` error.
+fn issue_path(r: Result<Value, Error>) -> Value {
+    match r {
+        Err(Error::Rpc { code, issues, .. }) if code == "VALIDATION" => {
+            issues.map(|i| i[0]["path"].clone()).unwrap_or_default()
+        }
+        other => panic!("expected VALIDATION, got {other:?}"),
+    }
+}
+
 fn code(r: Result<Value, Error>) -> String {
     match r {
         Err(e) => e.code().unwrap_or("not an RPC error").to_owned(),
@@ -230,14 +240,14 @@ async fn validation_and_not_found() {
             json!(["v", id, "later", 1]),
         )
         .await;
-    assert_eq!(code(r), "VALIDATION");
+    assert_eq!(issue_path(r), json!(["column"]));
     let r = ann
         .call(
             "collab/board/__action/moveCard",
             json!(["v", id, "done", "top"]),
         )
         .await;
-    assert_eq!(code(r), "VALIDATION");
+    assert_eq!(issue_path(r), json!(["position"]));
 
     let r = ann
         .call("collab/board/__action/editCard", json!(["v", "nope", "t"]))
