@@ -17,6 +17,8 @@ export class LiveClient {
 		this.connection = new Connection(options);
 		/** Connection status store: `'connecting' | 'open' | 'closed'`. */
 		this.status = this.connection.status;
+		/** Why the client cannot get through, with a hint (`null` while fine). */
+		this.error = this.connection.error;
 		/** @type {Map<string, ReturnType<typeof createStream>>} */
 		this._streams = new Map();
 	}

@@ -10,6 +10,35 @@
 import { writable, readonly } from './store.js';
 import { LiveError, errorFromReply } from './errors.js';
 
+/** Failed opens in a row (the socket never opened) after which `error` says the server is unreachable. */
+const UNREACHABLE_AFTER = 3;
+
+/**
+ * The message of a terminal close: the server's reason when it sent one, and what to do.
+ * @param {number} code
+ * @param {string | undefined} reason
+ */
+function closeMessage(code, reason) {
+	const page = typeof location !== 'undefined' ? location.origin : 'this page';
+	if (code === 1008) {
+		return reason
+			? `Connection refused: ${reason} (or serve the page through a proxy of /ws)`
+			: `Connection refused (1008): the server does not allow the origin ${page}; allow it with the server's --allowed-origins / LIVEROOM_ALLOWED_ORIGINS, or proxy /ws through your dev server`;
+	}
+	if (code === 4401) return `Not signed in (4401)${reason && reason !== 'unauthenticated' ? `: ${reason}` : ''}: sign in, then call reconnect()`;
+	if (code === 4403) return `Access refused (4403)${reason && reason !== 'forbidden' ? `: ${reason}` : ''}`;
+	return `Connection closed by the server (${code})${reason ? `: ${reason}` : ''}`;
+}
+
+/** @param {string} url @param {number} attempts */
+function unreachableMessage(url, attempts) {
+	return (
+		`No liveroom server answered at ${url} (${attempts} attempts; an HTTP error such as 404 on the upgrade, or nothing listening). ` +
+		`Check the client's url, or proxy /ws to the liveroom server in your dev server ` +
+		`(Vite: server: { proxy: { '/ws': { target: 'http://127.0.0.1:3000', ws: true } } }). Still retrying.`
+	);
+}
+
 /** Close codes after which the client never retries, mapped to the error code it reports. */
 const TERMINAL_CODES = { 1008: 'POLICY_VIOLATION', 4401: 'UNAUTHENTICATED', 4403: 'FORBIDDEN' };
 
@@ -72,6 +101,14 @@ export class Connection {
 		this.lastCloseCode = /** @type {number | null} */ (null);
 		/** Set after a terminal close (1008/4401/4403): every call fails with it until `reconnect()`. */
 		this.terminalError = /** @type {LiveError | null} */ (null);
+		this._error = writable(/** @type {LiveError | null} */ (null));
+		/**
+		 * Why the client cannot get through, with a hint (`null` while fine): a terminal close
+		 * (the server's reason, e.g. a refused origin) or `UNREACHABLE` after several failed
+		 * opens (a 404 upgrade, nothing listening). Cleared when a socket opens.
+		 */
+		this.error = readonly(this._error);
+		this._failedOpens = 0;
 
 		/** @type {any} */ this._ws = null;
 		this._open = false;
@@ -327,13 +364,15 @@ export class Connection {
 		this._ws = ws;
 		ws.onopen = () => ws === this._ws && this._onOpen();
 		ws.onmessage = (/** @type {any} */ ev) => ws === this._ws && this._onMessage(ev.data);
-		ws.onclose = (/** @type {any} */ ev) => ws === this._ws && this._onClose(ev.code);
+		ws.onclose = (/** @type {any} */ ev) => ws === this._ws && this._onClose(ev.code, ev.reason);
 		ws.onerror = () => {}; // a close event follows
 	}
 
 	_onOpen() {
 		this._open = true;
 		this._openedAt = this._lastFrameAt = Date.now();
+		this._failedOpens = 0;
+		this._error.set(null);
 		this._status.set('open');
 		this._send({ type: 'hello', caps: ['batch'] });
 		this._flushFetches();
@@ -464,8 +503,9 @@ export class Connection {
 		this._onClose(code);
 	}
 
-	/** @param {number} code */
-	_onClose(code) {
+	/** @param {number} code @param {string} [reason] the server's close reason */
+	_onClose(code, reason) {
+		const opened = this._open;
 		const wasOpenFor = this._open ? Date.now() - this._openedAt : 0;
 		this._ws = null;
 		this._open = false;
@@ -476,8 +516,14 @@ export class Connection {
 
 		const terminal = /** @type {Record<number, string>} */ (TERMINAL_CODES)[code];
 		if (terminal) {
-			this._terminate(new LiveError(terminal, `Connection closed by the server (${code})`));
+			this._terminate(new LiveError(terminal, closeMessage(code, reason)));
 			return;
+		}
+		if (!opened && ++this._failedOpens === UNREACHABLE_AFTER) {
+			// Still retrying, but say why nothing loads instead of "connecting" forever.
+			const err = new LiveError('UNREACHABLE', unreachableMessage(this.url, UNREACHABLE_AFTER));
+			this._error.set(err);
+			for (const ctrl of this._streams) ctrl.onError(err);
 		}
 		// Calls sent on the dead socket will never be answered (they are not re-sent: an action
 		// must not run twice); stream loads are simply redone after the reconnect.
@@ -513,6 +559,7 @@ export class Connection {
 	/** Enter the terminal state: fail everything, never retry (until `reconnect()`). @param {LiveError} err */
 	_terminate(err) {
 		this.terminalError = err;
+		this._error.set(err);
 		this._status.set('closed');
 		for (const [id, entry] of this._pending) {
 			this._pending.delete(id);

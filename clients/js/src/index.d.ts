@@ -156,6 +156,12 @@ export interface ClientOptions {
 
 export interface Connection {
 	readonly status: Readable<ConnectionStatus>;
+	/**
+	 * Why the client cannot get through, with a hint (`null` while fine): a 1008/4401/4403 close
+	 * (`POLICY_VIOLATION` with the server's reason, e.g. a refused origin) or `UNREACHABLE` after
+	 * 3 failed opens (a 404 upgrade, nothing listening; it keeps retrying). Cleared on open.
+	 */
+	readonly error: Readable<LiveError | null>;
 	readonly url: string;
 	sessionId: string | null;
 	lastCloseCode: number | null;
@@ -169,6 +175,8 @@ export class LiveClient {
 	constructor(options?: ClientOptions);
 	readonly connection: Connection;
 	readonly status: Readable<ConnectionStatus>;
+	/** `connection.error`. */
+	readonly error: Readable<LiveError | null>;
 	configure(options: ClientOptions): this;
 	connect(): this;
 	reconnect(): void;
@@ -184,6 +192,8 @@ export function createClient(options?: ClientOptions): LiveClient;
 export const defaultClient: LiveClient;
 /** Connection status of the default client. */
 export const status: Readable<ConnectionStatus>;
+/** Why the default client cannot connect, with a hint (`null` while fine); see `Connection.error`. */
+export const connectionError: Readable<LiveError | null>;
 export function configure(options: ClientOptions): LiveClient;
 export function connect(options?: ClientOptions): LiveClient;
 export function __rpc<A extends any[] = any[], R = any>(path: string, options?: { timeout?: number }): RpcFunction<A, R>;

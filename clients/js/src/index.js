@@ -20,6 +20,8 @@ export const defaultClient = new LiveClient();
 
 /** Connection status store of the default client: `'connecting' | 'open' | 'closed'`. */
 export const status = defaultClient.status;
+/** Why the default client cannot connect, with a hint (`null` while fine). */
+export const connectionError = defaultClient.error;
 
 /**
  * Configure the default client (`url`, `WebSocket`, timeouts, reconnect delays).

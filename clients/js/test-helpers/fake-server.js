@@ -85,9 +85,9 @@ export class FakeSocket extends EventEmitter {
 		this.send({ topic, event, data });
 	}
 
-	/** @param {number} code */
-	close(code) {
-		this.ws.close(code);
+	/** @param {number} code @param {string} [reason] */
+	close(code, reason) {
+		this.ws.close(code, reason);
 	}
 
 	/**

@@ -67,3 +67,25 @@ test('?reject=401 / 403: terminal UNAUTHENTICATED / FORBIDDEN, no retry', async 
 		u();
 	}
 });
+
+test('a page on another origin (a Vite dev server) gets the server reason and a hint, not an endless "connecting"', async () => {
+	const { default: WebSocket } = await import('ws');
+	const { createClient } = await import('../src/index.js');
+	// What a browser on http://localhost:5173 sends when it connects to the liveroom port directly.
+	class DevPageSocket extends WebSocket {
+		/** @param {string} url */
+		constructor(url) {
+			super(url, { origin: 'http://localhost:5173' });
+		}
+	}
+	const c = createClient({ url: server().ws, WebSocket: DevPageSocket, reconnect: { baseMs: 20, maxMs: 50 } });
+	const store = c.stream('test/items')();
+	const u = store.subscribe(() => {});
+	const err = await waitFor(c.error, (e) => e !== null);
+	assert.equal(err.code, 'POLICY_VIOLATION');
+	assert.match(err.message, /origin http:\/\/localhost:5173 is not allowed: add it to LIVEROOM_ALLOWED_ORIGINS/);
+	const v = await waitFor(store, (x) => x !== undefined && 'error' in x);
+	assert.equal(v.error.code, 'POLICY_VIOLATION');
+	u();
+	c.close();
+});

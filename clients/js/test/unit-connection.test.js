@@ -320,3 +320,53 @@ test('default URL: ws(s)://<page host>/ws; status goes closed -> connecting -> o
 	assert.deepEqual(statuses, ['closed', 'connecting', 'open', 'closed']);
 	u();
 });
+
+test('a refused origin (1008) becomes an error with the server reason and a hint, on the client and its stores', async () => {
+	const client = await setup();
+	server.on('connection', (s) => s.close(1008, 'origin http://localhost:5173 is not allowed: add it to LIVEROOM_ALLOWED_ORIGINS'));
+	const store = client.stream('t/a')();
+	const u = store.subscribe(() => {});
+	const v = await waitFor(store, (x) => x !== undefined && 'error' in x);
+	assert.equal(v.error.code, 'POLICY_VIOLATION');
+	assert.match(v.error.message, /origin http:\/\/localhost:5173 is not allowed: add it to LIVEROOM_ALLOWED_ORIGINS/);
+	const err = get(client.error);
+	assert.equal(err?.code, 'POLICY_VIOLATION');
+	assert.match(err?.message ?? '', /proxy of \/ws/);
+	u();
+});
+
+test('an upgrade that keeps failing (404, nothing listening) says so after 3 attempts, keeps retrying, and clears on open', async () => {
+	const { createServer } = await import('node:http');
+	// An HTTP server that answers every upgrade with 404, like a dev server without the /ws proxy.
+	let upgrades = 0;
+	const http = createServer((_req, res) => res.writeHead(404).end());
+	http.on('upgrade', (_req, socket) => {
+		upgrades++;
+		socket.end('HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n');
+	});
+	await new Promise((r) => http.listen(0, '127.0.0.1', () => r(undefined)));
+	const port = /** @type {any} */ (http.address()).port;
+	const client = createClient({ url: `ws://127.0.0.1:${port}/ws`, WebSocket, reconnect: { baseMs: 10, maxMs: 30 } });
+	clients.push(client);
+	const store = client.stream('t/a')();
+	const u = store.subscribe(() => {});
+	const err = await waitFor(client.error, (e) => e !== null);
+	assert.equal(err.code, 'UNREACHABLE');
+	assert.match(err.message, new RegExp(`No liveroom server answered at ws://127.0.0.1:${port}/ws`));
+	assert.match(err.message, /proxy: \{ '\/ws'/);
+	const v = get(store);
+	assert.equal(v?.error?.code, 'UNREACHABLE', 'the store shows it instead of loading forever');
+	assert.equal(get(client.status) === 'open', false);
+	await until(() => upgrades > 4, { label: 'still retrying' });
+
+	// Pointed at a server that answers: the error clears and the data loads.
+	server = await new FakeServer({ onCall: defaultCall }).start();
+	client.configure({ url: server.url });
+	client.reconnect();
+	await waitFor(store, Array.isArray);
+	assert.equal(get(client.error), null);
+	u();
+	client.close();
+	http.closeAllConnections?.();
+	await new Promise((r) => http.close(() => r(undefined)));
+});

@@ -275,6 +275,19 @@ pub fn encode_close(out: &mut BytesMut, code: u16) {
     encode(out, Opcode::Close, &code.to_be_bytes());
 }
 
+/// Appends a close frame with `code` and a reason for humans, cut to the 123 bytes a control
+/// frame leaves for it (RFC 6455 section 5.5), on a character boundary.
+pub fn encode_close_with_reason(out: &mut BytesMut, code: u16, reason: &str) {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + end);
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    encode(out, Opcode::Close, &payload);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -434,9 +434,19 @@ async fn origin_allow_list() {
     let server = start_with(test_app().0, listed).await;
     let ok = Peer::connect_with(&server, "", &[("Origin", "https://app.example")], true).await;
     ok.assert_alive().await;
+    // The list adds to the page's own origin, it does not replace it.
     let same = format!("http://{}", server.addr());
-    let mut p = Peer::connect_with(&server, "", &[("Origin", &same)], true).await;
+    let p = Peer::connect_with(&server, "", &[("Origin", &same)], true).await;
+    p.assert_alive().await;
+    let mut p = Peer::connect_with(&server, "", &[("Origin", "http://localhost:5173")], true).await;
     assert_eq!(p.close_code().await, Some(1008), "not in the list");
+    // The close frame says why and how to allow it (the JS client shows it).
+    let (code, reason) = close_of(&server, "http://localhost:5173").await;
+    assert_eq!(code, 1008);
+    assert_eq!(
+        reason,
+        "origin http://localhost:5173 is not allowed: add it to LIVEROOM_ALLOWED_ORIGINS"
+    );
     Peer::guest(&server).await.assert_alive().await;
     server.shutdown().await.unwrap();
 
@@ -503,4 +513,29 @@ async fn healthz_and_manifest() {
         "crud"
     );
     server.shutdown().await.unwrap();
+}
+
+/// Opens a raw WebSocket with `origin` and returns the code and reason of the close frame the
+/// server sends.
+async fn close_of(server: &liveroom::Running, origin: &str) -> (u16, String) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let mut req = format!("ws://{}/ws", server.addr())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert("Origin", origin.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let next = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("a close frame");
+        match next {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return (frame.code.into(), frame.reason.to_string())
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
 }

@@ -107,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
         .start()
         .await
         .context("starting the server")?;
-    println!("board listening on http://{}", running.addr());
+    println!("board {}", running.startup_line());
     std::io::stdout().flush()?;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

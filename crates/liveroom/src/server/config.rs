@@ -23,8 +23,9 @@ pub struct ServerConfig {
     /// Serve files from this directory at `/`.
     #[arg(long, env = "LIVEROOM_STATIC_DIR")]
     pub static_dir: Option<PathBuf>,
-    /// Origins allowed to open the WebSocket (comma separated, `*` for any). Default: the
-    /// same origin as the `Host` header. Clients that send no `Origin` are always allowed.
+    /// Origins allowed to open the WebSocket besides the page's own (comma separated, `*` for
+    /// any), e.g. `http://localhost:5173` for a Vite dev server. A page served by this host
+    /// (same origin as the `Host` header) and clients that send no `Origin` are always allowed.
     #[arg(long, env = "LIVEROOM_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
     /// A client must send its whole request head within this many milliseconds (slowloris);
@@ -86,6 +87,25 @@ impl ServerConfig {
     pub const UPGRADE_BURST: u32 = 500;
     /// Default of [`ServerConfig::upgrade_timeout_ms`]: 10 s.
     pub const UPGRADE_TIMEOUT_MS: u64 = 10_000;
+}
+
+impl ServerConfig {
+    /// The settings from the `LIVEROOM_*` environment variables (docs/operations.md), the
+    /// defaults for the rest: what [`Server::new`](crate::Server::new) starts from. An invalid
+    /// value is an error naming the variable.
+    ///
+    /// ```
+    /// let config = liveroom::ServerConfig::from_env().expect("valid LIVEROOM_* variables");
+    /// # let _ = config;
+    /// ```
+    pub fn from_env() -> Result<Self, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Env {
+            #[command(flatten)]
+            config: ServerConfig,
+        }
+        <Env as clap::Parser>::try_parse_from(["liveroom"]).map(|env| env.config)
+    }
 }
 
 impl Default for ServerConfig {

@@ -27,6 +27,17 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
+/// The startup line of [`Server::run`]. Printed to stderr when the app installed no `tracing`
+/// subscriber (the README's minimal server), logged otherwise.
+fn announce(running: &Running) {
+    let line = running.startup_line();
+    if tracing::dispatcher::has_been_set() {
+        tracing::info!(addr = %running.addr(), "liveroom {line}");
+    } else {
+        eprintln!("liveroom {line}; Ctrl-C stops it");
+    }
+}
+
 /// Serves an [`App`].
 ///
 /// ```no_run
@@ -38,6 +49,8 @@ pub struct Server {
     /// Builds the registry with the configured limits (the app's state type erased).
     app: Box<dyn FnOnce(crate::Limits) -> Live + Send>,
     config: ServerConfig,
+    /// An invalid `LIVEROOM_*` variable, reported by `start` (unless `config` replaced them).
+    env_error: Option<String>,
     routes: Option<Router>,
 }
 
@@ -60,6 +73,18 @@ impl Running {
         &self.live
     }
 
+    /// Where the server listens and in which mode, for a startup message:
+    /// `listening on http://127.0.0.1:3000 (single process, presence in memory)` or
+    /// `(cluster mode, Redis)`.
+    pub fn startup_line(&self) -> String {
+        let mode = if self.live.hub().bus().is_some() {
+            "cluster mode, Redis"
+        } else {
+            "single process, presence in memory"
+        };
+        format!("listening on http://{} ({mode})", self.addr)
+    }
+
     /// Graceful shutdown: stop accepting, close every socket with 1001, wait (up to the
     /// configured deadline), release presence.
     pub async fn shutdown(self) -> std::io::Result<()> {
@@ -79,18 +104,27 @@ impl Running {
 }
 
 impl Server {
-    /// A server for `app` with the default configuration.
+    /// A server for `app`, configured from the `LIVEROOM_*` environment variables
+    /// ([`ServerConfig::from_env`]; defaults for the rest). Methods called on it
+    /// ([`bind`](Server::bind), [`config`](Server::config)) override them. An invalid variable
+    /// makes [`start`](Server::start) fail with a message naming it.
     pub fn new<S: Clone + Send + Sync + 'static>(app: App<S>) -> Self {
+        let (config, env_error) = match ServerConfig::from_env() {
+            Ok(config) => (config, None),
+            Err(e) => (ServerConfig::default(), Some(e.to_string())),
+        };
         Server {
             app: Box::new(move |limits| app.limits(limits).build()),
-            config: ServerConfig::default(),
+            config,
+            env_error,
             routes: None,
         }
     }
 
-    /// Replaces the whole configuration (e.g. from clap).
+    /// Replaces the whole configuration (e.g. from clap), environment included.
     pub fn config(mut self, config: ServerConfig) -> Self {
         self.config = config;
+        self.env_error = None;
         self
     }
 
@@ -109,8 +143,7 @@ impl Server {
     /// Binds and serves until SIGINT or SIGTERM, then shuts down gracefully.
     pub async fn run(self) -> std::io::Result<()> {
         let running = self.start().await?;
-        let addr = running.addr();
-        tracing::info!(%addr, "liveroom listening");
+        announce(&running);
         shutdown_signal().await;
         tracing::info!("shutting down");
         running.shutdown().await
@@ -118,12 +151,23 @@ impl Server {
 
     /// Binds and starts serving in the background.
     pub async fn start(self) -> std::io::Result<Running> {
-        let listener = TcpListener::bind(&self.config.bind).await?;
+        let listener = TcpListener::bind(&self.config.bind).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {}: {e}", self.config.bind),
+            )
+        })?;
         self.start_on(listener).await
     }
 
     /// Starts serving on an already bound listener.
     pub async fn start_on(self, listener: TcpListener) -> std::io::Result<Running> {
+        if let Some(e) = &self.env_error {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("invalid LIVEROOM_* environment variable: {e}"),
+            ));
+        }
         let addr = listener.local_addr()?;
         let metrics = crate::metrics::handle();
         let live = (self.app)(self.config.limits.clone());

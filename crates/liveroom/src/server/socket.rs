@@ -37,7 +37,7 @@ impl Drop for Open {
 pub(super) async fn serve_socket(
     open: Open,
     upgraded: hyper::upgrade::Upgraded,
-    verdict: Result<Option<serde_json::Value>, u16>,
+    verdict: Result<Option<serde_json::Value>, Refusal>,
 ) {
     let shared = &open.0.shared;
     // The plain TCP stream lets an idle connection wait for readability holding no buffer.
@@ -143,19 +143,26 @@ impl Reader {
     }
 }
 
+/// Why an upgraded socket is closed at once: the close code and a reason for the developer
+/// reading the browser console (the JS client shows it).
+pub(super) struct Refusal {
+    pub code: u16,
+    pub reason: String,
+}
+
 async fn run_socket<W>(
     shared: &Shared,
     mut reader: Reader,
     mut writer: W,
-    verdict: Result<Option<serde_json::Value>, u16>,
+    verdict: Result<Option<serde_json::Value>, Refusal>,
 ) where
     W: AsyncWrite + Send + Unpin + 'static,
 {
     let user = match verdict {
         Ok(user) => user,
-        Err(code) => {
+        Err(Refusal { code, reason }) => {
             let mut buf = BytesMut::new();
-            ws::encode_close(&mut buf, code);
+            ws::encode_close_with_reason(&mut buf, code, &reason);
             let _ = writer.write_all(&buf).await;
             let _ = writer.shutdown().await;
             return;

@@ -3,7 +3,7 @@
 
 use super::config::ServerConfig;
 use super::shared::{Shared, Slot};
-use super::socket::{serve_socket, Open};
+use super::socket::{serve_socket, Open, Refusal};
 use crate::auth::UpgradeRequest;
 use crate::close;
 use crate::rate::RateLimit;
@@ -13,6 +13,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use axum::Extension;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,20 +26,41 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// The Origin allow-list (protocol.md section 1).
-fn origin_allowed(config: &ServerConfig, headers: &HeaderMap) -> bool {
+/// The Origin check (protocol.md section 1): the page's own host, plus the configured
+/// origins. `Err` carries the refused origin.
+fn origin_allowed<'a>(config: &ServerConfig, headers: &'a HeaderMap) -> Result<(), &'a str> {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
-        return true; // not a browser
+        return Ok(()); // not a browser
     };
-    if config.allowed_origins.is_empty() {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
-        return host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host));
-    }
-    config
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+    let same_host = host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host));
+    let listed = config
         .allowed_origins
         .iter()
-        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin));
+    if same_host || listed {
+        Ok(())
+    } else {
+        Err(origin)
+    }
+}
+
+/// Logs a refused origin at warn, with how to allow it; at most once a second, so a flood of
+/// refused upgrades cannot flood the log.
+fn warn_refused_origin(origin: &str) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST.swap(now, Ordering::Relaxed) != now {
+        tracing::warn!(
+            origin,
+            "refused a WebSocket from origin {origin}: allow it with \
+             --allowed-origins {origin} (LIVEROOM_ALLOWED_ORIGINS), or serve the page from this \
+             server or through a proxy of /ws"
+        );
+    }
 }
 
 /// The client's opening handshake (RFC 6455 section 4.2.1): its `Sec-WebSocket-Key`, or the
@@ -98,17 +120,28 @@ pub(super) async fn ws_handler(
     let upgrades = RateLimit::per_second(config.upgrade_rate).burst(config.upgrade_burst);
     // A refused origin, flood or user is still accepted, then closed with a code the client
     // understands: an HTTP error here would look like 1006 to it, which it retries at once.
-    let verdict = if !origin_allowed(config, headers) {
-        Err(close::POLICY)
+    let verdict = if let Err(origin) = origin_allowed(config, headers) {
+        metrics::counter!("liveroom_refused_origins_total").increment(1);
+        warn_refused_origin(origin);
+        Err(Refusal {
+            code: close::POLICY,
+            reason: format!("origin {origin} is not allowed: add it to LIVEROOM_ALLOWED_ORIGINS"),
+        })
     } else if shared.upgrades.take(&slot.ip(), upgrades).is_err() {
         metrics::counter!("liveroom_rate_limited_total", "kind" => "upgrade").increment(1);
-        Err(close::THROTTLED)
+        Err(Refusal {
+            code: close::THROTTLED,
+            reason: "too many connections from this address: try again later".into(),
+        })
     } else {
         let view = UpgradeRequest::new(headers.clone(), req.uri().query(), Some(remote));
         let hook = shared.live.authenticate(view);
         let limit = Duration::from_millis(config.upgrade_timeout_ms);
         match tokio::time::timeout(limit, hook).await {
-            Ok(verdict) => verdict.map_err(|r| r.close_code()),
+            Ok(verdict) => verdict.map_err(|r| Refusal {
+                code: r.close_code(),
+                reason: r.to_string(),
+            }),
             Err(_) => {
                 metrics::counter!("liveroom_upgrade_timeouts_total").increment(1);
                 tracing::warn!(%remote, "upgrade hook timed out");

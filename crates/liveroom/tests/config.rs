@@ -1,0 +1,50 @@
+//! `Server::new` reads the `LIVEROOM_*` environment variables the docs list. One test in its own
+//! binary: the environment is the process's.
+
+mod common;
+
+use common::*;
+use liveroom::Server;
+
+#[tokio::test]
+async fn server_new_reads_the_environment() {
+    // The only test of this binary: no other test reads the environment meanwhile.
+    std::env::set_var("LIVEROOM_BIND", "127.0.0.1:0");
+    std::env::set_var("LIVEROOM_ALLOWED_ORIGINS", "http://localhost:5173");
+    let server = Server::new(test_app().0).start().await.expect("starts");
+    // Listening on a free port (not the default 3000), in memory.
+    assert_ne!(server.addr().port(), 3000);
+    let line = server.startup_line();
+    assert_eq!(
+        line,
+        format!(
+            "listening on http://{} (single process, presence in memory)",
+            server.addr()
+        )
+    );
+    // The extra origin is allowed, on top of the page's own.
+    let dev = Peer::connect_with(&server, "", &[("Origin", "http://localhost:5173")], true).await;
+    dev.assert_alive().await;
+    let same = format!("http://{}", server.addr());
+    Peer::connect_with(&server, "", &[("Origin", &same)], true)
+        .await
+        .assert_alive()
+        .await;
+    let mut other =
+        Peer::connect_with(&server, "", &[("Origin", "http://elsewhere.example")], true).await;
+    assert_eq!(other.close_code().await, Some(1008));
+    server.shutdown().await.unwrap();
+
+    // An invalid value fails the start, naming the variable.
+    std::env::set_var("LIVEROOM_MAX_CONNECTIONS", "lots");
+    let err = Server::new(test_app().0)
+        .start()
+        .await
+        .err()
+        .expect("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("LIVEROOM_") && text.contains("lots"),
+        "{text}"
+    );
+}
