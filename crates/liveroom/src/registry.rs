@@ -324,6 +324,14 @@ impl<S: Clone + Send + Sync + 'static> App<S> {
         self
     }
 
+    pub(crate) fn entries(&self) -> &HashMap<String, Entry> {
+        &self.entries
+    }
+
+    pub(crate) fn rooms(&self) -> &[Arc<RoomDef>] {
+        &self.rooms
+    }
+
     /// Per-connection limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;

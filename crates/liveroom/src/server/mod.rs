@@ -21,6 +21,7 @@ use axum::routing::get;
 use axum::Router;
 use shared::Shared;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +52,8 @@ pub struct Server {
     config: ServerConfig,
     /// An invalid `LIVEROOM_*` variable, reported by `start` (unless `config` replaced them).
     env_error: Option<String>,
+    /// `LIVEROOM_MANIFEST`: where [`Server::run`] writes the manifest instead of serving.
+    manifest: Option<(PathBuf, serde_json::Value)>,
     routes: Option<Router>,
 }
 
@@ -113,10 +116,12 @@ impl Server {
             Ok(config) => (config, None),
             Err(e) => (ServerConfig::default(), Some(e.to_string())),
         };
+        let manifest = std::env::var_os("LIVEROOM_MANIFEST").map(|p| (p.into(), app.manifest()));
         Server {
             app: Box::new(move |limits| app.limits(limits).build()),
             config,
             env_error,
+            manifest,
             routes: None,
         }
     }
@@ -141,7 +146,19 @@ impl Server {
     }
 
     /// Binds and serves until SIGINT or SIGTERM, then shuts down gracefully.
+    ///
+    /// With `LIVEROOM_MANIFEST=<path>` set it serves nothing: it writes the registry's manifest
+    /// to `<path>` and returns, so a front-end build can generate its client code without a
+    /// running server (`LIVEROOM_MANIFEST=web/src/live/manifest.json cargo run`).
     pub async fn run(self) -> std::io::Result<()> {
+        if let Some((path, manifest)) = &self.manifest {
+            let text = serde_json::to_string_pretty(manifest).map_err(std::io::Error::other)?;
+            std::fs::write(path, text + "\n").map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display()))
+            })?;
+            eprintln!("liveroom wrote its manifest to {}", path.display());
+            return Ok(());
+        }
         let running = self.start().await?;
         announce(&running);
         shutdown_signal().await;
