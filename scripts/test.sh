@@ -67,6 +67,9 @@ grep -q "typecheck-probe.ts.*not assignable to parameter of type 'string'" targe
 step "browser end-to-end tests (chromium)"
 (cd examples/board/e2e && npm ci --silent --no-audit --no-fund && BOARD_BIN="$ROOT/target/debug/board" npm test)
 
+step "a new app from 'liveroom new': its tests, its type check, two users in Chromium"
+bash scripts/scaffold-test.sh
+
 step "attacks: hostile clients against the release server, one at a time"
 cargo test --release --quiet -p liveroom-testserver --test attacks -- --ignored --test-threads=1 --nocapture 2>&1 \
   | tee target/attacks.log | grep -E "victim:|test result|panicked"

@@ -36,3 +36,17 @@ export class LiveError extends Error {
 export function errorFromReply(reply) {
 	return new LiveError(reply.code || 'UNKNOWN', reply.error || reply.message || 'Unknown error', reply.issues);
 }
+
+/**
+ * The data of a stream store's value, or `fallback` while it loads or after its first load
+ * failed: `{#each valueOr($people, []) as person}` without an `{#if}` around it.
+ * @template T, F
+ * @param {T | undefined | { error: LiveError }} value
+ * @param {F} fallback
+ * @returns {T | F}
+ */
+export function valueOr(value, fallback) {
+	if (value === undefined) return fallback;
+	if (value !== null && typeof value === 'object' && /** @type {any} */ (value).error instanceof LiveError) return fallback;
+	return /** @type {T} */ (value);
+}

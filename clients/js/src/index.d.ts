@@ -53,6 +53,12 @@ export function applyMerge(current: any, event: string, data: any, options?: Mer
  */
 export type StreamValue<T> = (T & { error?: undefined }) | undefined | { error: LiveError };
 
+/**
+ * The data of a stream value, or `fallback` while loading or after a failed first load:
+ * `{#each valueOr($people, []) as person (person.key)}`.
+ */
+export function valueOr<T, F>(value: StreamValue<T>, fallback: F): T | F;
+
 /** A getter of a stream's args: the one arg itself, or the array of several. */
 export type ArgsGetter<A extends any[]> = () => A extends [infer One] ? One : A;
 

@@ -14,6 +14,7 @@ export { LiveClient, createClient } from './client.js';
 export { LiveError } from './errors.js';
 export { applyMerge } from './merge.js';
 export { writable, readonly, get } from './store.js';
+export { valueOr } from './errors.js';
 
 /** The client behind the top-level exports (and generated `$live/*` modules). */
 export const defaultClient = new LiveClient();

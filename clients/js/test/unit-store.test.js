@@ -60,3 +60,11 @@ test('a getter of args gives the store of its current args (one arg, several, an
 	const list = follow(() => [1, 2], make, 1);
 	assert.equal(get(list), 'value of [[1,2]]');
 });
+
+test('valueOr: the data, or the fallback while loading or after a failed first load', async () => {
+	const { valueOr, LiveError } = await import('../src/index.js');
+	assert.deepEqual(valueOr([1], []), [1]);
+	assert.deepEqual(valueOr(undefined, []), []);
+	assert.deepEqual(valueOr({ error: new LiveError('FORBIDDEN', 'no') }, []), []);
+	assert.deepEqual(valueOr({ n: 1, error: 'a field of the data' }, null), { n: 1, error: 'a field of the data' });
+});

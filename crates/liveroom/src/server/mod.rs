@@ -153,6 +153,9 @@ impl Server {
     pub async fn run(self) -> std::io::Result<()> {
         if let Some((path, manifest)) = &self.manifest {
             let text = serde_json::to_string_pretty(manifest).map_err(std::io::Error::other)?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
             std::fs::write(path, text + "\n").map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display()))
             })?;
