@@ -67,6 +67,9 @@ grep -q "typecheck-probe.ts.*not assignable to parameter of type 'string'" targe
 step "browser end-to-end tests (chromium)"
 (cd examples/board/e2e && npm ci --silent --no-audit --no-fund && BOARD_BIN="$ROOT/target/debug/board" npm test)
 
+step "publish-ready packages: cargo publish --dry-run, the npm tarball installs and works"
+bash scripts/package-check.sh
+
 step "a new app from 'liveroom new': its tests, its type check, two users in Chromium"
 bash scripts/scaffold-test.sh
 
