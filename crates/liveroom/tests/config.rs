@@ -6,8 +6,34 @@ mod common;
 use common::*;
 use liveroom::Server;
 
+/// Log lines, captured.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
 #[tokio::test]
 async fn server_new_reads_the_environment() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
     // The only test of this binary: no other test reads the environment meanwhile.
     std::env::set_var("LIVEROOM_BIND", "127.0.0.1:0");
     std::env::set_var("LIVEROOM_ALLOWED_ORIGINS", "http://localhost:5173");
