@@ -59,6 +59,17 @@ async fn server_new_reads_the_environment() {
     let mut other =
         Peer::connect_with(&server, "", &[("Origin", "http://elsewhere.example")], true).await;
     assert_eq!(other.close_code().await, Some(1008));
+    // The refusal is logged at warn, with the origin and how to allow it.
+    let line = logs
+        .text()
+        .lines()
+        .find(|l| l.contains("refused a WebSocket"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(line.contains("WARN"), "{line}");
+    let how = "origin http://elsewhere.example: allow it with --allowed-origins \
+               http://elsewhere.example (LIVEROOM_ALLOWED_ORIGINS)";
+    assert!(line.contains(how), "{line}");
     server.shutdown().await.unwrap();
 
     // An invalid value fails the start, naming the variable.
