@@ -6,9 +6,8 @@
 // (Kept next to the board's e2e tests to share their playwright-core and helpers.)
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { once } from 'node:events';
 import path from 'node:path';
-import { eventually, freePort, launchBrowser, watch } from './lib.js';
+import { eventually, freePort, launchBrowser, stopChild, watch } from './lib.js';
 
 const [appDir, bin] = process.argv.slice(2);
 if (!appDir || !bin) throw new Error('usage: node scaffold.mjs <app dir> <app binary>');
@@ -33,14 +32,7 @@ async function start(cmd, args, { cwd, env }) {
   });
   return {
     url,
-    async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      const exited = once(child, 'exit');
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-      await exited;
-      clearTimeout(timer);
-    },
+    stop: () => stopChild(child),
   };
 }
 
