@@ -94,9 +94,10 @@ impl Board {
         let addr = line
             .split("http://")
             .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("no URL in {line:?}"))
-            .trim()
             .to_owned();
+        assert!(line.contains("(single process, presence in memory)"), "{line}");
         Board { child, addr }
     }
 
