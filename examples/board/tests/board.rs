@@ -97,7 +97,10 @@ impl Board {
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("no URL in {line:?}"))
             .to_owned();
-        assert!(line.contains("(single process, presence in memory)"), "{line}");
+        assert!(
+            line.contains("(single process, presence in memory)"),
+            "{line}"
+        );
         Board { child, addr }
     }
 
