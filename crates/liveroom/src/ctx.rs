@@ -49,10 +49,10 @@ impl Ctx {
     }
 
     /// The same call, seen by a handler of an app with state `state`.
-    pub(crate) fn with_state<S>(&self, state: S) -> Ctx<S> {
+    pub(crate) fn with_state<S>(self, state: S) -> Ctx<S> {
         Ctx {
-            conn: self.conn.clone(),
-            hub: self.hub.clone(),
+            conn: self.conn,
+            hub: self.hub,
             state,
         }
     }

@@ -298,7 +298,7 @@ impl<S: Clone + Send + Sync + 'static> App<S> {
     ) -> Self {
         let state = self.state.clone();
         self.allow_subscribe = Some(Arc::new(move |ctx: &Ctx, topic: &str| {
-            filter(&ctx.with_state(state.clone()), topic)
+            filter(&ctx.clone().with_state(state.clone()), topic)
         }));
         self
     }

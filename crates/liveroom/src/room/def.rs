@@ -50,8 +50,7 @@ pub(crate) enum RoomPart {
 pub(crate) struct Parts {
     pub module: String,
     pub name: String,
-    /// The room args.
-    pub params: Params,
+    /// The data stream; its params are the room args.
     pub data: StreamDef,
     pub actions: BTreeMap<String, Action>,
     /// What others see of a member, and its schema.
@@ -137,7 +136,7 @@ impl RoomDef {
 
     /// How many leading args select the room.
     pub fn topic_args(&self) -> usize {
-        self.parts.params.names.len()
+        self.parts.data.params.names.len()
     }
 
     /// The room args of a stream call (extra args are ignored).
@@ -284,8 +283,9 @@ impl RoomDef {
         let p = &self.parts;
         let mut d = p.data.merge.describe();
         d["topicArgs"] = self.topic_args().into();
-        d["args"] = json!(p.params.names);
-        let room_params = p.params.describe(generator);
+        let room = &p.data.params;
+        d["args"] = json!(room.names);
+        let room_params = room.describe(generator);
         d["params"] = json!(room_params);
         d["data"] = (p.data.data)(generator).to_value();
         d["presence"] = p.presence.is_some().into();
@@ -298,7 +298,7 @@ impl RoomDef {
         }
         let mut actions = Map::new();
         for (n, a) in &p.actions {
-            let names: Vec<&String> = p.params.names.iter().chain(&a.params.names).collect();
+            let names: Vec<&String> = room.names.iter().chain(&a.params.names).collect();
             let mut params = room_params.clone();
             params.extend(a.params.describe(generator));
             let result = (a.result)(generator).to_value();

@@ -121,7 +121,8 @@ type TypedPresence<S> = Arc<dyn Fn(&Ctx<S>) -> Value + Send + Sync>;
 /// ```
 pub struct Room<A: RoomArgs, S = ()> {
     data: Stream<A, S>,
-    params: Params,
+    /// How many leading call args are the room's (`topicArgs`).
+    topic_args: usize,
     presence: Option<(TypedPresence<S>, SchemaFn)>,
     cursors: Cursors,
     position: Option<(PositionCheck, SchemaFn)>,
@@ -169,7 +170,7 @@ impl<A: RoomArgs, S: Clone + Send + Sync + 'static> Room<A, S> {
         );
         Room {
             data: Stream::with_topic(topic),
-            params,
+            topic_args: params.names.len(),
             presence: None,
             cursors: false.into(),
             position: None,
@@ -268,7 +269,7 @@ impl<A: RoomArgs, S: Clone + Send + Sync + 'static> Room<A, S> {
             "invalid action name `{name}`"
         );
         let params = Params::of::<B>();
-        let (own, offset) = (params.clone(), self.params.names.len());
+        let (own, offset) = (params.clone(), self.topic_args);
         let action = Arc::new(action);
         let call: ActionFn<A, S> = Arc::new(move |ctx, room_args, rest| {
             let parsed = own.parse::<B>(rest, offset);
@@ -363,8 +364,9 @@ impl<A: RoomArgs, S: Clone + Send + Sync + 'static> Room<A, S> {
 
     pub(crate) fn erase(self, module: &str, name: &str, state: S) -> RoomDef {
         let (data, gate) = self.data.erase_sharing_gate(state.clone());
-        let room_params = self.params;
-        let count = room_params.names.len();
+        // The data stream parses the room args: its params are the room's.
+        let room_params = data.params.clone();
+        let count = self.topic_args;
         let actions = self
             .actions
             .into_iter()
@@ -394,13 +396,13 @@ impl<A: RoomArgs, S: Clone + Send + Sync + 'static> Room<A, S> {
             .collect();
         let presence = self.presence.map(|(f, schema)| {
             let state = state.clone();
-            let erased: PresenceFn = Arc::new(move |ctx: &Ctx| f(&ctx.with_state(state.clone())));
+            let erased: PresenceFn =
+                Arc::new(move |ctx: &Ctx| f(&ctx.clone().with_state(state.clone())));
             (erased, schema)
         });
         RoomDef::new(def::Parts {
             module: module.to_owned(),
             name: name.to_owned(),
-            params: room_params,
             data,
             actions,
             presence,
