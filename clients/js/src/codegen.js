@@ -363,7 +363,8 @@ export function generateModule(moduleName, mod, options = {}, defs = {}) {
 		const n = roomArgCount(room);
 		const roomParams = n === undefined ? '...args: any[]' : params(room, refs, n);
 		const position = room.cursorPosition === undefined ? 'CursorPosition' : schemaToTs(room.cursorPosition, refs);
-		const cursorParams = n === undefined ? '...args: any[]' : [params(room, refs, n), `position: ${position}`].filter(Boolean).join(', ');
+		const cursorParams = n === undefined ? '...args: any[]' : [params(room, refs, n), `position: ${position} | null`].filter(Boolean).join(', ');
+		const awareness = room.awareness === undefined ? 'Record<string, unknown>' : schemaToTs(room.awareness, refs);
 		const member = presenceType(room.presenceData, refs);
 		const cursorEntry = room.cursorPosition === undefined ? 'CursorEntry' : `CursorEntry<${position}>`;
 		const presence = room.presence === true;
@@ -393,10 +394,18 @@ export function generateModule(moduleName, mod, options = {}, defs = {}) {
 
 		const getters = sr ? '' : argGetter(room, refs, n);
 		const members = [`\t/** Live data of the room (merge \`${room.merge || 'crud'}\`). */`, `\tdata(${roomParams}): ${S}<${dataType(room, refs)}>;${getters && `\n\tdata(${getters}): ${S}<${dataType(room, refs)}>;`}`];
-		if (presence) members.push(`\t/** Who is in the room: \`[{ key, data }]\`. */`, `\tpresence(${roomParams}): ${S}<PresenceEntry<${member}>[]>;${getters && `\n\tpresence(${getters}): ${S}<PresenceEntry<${member}>[]>;`}`);
+		if (presence && sr) members.push(`\t/** Who is in the room: \`[{ key, data }]\`. */`, `\tpresence(${roomParams}): ${S}<PresenceEntry<${member}>[]>;`);
+		if (presence && !sr) {
+			const tuple = n === undefined ? 'any[]' : `[${params(room, refs, n)}]`;
+			members.push(
+				`\t/** Who is in the room: \`[{ key, data }]\`; \`.count(...)\` how many${room.awareness === undefined ? '' : ', \`.update(..., state)\` shares my awareness state'}. */`,
+				`\tpresence: PresenceFactory<${tuple}, ${member}, ${awareness}>;`
+			);
+			typeImports.add('PresenceFactory');
+		}
 		if (cursors) {
 			members.push(`\t/** Cursor positions: \`[{ key, ...position }]\`. */`, `\tcursors(${roomParams}): ${S}<${cursorEntry}[]>;${getters && `\n\tcursors(${getters}): ${S}<${cursorEntry}[]>;`}`);
-			members.push(`\t/** Send my cursor position (fire-and-forget, at most once per animation frame). */`, `\tmoveCursor(${cursorParams}): void;`);
+			members.push(`\t/** Send my cursor position (fire-and-forget, at most once per animation frame); \`null\` removes it. */`, `\tmoveCursor(${cursorParams}): void;`);
 		}
 		for (const a of actions) members.push(`\t${a.name}(${actionParams(room, a, refs)}): Promise<${resultType(a.result, refs)}>;`);
 		dts.push(`/** Room \`${path}\`. */\nexport declare const ${id}: {\n${members.join('\n')}\n};`);

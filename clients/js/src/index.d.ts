@@ -73,6 +73,8 @@ export interface StreamStore<T> extends Readable<StreamValue<T>> {
 	readonly status: Readable<StreamStatus>;
 	/** `'replayed'` when the last reconnect got only the missed events, `'reloaded'` for a full load. */
 	readonly recovery: Readable<StreamRecovery>;
+	/** Presence streams: members in the room, listed or not (large rooms list the first ones). */
+	readonly count: Readable<number | undefined>;
 	readonly path: string;
 	readonly args: any[];
 	/** Reload from the server, keeping the current value visible meanwhile. */
@@ -109,6 +111,19 @@ export interface CursorPosition {
 	[field: string]: unknown;
 }
 
+/** A room's presence: `presence(...roomArgs)` is the roster store. */
+export interface PresenceFactory<A extends any[] = any[], D = any, U = Record<string, unknown>>
+	extends StreamFactory<A, PresenceEntry<D>[]> {
+	/** Members in the room, listed or not; `undefined` while loading. */
+	count(...roomArgs: A): Readable<number | undefined>;
+	/**
+	 * Share my awareness state (merged into what others see of me; the server's fields win):
+	 * fire-and-forget, at most once per animation frame, latest wins. `null` clears it; it also
+	 * goes when this socket leaves the room.
+	 */
+	update(...roomArgsThenState: [...A, U | null]): void;
+}
+
 /** A cursor of another user: its position type plus the user's `key`. */
 export type CursorEntry<P = CursorPosition> = P & { key: string };
 
@@ -125,9 +140,12 @@ export interface RoomOptions extends MergeOptions {
 
 export interface Room {
 	data(...roomArgs: any[]): StreamStore<any>;
-	presence(...roomArgs: any[]): StreamStore<PresenceEntry[]>;
+	presence: PresenceFactory;
 	cursors(...roomArgs: any[]): StreamStore<CursorEntry[]>;
-	/** `moveCursor(...roomArgs, position)`: fire-and-forget, at most once per animation frame. */
+	/**
+	 * `moveCursor(...roomArgs, position)`: fire-and-forget, at most once per animation frame. A
+	 * `null` position removes my cursor (the pointer left).
+	 */
 	moveCursor(...roomArgsThenPosition: any[]): void;
 	/** Actions: `room.addCard(boardId, title)` -> Promise of the result. */
 	[action: string]: any;

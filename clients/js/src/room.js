@@ -1,6 +1,8 @@
 /**
  * Room objects (protocol.md section 5): data / presence / cursors streams, one function per action,
- * and a coalesced fire-and-forget `moveCursor`.
+ * and coalesced fire-and-forget senders: `moveCursor` (a `null` position removes my cursor) and
+ * `presence.update` (my awareness state, `null` clears it). `presence.count(...roomArgs)` is the
+ * number of members, listed or not (large rooms list only the first ones).
  */
 
 /**
@@ -42,10 +44,16 @@ export function createRoom(client, path, options = {}) {
 		})
 	};
 	const arity = options.topicArgs;
-	if (options.presence !== false) room.presence = client.stream(`${path}/__presence`, { arity, merge: 'presence', key: 'key' });
+	if (options.presence !== false) {
+		const presence = client.stream(`${path}/__presence`, { arity, merge: 'presence', key: 'key' });
+		/** @param {...any} args room args */
+		presence.count = (...args) => presence(...args).count;
+		presence.update = latestSender(client, `${path}/__presence_update`);
+		room.presence = presence;
+	}
 	if (options.cursors !== false) {
 		room.cursors = client.stream(`${path}/__cursors`, { arity, merge: 'cursor', key: 'key' });
-		room.moveCursor = cursorSender(client, `${path}/__cursor`);
+		room.moveCursor = latestSender(client, `${path}/__cursor`);
 	}
 	const actions = Array.isArray(options.actions) ? options.actions : Object.keys(options.actions || {});
 	for (const name of actions) {
@@ -59,12 +67,12 @@ export function createRoom(client, path, options = {}) {
 }
 
 /**
- * `moveCursor(...roomArgs, position)`: fire-and-forget `<path>` calls, coalesced so that each room
- * sends at most once per animation frame (latest position wins). Dropped while disconnected.
+ * `send(...roomArgs, value)`: fire-and-forget `<path>` calls, coalesced so that each room sends at
+ * most once per animation frame (latest value wins). Dropped while disconnected.
  * @param {import('./client.js').LiveClient} client
  * @param {string} path
  */
-function cursorSender(client, path) {
+function latestSender(client, path) {
 	/** @type {Map<string, any[]>} */
 	const latest = new Map();
 	let scheduled = false;
@@ -73,8 +81,8 @@ function cursorSender(client, path) {
 		for (const args of latest.values()) client.connection.fire(path, args, { dropIfClosed: true });
 		latest.clear();
 	}
-	/** @param {...any} args room args, then the position object */
-	return function moveCursor(...args) {
+	/** @param {...any} args room args, then the position (or state) object, or `null` */
+	return function send(...args) {
 		latest.set(JSON.stringify(args.slice(0, -1)), args);
 		if (!scheduled) {
 			scheduled = true;

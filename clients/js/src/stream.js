@@ -46,6 +46,15 @@ export function createStream(conn, path, args, options, hooks = {}) {
 	const error = writable(/** @type {import('./errors.js').LiveError | null} */ (null));
 	const status = writable(/** @type {StreamStatus} */ ('idle'));
 	const recovery = writable(/** @type {StreamRecovery} */ (null));
+	// Presence streams: how many members (listed or not), from the server's `count` events (the
+	// newest version wins), else the roster's length.
+	const count = writable(/** @type {number | undefined} */ (undefined));
+	/** @type {{ total: number, version: number } | null} */ let counted = null;
+	function recount() {
+		if (merge.merge !== 'presence') return;
+		const v = value.get();
+		count.set(counted ? counted.total : Array.isArray(v) ? v.length : undefined);
+	}
 	const value = writable(/** @type {any} */ (undefined), () => {
 		status.set('loading');
 		hooks.onStart?.();
@@ -57,8 +66,10 @@ export function createStream(conn, path, args, options, hooks = {}) {
 		conn._deactivate(ctrl);
 		if (topic) conn._unwatch(topic, ctrl);
 		topic = reqId = seq = null;
+		counted = null;
 		loaded = live = false;
 		value.set(undefined);
+		count.set(undefined);
 		error.set(null);
 		status.set('idle');
 		recovery.set(null);
@@ -119,6 +130,7 @@ export function createStream(conn, path, args, options, hooks = {}) {
 			} else if (!(reply.unchanged === true && loaded)) value.set(copy(reply.data));
 			if (refetch) recovery.set(reply.replay === true ? 'replayed' : 'reloaded');
 			seq = typeof reply.seq === 'number' ? reply.seq : null;
+			recount();
 			loaded = true;
 			error.set(null);
 			status.set('ready');
@@ -128,7 +140,15 @@ export function createStream(conn, path, args, options, hooks = {}) {
 		onEvent(event, data, eventSeq) {
 			// Events before the stream reply are not applied (protocol ordering rule).
 			if (!live) return;
+			if (event === 'count' && merge.merge === 'presence') {
+				if (data && typeof data.total === 'number' && (!counted || !(data.version < counted.version))) {
+					counted = { total: data.total, version: Number(data.version) || 0 };
+				}
+				recount();
+				return;
+			}
 			value.set(applyMerge(value.get(), event, data, merge));
+			recount();
 			if (typeof eventSeq === 'number') seq = seq === null ? eventSeq : Math.max(seq, eventSeq);
 		},
 		/** The server no longer has the events this stream missed: load it again. */
@@ -158,6 +178,8 @@ export function createStream(conn, path, args, options, hooks = {}) {
 		 * missed events came, nothing was reloaded), `'reloaded'` (the full data), `null` before any.
 		 */
 		recovery: readonly(recovery),
+		/** Store (presence streams): members in the room, listed or not; `undefined` while loading. */
+		count: readonly(count),
 		path,
 		args,
 		/** Reload the data from the server (keeps the current value visible meanwhile). */

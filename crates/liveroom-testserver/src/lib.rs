@@ -35,6 +35,10 @@ pub struct Options {
     pub grace: Duration,
     /// Cursor throttle of the board.
     pub cursor_throttle: Duration,
+    /// Cursor positions per second each observer of a board gets at most.
+    pub cursor_budget: u32,
+    /// Listed members of a board at most.
+    pub presence_limit: usize,
 }
 
 impl Default for Options {
@@ -42,8 +46,18 @@ impl Default for Options {
         Options {
             grace: liveroom::room::DEFAULT_GRACE,
             cursor_throttle: liveroom::Cursors::DEFAULT_THROTTLE,
+            cursor_budget: liveroom::Cursors::DEFAULT_BUDGET,
+            presence_limit: liveroom::room::presence::DEFAULT_LISTED_LIMIT,
         }
     }
+}
+
+/// What a board member may share of its own (awareness): the card it edits, whether it types.
+#[derive(Deserialize, JsonSchema)]
+#[allow(dead_code)] // only checked, never read
+struct Awareness {
+    editing: Option<String>,
+    typing: Option<bool>,
 }
 
 /// The app's "database", and what its handlers and hooks recorded.
@@ -321,8 +335,14 @@ fn board(options: &Options) -> Room<Board, Arc<State>> {
             Some(user) if user["hidden"] == true => None,
             _ => Some(name_of(ctx)),
         })
-        .cursors(Cursors::throttle(options.cursor_throttle))
+        .presence_limit(options.presence_limit)
+        .awareness::<Awareness>()
+        .cursors(Cursors::throttle(options.cursor_throttle).budget(options.cursor_budget))
         .grace(options.grace)
+        .action("setStatus", |ctx, _board, (status,): (String,)| async move {
+            let me = json!({ "name": ctx.identity(), "status": status });
+            ctx.set_presence(&me).await
+        })
         .guard(|ctx, _| async move {
             if ctx.is_guest() {
                 return Err(LiveError::unauthenticated("Sign in first"));

@@ -17,6 +17,12 @@ struct Args {
     /// Cursor throttle of the board, in milliseconds.
     #[arg(long, env = "LIVEROOM_CURSOR_MS", default_value_t = liveroom::Cursors::DEFAULT_THROTTLE.as_millis() as u64)]
     cursor_ms: u64,
+    /// Cursor positions per second each observer of a board gets at most.
+    #[arg(long, env = "LIVEROOM_CURSOR_BUDGET", default_value_t = liveroom::Cursors::DEFAULT_BUDGET)]
+    cursor_budget: u32,
+    /// Listed members of a board at most (further ones are counted).
+    #[arg(long, env = "LIVEROOM_PRESENCE_LIMIT", default_value_t = liveroom::room::presence::DEFAULT_LISTED_LIMIT)]
+    presence_limit: usize,
     /// Redis URL: switches on cluster mode.
     #[arg(long, env = "REDIS_URL")]
     redis_url: Option<String>,
@@ -39,6 +45,8 @@ async fn main() -> std::io::Result<()> {
     let options = Options {
         grace: Duration::from_millis(args.grace_ms),
         cursor_throttle: Duration::from_millis(args.cursor_ms),
+        cursor_budget: args.cursor_budget,
+        presence_limit: args.presence_limit,
     };
     let (mut app, _state) = app(&options);
     if let Some(url) = &args.redis_url {

@@ -18,11 +18,12 @@
 
 use crate::conn::Conn;
 use crate::error::LiveError;
-use crate::outbox::Push;
+use crate::outbox::{Out, Push};
 use crate::replay::{seq_base, Coverage, Log, Replay};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
+use serde_json::Value;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -372,6 +373,50 @@ impl Hub {
         Self::append(&mut t, seq, &frame);
         Self::push_all(topic, &t.subs, |conn| {
             conn.outbox.event(topic, frame.clone(), seq)
+        });
+    }
+
+    /// Publishes several events on `topic` at once, in order: on one server each subscriber
+    /// gets them queued together (one frame for clients that take batches); through the bus
+    /// they go one by one, each with its own seq.
+    pub fn publish_all(&self, topic: &str, events: &[(&str, Value)]) {
+        let raws: Vec<(&str, Box<RawValue>)> = events
+            .iter()
+            .filter_map(|(e, d)| Some((*e, serde_json::value::to_raw_value(d).ok()?)))
+            .collect();
+        let t = match self.get(topic) {
+            Some(t) if self.sequencing_bus().is_none() && raws.len() > 1 => t,
+            _ => {
+                for (event, raw) in &raws {
+                    self.publish(topic, event, raw);
+                }
+                return;
+            }
+        };
+        metrics::counter!("liveroom_events_published_total").increment(raws.len() as u64);
+        let mut t = lock(&t);
+        let sequenced = !t.policy.is_off();
+        let mut frames = Vec::with_capacity(raws.len());
+        let mut seq = 0;
+        for (event, raw) in &raws {
+            let body = envelope_body(topic, event, raw);
+            if sequenced {
+                seq = if t.seq == 0 { seq_base() } else { t.seq } + 1;
+                let frame = seal(body, seq);
+                Self::append(&mut t, seq, &frame);
+                frames.push(frame);
+            } else {
+                frames.push(seal(body, 0));
+            }
+        }
+        if !sequenced {
+            if let Some(bus) = self.bus.get() {
+                frames.iter().for_each(|f| bus.publish(topic, f));
+            }
+        }
+        let frames: Arc<[Bytes]> = frames.into();
+        Self::push_all(topic, &t.subs, |conn| {
+            conn.outbox.event(topic, Out::Many(frames.clone()), seq)
         });
     }
 

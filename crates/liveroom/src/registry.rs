@@ -449,10 +449,17 @@ impl Live {
         let Some(topic) = cursor_topic.strip_suffix(":cursors") else {
             return;
         };
-        for room in &self.inner.rooms {
-            if let Some(table) = room.cursor_table() {
-                table.mirror(topic, event, data);
-            }
+        // One table takes it (else its ticks would deliver it twice): the one that has the
+        // room, or the first with cursors.
+        let tables: Vec<_> = self
+            .inner
+            .rooms
+            .iter()
+            .filter_map(|r| r.cursor_table())
+            .collect();
+        let table = tables.iter().find(|t| t.knows(topic)).or(tables.first());
+        if let Some(table) = table {
+            table.mirror(topic, event, data);
         }
     }
 

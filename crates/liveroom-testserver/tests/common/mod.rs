@@ -361,6 +361,9 @@ pub struct Peer {
     /// The merged presence roster: key -> data (`join` upserts, `leave` removes, `set` and
     /// `refreshed` replace).
     pub roster: BTreeMap<String, Value>,
+    /// The room's member count from `count` events (the newest version wins).
+    pub count: Option<u64>,
+    count_version: u64,
     presence_topic: Option<String>,
     pub closed: bool,
 }
@@ -386,6 +389,8 @@ impl Peer {
             client,
             log: Vec::new(),
             roster: BTreeMap::new(),
+            count: None,
+            count_version: 0,
             presence_topic: None,
             closed: false,
         }
@@ -472,6 +477,13 @@ impl Peer {
                     }
                 }
                 "set" | "refreshed" => self.roster = list_to_roster(data),
+                "count" => {
+                    let version = data["version"].as_u64().unwrap_or(0);
+                    if version >= self.count_version {
+                        self.count_version = version;
+                        self.count = data["total"].as_u64();
+                    }
+                }
                 _ => {}
             }
         }

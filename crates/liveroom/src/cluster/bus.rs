@@ -491,14 +491,16 @@ impl RedisBus {
         }
         metrics::counter!("liveroom_redis_received_total").increment(1);
         let frame = Bytes::copy_from_slice(&payload[id.len() + 1..]);
-        live.hub().deliver(topic, &frame);
         if topic.ends_with(":cursors") {
+            // Cursor changes go through the room's tick here, within each observer's budget.
             if let Ok(env) = serde_json::from_slice::<serde_json::Value>(&frame) {
                 if let (Some(event), Some(data)) = (env["event"].as_str(), env.get("data")) {
                     live.mirror_cursor(topic, event, data);
                 }
             }
+            return;
         }
+        live.hub().deliver(topic, &frame);
     }
 }
 

@@ -13,7 +13,9 @@
 use super::breaker::Redis;
 use super::bus::RedisBus;
 use super::config::ClusterConfig;
-use super::presence::{owned_key, scripts, RedisPresence, PRESENCE_PREFIX};
+use super::presence::{
+    owned_key, scripts, transitions, RedisPresence, Transition, PRESENCE_PREFIX, WAIT_PREFIX,
+};
 use crate::registry::Live;
 use serde_json::json;
 use std::hash::{BuildHasher, Hasher};
@@ -194,20 +196,35 @@ impl Cluster {
         let Ok(changes) = self.store.reassert().await else {
             return false;
         };
-        for (joined, topic, key, data) in changes {
-            if joined {
-                if let Some(data) = data {
+        self.announce(live, changes);
+        true
+    }
+
+    /// Publishes what a script changed: `join` for the listed, `leave` (and the cursor's
+    /// `remove`) for the gone, one `count` per room.
+    fn announce(&self, live: &Live, changes: Vec<Transition>) {
+        for change in changes {
+            match change {
+                Transition::Listed { topic, key, data } => {
                     let _ = live.publish(
                         &format!("{topic}:presence"),
                         "join",
                         &json!({ "key": key, "data": data }),
                     );
                 }
-            } else {
-                self.publish_gone(live, &topic, &key);
+                Transition::Gone { topic, key, listed } => {
+                    self.publish_gone(live, &topic, &key, listed)
+                }
+                Transition::Count { topic, count } => {
+                    let _ = live.publish(
+                        &format!("{topic}:presence"),
+                        "count",
+                        &crate::room::presence::count_data(count),
+                    );
+                }
+                Transition::Counted { .. } => {}
             }
         }
-        true
     }
 
     /// Sends every local presence subscriber the cluster-wide roster as a `set`. Only a roster
@@ -218,10 +235,12 @@ impl Cluster {
             let Some(topic) = presence_topic.strip_suffix(":presence") else {
                 continue;
             };
-            let Ok(list) = self.store.cluster_roster(topic).await else {
+            let Ok(roster) = self.store.cluster_roster(topic).await else {
                 return false;
             };
-            let roster: Vec<_> = list
+            let count = crate::room::presence::count_data(roster.count);
+            let roster: Vec<_> = roster
+                .listed
                 .into_iter()
                 .map(|(key, data)| json!({ "key": key, "data": data }))
                 .collect();
@@ -229,21 +248,31 @@ impl Cluster {
                 let frame = crate::protocol::envelope(&presence_topic, "set", &raw);
                 live.hub().deliver(&presence_topic, &frame);
             }
+            if let Ok(raw) = serde_json::value::to_raw_value(&count) {
+                let frame = crate::protocol::envelope(&presence_topic, "count", &raw);
+                live.hub().deliver(&presence_topic, &frame);
+            }
         }
         true
     }
 
-    fn publish_gone(&self, live: &Live, topic: &str, key: &str) {
-        let _ = live.publish(
-            &format!("{topic}:presence"),
-            "leave",
-            &json!({ "key": key }),
-        );
+    fn publish_gone(&self, live: &Live, topic: &str, key: &str, listed: bool) {
+        if listed {
+            let _ = live.publish(
+                &format!("{topic}:presence"),
+                "leave",
+                &json!({ "key": key }),
+            );
+        }
         let cursors = format!("{topic}:cursors");
         let remove = json!({ "key": key });
+        // Local observers get it through the room's tick; the other replicas through the bus.
         live.mirror_cursor(&cursors, "remove", &remove);
         crate::hub::Bus::store_cursors(&*self.bus, &cursors, &[(key.into(), None)]);
-        live.hub().broadcast(&cursors, "remove", &remove);
+        if let Ok(raw) = serde_json::value::to_raw_value(&remove) {
+            let frame = crate::protocol::envelope(&cursors, "remove", &raw);
+            crate::hub::Bus::publish(&*self.bus, &cursors, &frame);
+        }
     }
 
     /// Removes the contributions of replicas whose lease expired.
@@ -283,21 +312,25 @@ impl Cluster {
             inv.key(lease_key(id))
                 .key(REPLICAS)
                 .arg(id)
-                .arg(PRESENCE_PREFIX);
-            let Ok(gone) = self
+                .arg(PRESENCE_PREFIX)
+                .arg(WAIT_PREFIX);
+            let Ok(out) = self
                 .redis
                 .run(|mut c| async move { inv.invoke_async::<Vec<String>>(&mut c).await })
                 .await
             else {
                 continue;
             };
-            if !gone.is_empty() {
-                tracing::warn!(replica = %id, left = gone.len() / 2, "reaped a dead replica's presence");
+            let changes = transitions(out);
+            let gone = changes
+                .iter()
+                .filter(|c| matches!(c, Transition::Gone { .. }))
+                .count();
+            if gone > 0 {
+                tracing::warn!(replica = %id, left = gone, "reaped a dead replica's presence");
             }
-            metrics::counter!("liveroom_cluster_reaped_total").increment((gone.len() / 2) as u64);
-            for pair in gone.chunks_exact(2) {
-                self.publish_gone(live, &pair[0], &pair[1]);
-            }
+            metrics::counter!("liveroom_cluster_reaped_total").increment(gone as u64);
+            self.announce(live, changes);
         }
     }
 

@@ -3,13 +3,21 @@
 //! Key layout (standalone Redis; the scripts touch keys derived from their arguments, so Redis
 //! Cluster is not supported):
 //! - `__live-presence:<topic>`: HASH, `c:<identity>` = cluster-wide count, `d:<identity>` =
-//!   JSON presence data (written before the count is raised). Expires after 10 minutes
-//!   unused; replicas refresh the rooms they are in.
+//!   JSON presence data (written before the count is raised), `l:<identity>` = listed; `#n` =
+//!   present identities, `#l` = listed ones, `#v` = the count's version (microseconds, bumped
+//!   by every arrival and departure), `#o` = the waiting line's last place. Expires after 10
+//!   minutes unused; replicas refresh the rooms they are in.
+//! - `__live-presence-wait:<topic>`: ZSET, members with data beyond the listed limit, by join
+//!   order (the first is promoted when a listed member leaves).
 //! - `__live-owned:<replica>`: HASH, `<topic>\n<identity>` = what this replica added, so its
 //!   contributions can be removed exactly when it dies.
+//!
+//! Every script that makes an identity arrive or depart goes through the same Lua helpers
+//! (`LIB`), so the counters, the listing and the waiting line stay consistent whichever replica
+//! (or reaper) does it.
 
 use super::breaker::{Redis, RedisDown};
-use crate::presence_store::{PresenceStore, StoreFuture};
+use crate::presence_store::{Count, Joined, Left, PresenceStore, Roster, StoreFuture};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +25,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 /// Prefix of the per-room presence hashes.
 pub const PRESENCE_PREFIX: &str = "__live-presence:";
+/// Prefix of the per-room waiting lines.
+pub const WAIT_PREFIX: &str = "__live-presence-wait:";
 /// Milliseconds an unused presence or ownership hash lives.
 pub const TTL_MS: u64 = 600_000;
 
@@ -29,57 +39,159 @@ fn field(topic: &str, key: &str) -> String {
     format!("{topic}\n{key}")
 }
 
+/// Lua helpers shared by the scripts: `h` a room's hash, `w` its waiting line.
+const LIB: &str = r"
+local function bump(h)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local v = tonumber(redis.call('HGET', h, '#v') or '0')
+  if now <= v then now = v + 1 end
+  redis.call('HSET', h, '#v', now)
+end
+local function place(h, w, key, limit)
+  if tonumber(redis.call('HGET', h, '#l') or '0') < limit then
+    redis.call('HSET', h, 'l:' .. key, 1)
+    redis.call('HINCRBY', h, '#l', 1)
+    return 1
+  end
+  redis.call('ZADD', w, redis.call('HINCRBY', h, '#o', 1), key)
+  return 0
+end
+-- An identity present nowhere before: counted, and listed or queued if it has data.
+local function arrive(h, w, key, limit)
+  redis.call('HINCRBY', h, '#n', 1)
+  bump(h)
+  redis.call('HSET', h, '#max', limit)
+  if redis.call('HEXISTS', h, 'd:' .. key) == 1 then return place(h, w, key, limit) end
+  return 0
+end
+-- An identity gone everywhere: uncounted; a listed one's place goes to the first waiting.
+-- Returns whether it was listed, and the promoted as key, data pairs.
+local function depart(h, w, key)
+  local limit = tonumber(redis.call('HGET', h, '#max') or '1000')
+  local was = redis.call('HDEL', h, 'l:' .. key)
+  redis.call('HDEL', h, 'c:' .. key, 'd:' .. key)
+  redis.call('ZREM', w, key)
+  redis.call('HINCRBY', h, '#n', -1)
+  bump(h)
+  local promoted = {}
+  if was == 1 then
+    redis.call('HINCRBY', h, '#l', -1)
+    while tonumber(redis.call('HGET', h, '#l') or '0') < limit do
+      local p = redis.call('ZPOPMIN', w)
+      if #p == 0 then break end
+      redis.call('HSET', h, 'l:' .. p[1], 1)
+      redis.call('HINCRBY', h, '#l', 1)
+      table.insert(promoted, p[1])
+      table.insert(promoted, redis.call('HGET', h, 'd:' .. p[1]) or '')
+    end
+  end
+  return was, promoted
+end
+local function counted(h)
+  return tonumber(redis.call('HGET', h, '#n') or '0'), tonumber(redis.call('HGET', h, '#v') or '0')
+end
+-- Appends a departure's transitions to out (kind, topic, key, data), with its promotions.
+local function departed(out, h, w, topic, key)
+  local was, promoted = depart(h, w, key)
+  table.insert(out, was == 1 and 'leave' or 'depart'); table.insert(out, topic)
+  table.insert(out, key); table.insert(out, '')
+  for i = 1, #promoted, 2 do
+    table.insert(out, 'promote'); table.insert(out, topic)
+    table.insert(out, promoted[i]); table.insert(out, promoted[i + 1])
+  end
+end
+-- Appends a room's count (and drops an empty room's keys).
+local function count_of(out, h, w, topic)
+  local n, v = counted(h)
+  table.insert(out, 'count'); table.insert(out, topic)
+  table.insert(out, tostring(n)); table.insert(out, tostring(v))
+  if n <= 0 then redis.call('DEL', h, w) end
+end
+";
+
+fn script(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{LIB}\n{body}"))
+}
+
 pub(crate) fn scripts() -> &'static Scripts {
     static S: OnceLock<Scripts> = OnceLock::new();
     S.get_or_init(|| Scripts {
-        join: redis::Script::new(
+        // KEYS: hash, owned, wait. ARGV: key, data, owned field, ttl, limit.
+        // Returns {first, listed, n, v}.
+        join: script(
             r"
-            if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'd:'..ARGV[1], ARGV[2]) end
-            local c = redis.call('HINCRBY', KEYS[1], 'c:'..ARGV[1], 1)
+            local h, w, key, limit = KEYS[1], KEYS[3], ARGV[1], tonumber(ARGV[5])
+            if ARGV[2] ~= '' then redis.call('HSET', h, 'd:' .. key, ARGV[2]) end
+            local c = redis.call('HINCRBY', h, 'c:' .. key, 1)
             redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
-            redis.call('PEXPIRE', KEYS[1], ARGV[4])
+            local listed = 0
+            if c == 1 then
+              listed = arrive(h, w, key, limit)
+            elseif ARGV[2] ~= '' and redis.call('HEXISTS', h, 'l:' .. key) == 0
+                and not redis.call('ZSCORE', w, key) then
+              listed = place(h, w, key, limit)
+            end
+            redis.call('PEXPIRE', h, ARGV[4])
+            redis.call('PEXPIRE', w, ARGV[4])
             redis.call('PEXPIRE', KEYS[2], ARGV[4])
-            return c",
+            local n, v = counted(h)
+            return {c == 1 and 1 or 0, listed, n, v}",
         ),
-        leave: redis::Script::new(
+        // KEYS: hash, owned, wait. ARGV: key, owned field.
+        // Returns transitions (kind, topic, key, data) with the room's count, or {} if it was
+        // not the last leave.
+        leave: script(
             r"
+            local h, w, key = KEYS[1], KEYS[3], ARGV[1]
             local o = redis.call('HINCRBY', KEYS[2], ARGV[2], -1)
             if o <= 0 then redis.call('HDEL', KEYS[2], ARGV[2]) end
-            if o < 0 then return 0 end -- already reaped: not ours to remove again
-            local c = redis.call('HINCRBY', KEYS[1], 'c:'..ARGV[1], -1)
-            if c <= 0 then
-              redis.call('HDEL', KEYS[1], 'c:'..ARGV[1], 'd:'..ARGV[1])
-              if redis.call('HLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[1]) end
-              return 1
-            end
-            return 0",
+            if o < 0 then return {} end -- already reaped: not ours to remove again
+            local c = redis.call('HINCRBY', h, 'c:' .. key, -1)
+            if c > 0 then return {} end
+            local out = {}
+            departed(out, h, w, ARGV[3], key)
+            count_of(out, h, w, ARGV[3])
+            return out",
         ),
-        reap: redis::Script::new(
+        // KEYS: hash, wait. ARGV: key, data, limit. Returns 1 if the member is listed.
+        update: script(
+            r"
+            local h, w, key = KEYS[1], KEYS[2], ARGV[1]
+            if redis.call('HEXISTS', h, 'c:' .. key) == 0 then return 0 end
+            redis.call('HSET', h, 'd:' .. key, ARGV[2])
+            if redis.call('HEXISTS', h, 'l:' .. key) == 1 then return 1 end
+            if redis.call('ZSCORE', w, key) then return 0 end
+            return place(h, w, key, tonumber(ARGV[3]))",
+        ),
+        // KEYS: owned, lease, replicas. ARGV: replica id, hash prefix, wait prefix.
+        reap: script(
             r"
             if redis.call('EXISTS', KEYS[2]) == 1 then return {} end
             local owned = redis.call('HGETALL', KEYS[1])
-            local gone = {}
+            local out, topics = {}, {}
             for i = 1, #owned, 2 do
               local f, n = owned[i], tonumber(owned[i + 1])
               local sep = string.find(f, '\n', 1, true)
               local topic, key = string.sub(f, 1, sep - 1), string.sub(f, sep + 1)
-              local h = ARGV[2] .. topic
+              local h, w = ARGV[2] .. topic, ARGV[3] .. topic
               local c = redis.call('HINCRBY', h, 'c:' .. key, -n)
               if c <= 0 then
-                redis.call('HDEL', h, 'c:' .. key, 'd:' .. key)
-                if redis.call('HLEN', h) == 0 then redis.call('DEL', h) end
-                table.insert(gone, topic)
-                table.insert(gone, key)
+                departed(out, h, w, topic, key)
+                topics[topic] = true
               end
             end
+            for topic in pairs(topics) do count_of(out, ARGV[2] .. topic, ARGV[3] .. topic, topic) end
             redis.call('DEL', KEYS[1])
             redis.call('SREM', KEYS[3], ARGV[1])
-            return gone",
+            return out",
         ),
-        reassert: redis::Script::new(
+        // KEYS: owned. ARGV: hash prefix, wait prefix, ttl, then (topic, key, n, data, limit)
+        // per member.
+        reassert: script(
             r"
-            local prefix, ttl = ARGV[1], ARGV[2]
-            local before, order = {}, {}
+            local prefix, wprefix, ttl = ARGV[1], ARGV[2], ARGV[3]
+            local before, order, limits = {}, {}, {}
             local function touch(topic, key)
               local k = topic .. '\n' .. key
               if before[k] == nil then
@@ -96,46 +208,132 @@ pub(crate) fn scripts() -> &'static Scripts {
               redis.call('HINCRBY', prefix .. topic, 'c:' .. key, -n)
             end
             redis.call('DEL', KEYS[1])
-            for i = 3, #ARGV, 4 do
+            for i = 4, #ARGV, 5 do
               local topic, key, n, data = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
+              limits[topic] = tonumber(ARGV[i + 4])
               touch(topic, key)
               local h = prefix .. topic
               if data ~= '' then redis.call('HSET', h, 'd:' .. key, data) end
               redis.call('HINCRBY', h, 'c:' .. key, n)
               redis.call('HSET', KEYS[1], topic .. '\n' .. key, n)
               redis.call('PEXPIRE', h, ttl)
+              redis.call('PEXPIRE', wprefix .. topic, ttl)
             end
             redis.call('PEXPIRE', KEYS[1], ttl)
-            local out = {}
+            local out, topics = {}, {}
             for _, tk in ipairs(order) do
               local topic, key = tk[1], tk[2]
-              local h = prefix .. topic
+              local h, w = prefix .. topic, wprefix .. topic
               local b = before[topic .. '\n' .. key]
               local a = tonumber(redis.call('HGET', h, 'c:' .. key) or '0')
-              if a <= 0 then
-                redis.call('HDEL', h, 'c:' .. key, 'd:' .. key)
-                if redis.call('HLEN', h) == 0 then redis.call('DEL', h) end
-              end
               if b <= 0 and a > 0 then
-                table.insert(out, 'join'); table.insert(out, topic); table.insert(out, key)
+                local listed = arrive(h, w, key, limits[topic] or 1000)
+                table.insert(out, listed == 1 and 'join' or 'arrive'); table.insert(out, topic)
+                table.insert(out, key); table.insert(out, redis.call('HGET', h, 'd:' .. key) or '')
+                topics[topic] = true
               elseif b > 0 and a <= 0 then
-                table.insert(out, 'leave'); table.insert(out, topic); table.insert(out, key)
+                departed(out, h, w, topic, key)
+                topics[topic] = true
+              elseif a <= 0 then
+                redis.call('HDEL', h, 'c:' .. key, 'd:' .. key)
               end
             end
+            for topic in pairs(topics) do count_of(out, prefix .. topic, wprefix .. topic, topic) end
             return out",
         ),
     })
 }
 
+/// A cluster-wide presence change found by a script, for the replica that ran it to announce.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    /// A listed member arrived or was promoted: announce `join` with its data.
+    Listed {
+        /// The room's data topic.
+        topic: String,
+        /// The identity.
+        key: String,
+        /// Its presence data.
+        data: Value,
+    },
+    /// A member arrived counted only.
+    Counted {
+        /// The room's data topic.
+        topic: String,
+        /// The identity.
+        key: String,
+    },
+    /// A member is gone everywhere (`listed`: announce `leave`).
+    Gone {
+        /// The room's data topic.
+        topic: String,
+        /// The identity.
+        key: String,
+        /// Whether it was listed.
+        listed: bool,
+    },
+    /// The room's count after the changes.
+    Count {
+        /// The room's data topic.
+        topic: String,
+        /// Its count.
+        count: Count,
+    },
+}
+
+/// Decodes a script's flat (kind, topic, key, data) list.
+pub(crate) fn transitions(flat: Vec<String>) -> Vec<Transition> {
+    let mut out = Vec::with_capacity(flat.len() / 4);
+    let mut it = flat.into_iter();
+    while let (Some(kind), Some(topic), Some(a), Some(b)) =
+        (it.next(), it.next(), it.next(), it.next())
+    {
+        out.push(match kind.as_str() {
+            "join" | "promote" => match serde_json::from_str(&b) {
+                Ok(data) => Transition::Listed {
+                    topic,
+                    key: a,
+                    data,
+                },
+                Err(_) => Transition::Counted { topic, key: a },
+            },
+            "arrive" => Transition::Counted { topic, key: a },
+            "leave" | "depart" => Transition::Gone {
+                topic,
+                key: a,
+                listed: kind == "leave",
+            },
+            _ => Transition::Count {
+                topic,
+                count: Count {
+                    total: a.parse().unwrap_or(0),
+                    version: b.parse().unwrap_or(0),
+                },
+            },
+        });
+    }
+    out
+}
+
 pub(crate) struct Scripts {
     pub join: redis::Script,
     pub leave: redis::Script,
+    pub update: redis::Script,
     pub reap: redis::Script,
     pub reassert: redis::Script,
 }
 
-/// This replica's own contributions: (topic, identity) -> (count, data).
-type Contributions = HashMap<(String, String), (i64, Option<Value>)>;
+/// One of this replica's contributions: how many of its processes' transitions (0 or 1 today),
+/// the member's data, and the room's listed limit.
+#[derive(Debug, Clone)]
+struct Contribution {
+    n: i64,
+    data: Option<Value>,
+    limit: usize,
+}
+
+/// This replica's own contributions: (topic, identity) -> contribution.
+type Contributions = HashMap<(String, String), Contribution>;
 
 /// Presence counted in Redis (see the module docs). It also keeps this replica's own
 /// contributions in memory: they are the truth it re-asserts after an outage, and the roster
@@ -175,82 +373,74 @@ impl RedisPresence {
     }
 
     /// Replaces this replica's contributions in Redis with its in-memory truth, atomically.
-    /// Returns the resulting cluster-wide transitions: `(is_join, topic, key, data)`.
-    pub async fn reassert(&self) -> Result<Vec<(bool, String, String, Option<Value>)>, RedisDown> {
-        let entries: Vec<(String, String, i64, Option<Value>)> = self
+    /// Returns the resulting cluster-wide transitions.
+    pub async fn reassert(&self) -> Result<Vec<Transition>, RedisDown> {
+        let entries: Vec<((String, String), Contribution)> = self
             .local()
             .iter()
-            .map(|((t, k), (n, d))| (t.clone(), k.clone(), *n, d.clone()))
+            .map(|(k, c)| (k.clone(), c.clone()))
             .collect();
         let mut inv = scripts().reassert.key(owned_key(&self.replica));
-        inv.arg(PRESENCE_PREFIX).arg(TTL_MS);
-        for (t, k, n, d) in &entries {
-            let data = d.as_ref().map(Value::to_string).unwrap_or_default();
-            inv.arg(t).arg(k).arg(*n).arg(data);
+        inv.arg(PRESENCE_PREFIX).arg(WAIT_PREFIX).arg(TTL_MS);
+        for ((t, k), c) in &entries {
+            let data = c.data.as_ref().map(Value::to_string).unwrap_or_default();
+            inv.arg(t).arg(k).arg(c.n).arg(data).arg(c.limit);
         }
         self.dirty.store(false, Ordering::Relaxed);
-        let out: Vec<String> = match self
+        match self
             .redis
-            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .run(|mut c| async move { inv.invoke_async::<Vec<String>>(&mut c).await })
             .await
         {
-            Ok(out) => out,
+            Ok(out) => Ok(transitions(out)),
             Err(e) => {
                 self.dirty.store(true, Ordering::Relaxed);
-                return Err(e);
+                Err(e)
             }
-        };
-        let data: HashMap<(String, String), Option<Value>> = entries
-            .into_iter()
-            .map(|(t, k, _, d)| ((t, k), d))
-            .collect();
-        Ok(out
-            .chunks_exact(3)
-            .map(|c| {
-                let d = data.get(&(c[1].clone(), c[2].clone())).cloned().flatten();
-                (c[0] == "join", c[1].clone(), c[2].clone(), d)
-            })
-            .collect())
+        }
     }
 
     /// The cluster-wide roster of `topic`, from Redis only (no fallback to this replica's own
     /// members: a correction must never shrink a roster to the local view).
-    pub async fn cluster_roster(&self, topic: &str) -> Result<Vec<(String, Value)>, RedisDown> {
+    pub async fn cluster_roster(&self, topic: &str) -> Result<Roster, RedisDown> {
         let hash = format!("{PRESENCE_PREFIX}{topic}");
         let all: HashMap<String, String> = self
             .redis
             .run(|mut c| async move { redis::AsyncCommands::hgetall(&mut c, hash).await })
             .await?;
-        let mut list: Vec<(String, Value)> = all
-            .iter()
-            .filter_map(|(f, v)| {
-                let key = f.strip_prefix("c:")?;
-                if v.parse::<i64>().ok()? <= 0 {
-                    return None;
-                }
+        let number = |f: &str| all.get(f).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let mut listed: Vec<(String, Value)> = all
+            .keys()
+            .filter_map(|f| {
+                let key = f.strip_prefix("l:")?;
                 let data = all.get(&format!("d:{key}"))?;
                 Some((key.to_owned(), serde_json::from_str(data).ok()?))
             })
             .collect();
-        list.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(list)
+        listed.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Roster {
+            listed,
+            count: Count {
+                total: number("#n"),
+                version: number("#v"),
+            },
+        })
     }
 
-    /// Runs a join or leave script: `true` if it was the first join or the last leave anywhere.
-    /// With Redis down the replica serves locally, counts it as such, and re-asserts after the
-    /// outage so the others hear of it.
-    async fn transition(&self, inv: redis::ScriptInvocation<'static>) -> bool {
+    /// Runs a script; with Redis down, `None`, and the replica re-asserts after the outage so
+    /// the others hear of what it did meanwhile.
+    async fn run<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        inv: redis::ScriptInvocation<'static>,
+    ) -> Option<T> {
         let ran = self
             .redis
-            .run(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
+            .run(|mut c| async move { inv.invoke_async::<T>(&mut c).await })
             .await;
-        match ran {
-            Ok(n) => n == 1,
-            Err(_) => {
-                self.dirty.store(true, Ordering::Relaxed);
-                true
-            }
+        if ran.is_err() {
+            self.dirty.store(true, Ordering::Relaxed);
         }
+        ran.ok()
     }
 
     /// Refreshes the expiry of the hashes this replica takes part in.
@@ -273,75 +463,122 @@ impl RedisPresence {
 }
 
 impl PresenceStore for RedisPresence {
-    fn join(&self, topic: &str, key: &str, data: Option<&Value>) -> StoreFuture<'_, bool> {
+    fn join(
+        &self,
+        topic: &str,
+        key: &str,
+        data: Option<&Value>,
+        limit: usize,
+    ) -> StoreFuture<'_, Joined> {
         {
             let mut local = self.local();
             let e = local
                 .entry((topic.to_owned(), key.to_owned()))
-                .or_insert((0, None));
-            e.0 += 1;
-            e.1 = data.cloned();
+                .or_insert(Contribution {
+                    n: 0,
+                    data: None,
+                    limit,
+                });
+            e.n += 1;
+            e.data = data.cloned();
         }
         let mut inv = scripts().join.key(format!("{PRESENCE_PREFIX}{topic}"));
         inv.key(owned_key(&self.replica))
+            .key(format!("{WAIT_PREFIX}{topic}"))
             .arg(key)
             .arg(data.map(Value::to_string).unwrap_or_default())
             .arg(field(topic, key))
-            .arg(TTL_MS);
-        Box::pin(self.transition(inv))
+            .arg(TTL_MS)
+            .arg(limit);
+        let has_data = data.is_some();
+        Box::pin(async move {
+            match self.run::<(u8, u8, u64, u64)>(inv).await {
+                Some((first, listed, total, version)) => Joined {
+                    first: first == 1,
+                    listed: listed == 1,
+                    count: Count { total, version },
+                },
+                // Served locally while Redis is down: announced as the first join.
+                None => Joined {
+                    first: true,
+                    listed: has_data,
+                    count: Count::default(),
+                },
+            }
+        })
     }
 
-    fn leave(&self, topic: &str, key: &str) -> StoreFuture<'_, bool> {
+    fn leave(&self, topic: &str, key: &str, _limit: usize) -> StoreFuture<'_, Left> {
         {
             let mut local = self.local();
             let k = (topic.to_owned(), key.to_owned());
             if let Some(e) = local.get_mut(&k) {
-                e.0 -= 1;
-                if e.0 <= 0 {
+                e.n -= 1;
+                if e.n <= 0 {
                     local.remove(&k);
                 }
             }
         }
         let mut inv = scripts().leave.key(format!("{PRESENCE_PREFIX}{topic}"));
         inv.key(owned_key(&self.replica))
+            .key(format!("{WAIT_PREFIX}{topic}"))
             .arg(key)
-            .arg(field(topic, key));
-        Box::pin(self.transition(inv))
-    }
-
-    fn update(&self, topic: &str, key: &str, data: &Value) -> StoreFuture<'_, ()> {
-        if let Some(e) = self.local().get_mut(&(topic.to_owned(), key.to_owned())) {
-            e.1 = Some(data.clone());
-        }
-        let hash = format!("{PRESENCE_PREFIX}{topic}");
-        let (field, value) = (format!("d:{key}"), data.to_string());
+            .arg(field(topic, key))
+            .arg(topic);
         Box::pin(async move {
-            let set = self
-                .redis
-                .run(|mut c| async move {
-                    redis::AsyncCommands::hset::<_, _, _, ()>(&mut c, hash, field, value).await
-                })
-                .await;
-            if set.is_err() {
-                self.dirty.store(true, Ordering::Relaxed);
+            let Some(out) = self.run::<Vec<String>>(inv).await else {
+                return Left {
+                    last: true,
+                    listed: true,
+                    ..Left::default()
+                };
+            };
+            let mut left = Left::default();
+            for t in transitions(out) {
+                match t {
+                    Transition::Gone { listed, .. } => {
+                        left.last = true;
+                        left.listed = listed;
+                    }
+                    Transition::Listed { key, data, .. } => left.promoted.push((key, data)),
+                    Transition::Count { count, .. } => left.count = count,
+                    Transition::Counted { .. } => {}
+                }
             }
+            left
         })
     }
 
-    fn roster(&self, topic: &str) -> StoreFuture<'_, Vec<(String, Value)>> {
+    fn update(&self, topic: &str, key: &str, data: &Value, limit: usize) -> StoreFuture<'_, bool> {
+        if let Some(e) = self.local().get_mut(&(topic.to_owned(), key.to_owned())) {
+            e.data = Some(data.clone());
+        }
+        let mut inv = scripts().update.key(format!("{PRESENCE_PREFIX}{topic}"));
+        inv.key(format!("{WAIT_PREFIX}{topic}"))
+            .arg(key)
+            .arg(data.to_string())
+            .arg(limit);
+        Box::pin(async move { self.run::<u8>(inv).await.is_none_or(|l| l == 1) })
+    }
+
+    fn roster(&self, topic: &str) -> StoreFuture<'_, Roster> {
         let topic = topic.to_owned();
         Box::pin(async move {
             match self.cluster_roster(&topic).await {
-                Ok(list) => list,
+                Ok(roster) => roster,
                 Err(_) => {
-                    let mut list: Vec<(String, Value)> = self
+                    let mut listed: Vec<(String, Value)> = self
                         .local()
                         .iter()
                         .filter(|((t, _), _)| *t == topic)
-                        .filter_map(|((_, k), (_, d))| Some((k.clone(), d.clone()?)))
+                        .filter_map(|((_, k), c)| Some((k.clone(), c.data.clone()?)))
                         .collect();
-                    list.sort_by(|a, b| a.0.cmp(&b.0));
-                    list
+                    listed.sort_by(|a, b| a.0.cmp(&b.0));
+                    let total = listed.len() as u64;
+                    Roster {
+                        listed,
+                        count: Count { total, version: 0 },
+                    }
                 }
             }
         })

@@ -13,3 +13,20 @@ pub use encode::{
     truncated, truncated_into, welcome, StreamReply, NOOP, RESUMED, TRUNCATED,
 };
 pub use names::{valid_path, validate_topic, TopicError};
+
+/// How many bytes `value` takes as JSON, without building the string.
+pub(crate) fn json_len(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}

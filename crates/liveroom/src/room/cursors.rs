@@ -6,6 +6,13 @@
 //! position always goes out), and the cost of a tick independent of how often people move.
 //! A subscriber that is congested gets the room's full snapshot as a `set` event in a
 //! conflated slot instead, so its queue holds at most one cursor frame per room.
+//!
+//! **Adaptive rate.** A tick sends at most the room's budget (default 3,000 positions/s, so 150
+//! per 50 ms tick) to every observer. Changes wait in arrival order and a tick takes the oldest
+//! first, so as a room grows each user's effective rate drops while no cursor waits more than
+//! `ceil(movers / per_tick)` ticks (7 ticks, 350 ms, at 1,000 movers). In cluster mode other
+//! replicas' changes join the same line, so the budget holds per observer cluster-wide.
+//! A `null` position removes the user's cursor (the pointer left the board).
 
 use crate::hub::Hub;
 use crate::outbox::Out;
@@ -29,18 +36,41 @@ use std::time::Duration;
 pub struct Cursors {
     pub(crate) enabled: bool,
     pub(crate) throttle: Duration,
+    pub(crate) budget: u32,
 }
 
 impl Cursors {
     /// The default throttle: one tick per room every 50 ms.
     pub const DEFAULT_THROTTLE: Duration = Duration::from_millis(50);
+    /// The default budget: positions per second each observer receives at most.
+    pub const DEFAULT_BUDGET: u32 = 3000;
 
     /// Cursors on, publishing at most once per `interval` per room (default 50 ms).
     pub fn throttle(interval: Duration) -> Self {
         Cursors {
-            enabled: true,
             throttle: interval.max(Duration::from_millis(1)),
+            ..true.into()
         }
+    }
+
+    /// Sets the per-observer budget: at most `positions` per second reach each observer
+    /// (default 3,000); beyond it the effective rate per user drops (see the module docs).
+    ///
+    /// ```
+    /// # use liveroom::room::Cursors;
+    /// let frugal = Cursors::from(true).budget(1000);
+    /// # let _ = frugal;
+    /// ```
+    pub fn budget(self, positions: u32) -> Self {
+        Cursors {
+            budget: positions.max(1),
+            ..self
+        }
+    }
+
+    /// How many positions one tick sends at most.
+    pub(crate) fn per_tick(&self) -> usize {
+        ((self.budget as f64 * self.throttle.as_secs_f64()).floor() as usize).max(1)
     }
 }
 
@@ -49,16 +79,25 @@ impl From<bool> for Cursors {
         Cursors {
             enabled,
             throttle: Self::DEFAULT_THROTTLE,
+            budget: Self::DEFAULT_BUDGET,
         }
     }
+}
+
+/// A change waiting for a tick: `Some` an update, `None` a removal; `local` if it was made on
+/// this replica (then the tick also sends it to the others).
+#[derive(Debug, Clone)]
+struct Change {
+    value: Option<Value>,
+    local: bool,
 }
 
 #[derive(Default)]
 struct CursorRoom {
     /// Latest published position per identity, each `{"key":..,...position}`.
     positions: IndexMap<Arc<str>, Value>,
-    /// Changes since the last tick: `Some` an update, `None` a removal.
-    pending: IndexMap<Arc<str>, Option<Value>>,
+    /// Changes not sent yet, oldest first (a newer change of a key keeps its place).
+    pending: IndexMap<Arc<str>, Change>,
     ticking: bool,
 }
 
@@ -66,16 +105,23 @@ struct CursorRoom {
 pub(crate) struct CursorTable {
     hub: Arc<Hub>,
     throttle: Duration,
+    per_tick: usize,
     rooms: Mutex<HashMap<Arc<str>, CursorRoom>>,
 }
 
 impl CursorTable {
-    pub fn new(hub: Arc<Hub>, throttle: Duration) -> Arc<Self> {
+    pub fn new(hub: Arc<Hub>, options: Cursors) -> Arc<Self> {
         Arc::new(CursorTable {
             hub,
-            throttle,
+            throttle: options.throttle,
+            per_tick: options.per_tick(),
             rooms: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Whether this table has cursors of room `topic`.
+    pub fn knows(&self, topic: &str) -> bool {
+        self.rooms().contains_key(topic)
     }
 
     fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, CursorRoom>> {
@@ -87,7 +133,7 @@ impl CursorTable {
         let mut value = Map::with_capacity(position.len() + 1);
         value.insert("key".into(), Value::String(key.to_string()));
         value.extend(position.into_iter().filter(|(k, _)| k != "key"));
-        self.change(topic, key, Some(Value::Object(value)));
+        self.change(topic, key, Some(Value::Object(value)), true);
     }
 
     /// Removes `key`'s cursor from room `topic` (the user left).
@@ -97,14 +143,24 @@ impl CursorTable {
             .get(topic)
             .is_some_and(|r| r.positions.contains_key(key) || r.pending.contains_key(key));
         if known {
-            self.change(topic, key, None);
+            self.change(topic, key, None, true);
         }
     }
 
-    fn change(self: &Arc<Self>, topic: &Arc<str>, key: &Arc<str>, value: Option<Value>) {
+    fn change(
+        self: &Arc<Self>,
+        topic: &Arc<str>,
+        key: &Arc<str>,
+        value: Option<Value>,
+        local: bool,
+    ) {
         let mut rooms = self.rooms();
         let room = rooms.entry(topic.clone()).or_default();
-        if room.pending.insert(key.clone(), value).is_some() {
+        if room
+            .pending
+            .insert(key.clone(), Change { value, local })
+            .is_some()
+        {
             metrics::counter!("liveroom_cursor_moves_coalesced_total").increment(1);
         }
         if !room.ticking {
@@ -132,6 +188,8 @@ impl CursorTable {
         interval.tick().await;
         loop {
             interval.tick().await;
+            // This replica's changes go to the others too; theirs only to local observers.
+            let mut local_frames = Vec::new();
             let (frames, snapshot, changes) = {
                 let mut rooms = self.rooms();
                 let Some(room) = rooms.get_mut(&topic) else {
@@ -144,11 +202,24 @@ impl CursorTable {
                     }
                     return;
                 }
-                let mut frames = Vec::with_capacity(room.pending.len());
-                let mut changes = Vec::with_capacity(room.pending.len());
-                for (key, change) in room.pending.drain(..) {
-                    changes.push((key.clone(), change.clone()));
-                    let (event, data) = match change {
+                let take = room.pending.len().min(self.per_tick);
+                if take < room.pending.len() {
+                    metrics::counter!("liveroom_cursor_moves_deferred_total")
+                        .increment((room.pending.len() - take) as u64);
+                }
+                let mut frames = Vec::with_capacity(take);
+                let mut changes = Vec::with_capacity(take);
+                for (key, change) in room.pending.drain(..take) {
+                    let local = change.local;
+                    let frames = if local {
+                        &mut local_frames
+                    } else {
+                        &mut frames
+                    };
+                    if local {
+                        changes.push((key.clone(), change.value.clone()));
+                    }
+                    let (event, data) = match change.value {
                         Some(v) => {
                             room.positions.insert(key, v.clone());
                             ("update", v)
@@ -166,19 +237,21 @@ impl CursorTable {
                 (frames, snapshot, changes)
             };
             if let Some(bus) = self.hub.bus() {
-                bus.store_cursors(&cursor_topic, &changes);
+                if !changes.is_empty() {
+                    bus.store_cursors(&cursor_topic, &changes);
+                }
+                for f in &local_frames {
+                    bus.publish(&cursor_topic, f);
+                }
             }
-            self.deliver(&cursor_topic, frames, snapshot);
+            let mut all = local_frames;
+            all.extend(frames);
+            self.deliver(&cursor_topic, all, snapshot);
         }
     }
 
     fn deliver(&self, cursor_topic: &str, frames: Vec<Bytes>, snapshot: Vec<Value>) {
         metrics::counter!("liveroom_events_published_total").increment(frames.len() as u64);
-        if let Some(bus) = self.hub.bus() {
-            for f in &frames {
-                bus.publish(cursor_topic, f);
-            }
-        }
         let frames: Arc<[Bytes]> = frames.into();
         let key: Arc<str> = cursor_topic.into();
         let mut set_frame: Option<Bytes> = None;
@@ -198,31 +271,19 @@ impl CursorTable {
         });
     }
 
-    /// Applies an event that another replica published on `cursor_topic`, so snapshots here
-    /// include remote cursors too.
-    pub fn mirror(&self, topic: &str, event: &str, data: &Value) {
+    /// Takes an event that another replica published on room `topic`'s cursors: it waits in
+    /// the same line as local changes, so local observers get it within their budget, and
+    /// snapshots here include it.
+    pub fn mirror(self: &Arc<Self>, topic: &str, event: &str, data: &Value) {
         let Some(key) = data.get("key").and_then(Value::as_str) else {
             return;
         };
-        let mut rooms = self.rooms();
-        match event {
-            "update" => {
-                rooms
-                    .entry(topic.into())
-                    .or_default()
-                    .positions
-                    .insert(key.into(), data.clone());
-            }
-            "remove" => {
-                if let Some(r) = rooms.get_mut(topic) {
-                    r.positions.shift_remove(key);
-                    if r.positions.is_empty() && !r.ticking {
-                        rooms.remove(topic);
-                    }
-                }
-            }
-            _ => {}
-        }
+        let value = match event {
+            "update" => Some(data.clone()),
+            "remove" => None,
+            _ => return,
+        };
+        self.change(&topic.into(), &key.into(), value, false);
     }
 }
 
@@ -252,7 +313,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn one_update_per_tick_with_the_latest_position() {
         let hub = Arc::new(Hub::default());
-        let table = CursorTable::new(hub.clone(), Duration::from_millis(50));
+        let table = CursorTable::new(hub.clone(), Cursors::throttle(Duration::from_millis(50)));
         let conn = Conn::new(None, 1 << 20);
         hub.subscribe("r:cursors", &conn);
         let (topic, key): (Arc<str>, Arc<str>) = ("r".into(), "alice".into());
@@ -292,7 +353,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_congested_subscriber_gets_one_conflated_set() {
         let hub = Arc::new(Hub::default());
-        let table = CursorTable::new(hub.clone(), Duration::from_millis(50));
+        let table = CursorTable::new(hub.clone(), Cursors::throttle(Duration::from_millis(50)));
         let slow = Conn::new(None, 400);
         let fast = Conn::new(None, 1 << 20);
         hub.subscribe("r:cursors", &slow);

@@ -22,8 +22,11 @@ use std::time::Duration;
 /// What others see of a member.
 pub(crate) type PresenceFn = Arc<dyn Fn(&Ctx) -> Value + Send + Sync>;
 
-/// Whether a cursor position has the room's position type.
+/// Whether a cursor position (or awareness state) has the room's declared type.
 pub(crate) type PositionCheck = fn(&Value) -> bool;
+
+/// A fire-and-forget room call's args: the room args, then its object (`None`: `null`).
+pub(crate) type Split = (Vec<Value>, Option<Map<String, Value>>);
 
 /// One erased action: guard, topic and handler in one call.
 pub(crate) struct Action {
@@ -44,6 +47,8 @@ pub(crate) enum RoomPart {
     Cursors,
     /// `__cursor`, the fire-and-forget position update.
     Cursor,
+    /// `__presence_update`, the fire-and-forget awareness update.
+    Update,
 }
 
 /// Everything a room declaration erases into.
@@ -61,7 +66,16 @@ pub(crate) struct Parts {
     pub on_join: Option<PresenceHook>,
     pub on_leave: Option<PresenceHook>,
     pub grace: Duration,
+    /// Listed members at most; further ones are counted.
+    pub listed_limit: usize,
+    /// Whether clients may set awareness state, and its type check.
+    pub awareness: Option<(PositionCheck, SchemaFn)>,
+    /// Filled with the tracker at attach, for the room's contexts.
+    pub tracker: TrackerSlot,
 }
+
+/// Where a room's contexts find its presence tracker once the room is attached.
+pub(crate) type TrackerSlot = Arc<OnceLock<Arc<Tracker>>>;
 
 struct Runtime {
     tracker: Arc<Tracker>,
@@ -126,6 +140,9 @@ impl RoomDef {
         let mut parts = vec![("__data", RoomPart::Data)];
         if self.parts.presence.is_some() {
             parts.push(("__presence", RoomPart::Presence));
+            if self.parts.awareness.is_some() {
+                parts.push(("__presence_update", RoomPart::Update));
+            }
         }
         if self.parts.cursors.enabled {
             parts.push(("__cursors", RoomPart::Cursors));
@@ -151,18 +168,18 @@ impl RoomDef {
         let cursors = p
             .cursors
             .enabled
-            .then(|| CursorTable::new(hub.clone(), p.cursors.throttle));
+            .then(|| CursorTable::new(hub.clone(), p.cursors));
         let mut tracker = Tracker::new(hub, store, p.grace);
+        tracker.limit = p.listed_limit;
         tracker.on_join = p.on_join.clone();
         tracker.on_leave = p.on_leave.clone();
         if let Some(c) = &cursors {
             let c = c.clone();
             tracker.left = Some(Arc::new(move |topic, key| c.remove(topic, key)));
         }
-        let _ = self.runtime.set(Runtime {
-            tracker: Arc::new(tracker),
-            cursors,
-        });
+        let tracker = Arc::new(tracker);
+        let _ = p.tracker.set(tracker.clone());
+        let _ = self.runtime.set(Runtime { tracker, cursors });
     }
 
     fn runtime(&self) -> &Runtime {
@@ -190,7 +207,7 @@ impl RoomDef {
 
     /// A socket's data subscription ended: its identity's leave grace may start.
     pub fn leave(&self, topic: &Arc<str>, conn: &Conn) {
-        self.runtime().tracker.leave(topic, &conn.identity);
+        self.runtime().tracker.leave(topic, &conn.identity, conn.id);
     }
 
     /// A socket that moved its cursor without being a member left: remove that cursor,
@@ -208,10 +225,72 @@ impl RoomDef {
         self.runtime().tracker.flush().await;
     }
 
-    /// The listed roster of room `topic`.
-    pub fn roster(&self, topic: Arc<str>) -> BoxFuture<'static, Reply> {
+    /// The listed roster of room `topic`, for `conn`'s presence stream reply; its `count`
+    /// event follows the reply.
+    pub fn roster(&self, topic: Arc<str>, conn: Arc<Conn>) -> BoxFuture<'static, Reply> {
         let tracker = self.runtime().tracker.clone();
-        Box::pin(async move { to_raw(tracker.roster(&topic).await) })
+        Box::pin(async move {
+            let (list, count) = tracker.roster(&topic).await;
+            let presence = presence_topic(&topic);
+            if let Ok(raw) = serde_json::value::to_raw_value(&count) {
+                // Held with the topic until the reply is queued, so it comes right after it.
+                let frame = crate::protocol::envelope(&presence, "count", &raw);
+                conn.outbox.event(&presence, frame, 0);
+            }
+            to_raw(list)
+        })
+    }
+
+    /// Splits `__presence_update` args into the room args and the state (`None`: `null`, clear).
+    pub fn update_args(&self, args: Vec<Value>) -> Result<Split, LiveError> {
+        let check = self.parts.awareness.as_ref().map(|(fits, _)| *fits);
+        self.split_last(args, "__presence_update", "an update", "awareness", check)
+    }
+
+    /// Splits the args of `what` (the room args, then an object or `null`), checking the object
+    /// against the room's declared type `check` (named `kind` in errors).
+    fn split_last(
+        &self,
+        mut args: Vec<Value>,
+        what: &str,
+        object: &str,
+        kind: &str,
+        check: Option<PositionCheck>,
+    ) -> Result<Split, LiveError> {
+        let n = self.topic_args();
+        if args.len() != n + 1 {
+            return Err(LiveError::invalid(format!(
+                "invalid args: {what} takes the {n} room args then an object or null"
+            )));
+        }
+        match args.pop() {
+            Some(Value::Null) => Ok((args, None)),
+            Some(Value::Object(o)) => {
+                if check.is_some_and(|fits| !fits(&Value::Object(o.clone()))) {
+                    return Err(LiveError::invalid(format!(
+                        "invalid args: {object} does not have the room's {kind} type"
+                    )));
+                }
+                Ok((args, Some(o)))
+            }
+            _ => Err(LiveError::invalid(format!(
+                "invalid args: {object} must be an object or null"
+            ))),
+        }
+    }
+
+    /// Sets `conn`'s awareness state in room `topic` (`Err(size)` beyond `max` bytes).
+    pub async fn update_presence(
+        &self,
+        topic: &Arc<str>,
+        conn: &Conn,
+        state: Option<Map<String, Value>>,
+        max: usize,
+    ) -> Result<(), usize> {
+        let tracker = &self.runtime().tracker;
+        tracker
+            .set_state(topic, &conn.identity, conn.id, state, max)
+            .await
     }
 
     /// The current cursor positions of room `topic`: this replica's, plus in cluster mode
@@ -243,37 +322,20 @@ impl RoomDef {
         })
     }
 
-    /// Splits `__cursor` args into the room args and the position object.
-    pub fn cursor_args(
-        &self,
-        mut args: Vec<Value>,
-    ) -> Result<(Vec<Value>, Map<String, Value>), LiveError> {
-        let n = self.topic_args();
-        if args.len() != n + 1 {
-            return Err(LiveError::invalid(format!(
-                "invalid args: __cursor takes the {n} room args then a position"
-            )));
-        }
-        let position = args.pop();
-        if let (Some((fits, _)), Some(p)) = (&self.parts.position, &position) {
-            if !fits(p) {
-                return Err(LiveError::invalid(
-                    "invalid args: the position does not have the room's position type",
-                ));
-            }
-        }
-        let Some(Value::Object(position)) = position else {
-            return Err(LiveError::invalid(
-                "invalid args: the position must be an object",
-            ));
-        };
-        Ok((args, position))
+    /// Splits `__cursor` args into the room args and the position object (`None`: `null`,
+    /// the pointer left: remove the cursor).
+    pub fn cursor_args(&self, args: Vec<Value>) -> Result<Split, LiveError> {
+        let check = self.parts.position.as_ref().map(|(fits, _)| *fits);
+        self.split_last(args, "__cursor", "the position", "position", check)
     }
 
-    /// Records `conn`'s identity's new cursor position in room `topic`.
-    pub fn cursor_move(&self, topic: &Arc<str>, conn: &Conn, position: Map<String, Value>) {
+    /// Records `conn`'s identity's new cursor position in room `topic`, or removes its cursor.
+    pub fn cursor_move(&self, topic: &Arc<str>, conn: &Conn, position: Option<Map<String, Value>>) {
         if let Some(c) = self.cursor_table() {
-            c.set(topic, &conn.identity, position);
+            match position {
+                Some(p) => c.set(topic, &conn.identity, p),
+                None => c.remove(topic, &conn.identity),
+            }
         }
     }
 
@@ -291,6 +353,10 @@ impl RoomDef {
         d["presence"] = p.presence.is_some().into();
         if let Some((_, schema)) = &p.presence {
             d["presenceData"] = schema(generator).to_value();
+            d["presenceLimit"] = p.listed_limit.into();
+        }
+        if let Some((_, schema)) = &p.awareness {
+            d["awareness"] = schema(generator).to_value();
         }
         d["cursors"] = p.cursors.enabled.into();
         if let Some((_, schema)) = &p.position {

@@ -23,7 +23,7 @@ use crate::handler::{to_raw, CallFn, Reply};
 use crate::merge::Merge;
 use crate::rate::{RateLimit, Scoped};
 use crate::stream::Stream;
-use def::{Action, PositionCheck, PresenceFn, RoomDef};
+use def::{Action, PositionCheck, PresenceFn, RoomDef, TrackerSlot};
 use futures_util::future::BoxFuture;
 use presence::PresenceHook;
 use schemars::JsonSchema;
@@ -45,10 +45,20 @@ impl<T: DeserializeOwned + JsonSchema + Clone + Send + Sync + 'static> RoomArgs 
 
 /// The context of a room's `init` and actions: a [`Ctx`] whose `publish(event, data)` goes to
 /// the room.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RoomCtx<S = ()> {
     ctx: Ctx<S>,
     topic: Arc<str>,
+    tracker: TrackerSlot,
+}
+
+impl<S> std::fmt::Debug for RoomCtx<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomCtx")
+            .field("topic", &self.topic)
+            .field("ctx", &self.ctx)
+            .finish()
+    }
 }
 
 impl<S> RoomCtx<S> {
@@ -61,6 +71,28 @@ impl<S> RoomCtx<S> {
     /// `deleted` for the default `crud` merge).
     pub fn publish(&self, event: &str, data: &impl Serialize) -> Result<(), LiveError> {
         self.ctx.publish(&self.topic, event, data)
+    }
+
+    /// Replaces what others see of the caller in this room (its presence data), announced as a
+    /// `join` upsert and kept for late joiners, on every replica. `Ok(false)` when the caller
+    /// is not a member here (it never subscribed the room's data, or it left).
+    ///
+    /// ```no_run
+    /// # use liveroom::{Ctx, LiveError, Room};
+    /// let room = Room::new(|_: &Ctx, (id,): &(String,)| format!("doc:{id}"))
+    ///     .presence(|ctx| serde_json::json!({ "name": ctx.identity(), "status": "here" }))
+    ///     .action("away", |ctx, _room, ()| async move {
+    ///         let me = serde_json::json!({ "name": ctx.identity(), "status": "away" });
+    ///         ctx.set_presence(&me).await
+    ///     });
+    /// ```
+    pub async fn set_presence(&self, data: &impl Serialize) -> Result<bool, LiveError> {
+        let data = serde_json::to_value(data)?;
+        let Some(tracker) = self.tracker.get() else {
+            return Ok(false);
+        };
+        let key: Arc<str> = self.ctx.identity().into();
+        Ok(tracker.set_base(&self.topic, &key, data).await)
     }
 }
 
@@ -133,6 +165,10 @@ pub struct Room<A: RoomArgs, S = ()> {
     on_join: Option<TypedHook<S>>,
     on_leave: Option<TypedHook<S>>,
     grace: Duration,
+    listed_limit: usize,
+    awareness: Option<(PositionCheck, SchemaFn)>,
+    /// The room's presence tracker, once attached: what `RoomCtx::set_presence` talks to.
+    tracker: TrackerSlot,
 }
 
 /// A presence hook, before the app's state is known.
@@ -150,7 +186,7 @@ fn erase_hook<S: Clone + Send + Sync + 'static>(
 /// The default leave grace of a room ([`Room::grace`]): 5 s, long enough for a reload.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
-/// Whether a cursor position deserializes into `P`.
+/// Whether a cursor position (or awareness state) deserializes into `P`.
 fn position_fits<P: DeserializeOwned>(position: &Value) -> bool {
     P::deserialize(position).is_ok()
 }
@@ -180,6 +216,9 @@ impl<A: RoomArgs, S: Clone + Send + Sync + 'static> Room<A, S> {
             on_join: None,
             on_leave: None,
             grace: DEFAULT_GRACE,
+            listed_limit: presence::DEFAULT_LISTED_LIMIT,
+            awareness: None,
+            tracker: TrackerSlot::default(),
         }
     }
 
@@ -191,9 +230,18 @@ impl<A: RoomArgs, S: Clone + Send + Sync + 'static> Room<A, S> {
         Fut: Future<Output = Result<T, LiveError>> + Send + 'static,
         T: Serialize + JsonSchema,
     {
-        self.data = self
-            .data
-            .init_with_topic(move |ctx, topic, args| init(RoomCtx { ctx, topic }, args));
+        let tracker = self.tracker.clone();
+        self.data = self.data.init_with_topic(move |ctx, topic, args| {
+            let tracker = tracker.clone();
+            init(
+                RoomCtx {
+                    ctx,
+                    topic,
+                    tracker,
+                },
+                args,
+            )
+        });
         self
     }
 
@@ -212,6 +260,43 @@ impl<A: RoomArgs, S: Clone + Send + Sync + 'static> Room<A, S> {
             })
         });
         self.presence = Some((f, schema_of::<P>));
+        self
+    }
+
+    /// Lists at most `limit` members (default 1,000): further ones are counted, not listed, so
+    /// a room of 10,000 costs each observer a roster of `limit` plus `count` events. They wait
+    /// in join order and take the place of listed members that leave.
+    ///
+    /// ```
+    /// # use liveroom::{Ctx, Room};
+    /// let hall: Room<(String,)> = Room::new(|_: &Ctx, (id,): &(String,)| format!("hall:{id}"))
+    ///     .presence(|ctx| ctx.identity().to_owned())
+    ///     .presence_limit(50);
+    /// # let _ = hall;
+    /// ```
+    pub fn presence_limit(mut self, limit: usize) -> Self {
+        self.listed_limit = limit;
+        self
+    }
+
+    /// Lets members share awareness state of type `U` (who is typing, which card is being
+    /// edited): the JS client's `presence.update(...roomArgs, state)` sends it, fire-and-forget.
+    /// Others see it merged into the member's presence data (the presence function's fields
+    /// win, so a client cannot rename itself), as a `join` upsert, at most one per member per
+    /// 50 ms tick, latest wins. A socket's state goes when it leaves; `null` clears it. The
+    /// merged data is capped at [`Limits::max_presence_bytes`](crate::Limits::max_presence_bytes).
+    ///
+    /// ```
+    /// # use liveroom::{Ctx, JsonSchema, Room};
+    /// #[derive(serde::Deserialize, JsonSchema)]
+    /// struct Editing { editing: Option<String> }
+    /// let board: Room<(String,)> = Room::new(|_: &Ctx, (id,): &(String,)| format!("board:{id}"))
+    ///     .presence(|ctx| serde_json::json!({ "name": ctx.identity() }))
+    ///     .awareness::<Editing>();
+    /// # let _ = board;
+    /// ```
+    pub fn awareness<U: DeserializeOwned + JsonSchema>(mut self) -> Self {
+        self.awareness = Some((position_fits::<U>, schema_of::<U>));
         self
     }
 
@@ -372,16 +457,26 @@ impl<A: RoomArgs, S: Clone + Send + Sync + 'static> Room<A, S> {
             .into_iter()
             .map(|(action_name, typed)| {
                 let (gate, room, state) = (gate.clone(), room_params.clone(), state.clone());
+                let tracker = self.tracker.clone();
                 let f = typed.call;
                 let call: CallFn = Arc::new(move |ctx: Ctx, mut args: Vec<Value>| {
-                    let (gate, f) = (gate.clone(), f.clone());
+                    let (gate, f, tracker) = (gate.clone(), f.clone(), tracker.clone());
                     let own = def::split_room_args(&mut args, count);
                     let room_args = room.parse::<A>(args, 0).map(|r| (r, own));
                     let ctx = ctx.with_state(state.clone());
                     Box::pin(async move {
                         let (room_args, own) = room_args?;
                         let topic = gate.pass(&ctx, &room_args).await?;
-                        f(RoomCtx { ctx, topic }, room_args, own).await
+                        f(
+                            RoomCtx {
+                                ctx,
+                                topic,
+                                tracker,
+                            },
+                            room_args,
+                            own,
+                        )
+                        .await
                     })
                 });
                 let rate = self.action_rates.get(&action_name).copied().or(self.rate);
@@ -411,6 +506,9 @@ impl<A: RoomArgs, S: Clone + Send + Sync + 'static> Room<A, S> {
             on_join: erase_hook(self.on_join, &state),
             on_leave: erase_hook(self.on_leave, &state),
             grace: self.grace,
+            listed_limit: self.listed_limit,
+            awareness: self.awareness,
+            tracker: self.tracker,
         })
     }
 }

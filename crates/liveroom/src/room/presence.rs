@@ -1,16 +1,27 @@
 //! Presence: who is in a room.
 //!
 //! Two layers, so that reloads never flicker and clusters stay consistent:
-//! - `Tracker` (per process, here): counts this process's sockets per (room topic, identity)
-//!   and runs the leave grace. Only its 0→1 and (after the grace) 1→0 transitions reach the
-//!   store.
-//! - [`PresenceStore`] (in memory, or Redis in cluster mode): counts processes per identity and
-//!   says whether a transition is the first join or the last leave anywhere, which decides who
-//!   publishes `join` and `leave`.
+//! - `Tracker` (per process, here): counts this process's sockets per (room topic, identity),
+//!   runs the leave grace and holds each member's awareness state. Only its 0→1 and (after the
+//!   grace) 1→0 transitions reach the store.
+//! - [`PresenceStore`] (in memory, or Redis in cluster mode): counts processes per identity,
+//!   decides who is listed (the room's listed limit), and says whether a transition is the
+//!   first join or the last leave anywhere, which decides who publishes `join` and `leave`.
+//!
+//! What a member shows is its *base* data (the room's presence function, or
+//! [`RoomCtx::set_presence`](crate::room::RoomCtx::set_presence)) plus the awareness *state* one of
+//! its sockets set (`presence.update` in the JS client): the base's fields win, so a client can
+//! add `typing` or `editing` but never rename itself. A socket's state goes when that socket
+//! leaves.
+//!
+//! Announcements go through [`Announcer`]: the first one of a quiet room goes out at once, the
+//! ones that follow within a tick are coalesced per member (latest wins) and published together
+//! with one `count` event, so a burst of joins reaches each observer as one frame.
 
 use crate::hub::Hub;
-use crate::presence_store::PresenceStore;
-use serde_json::Value;
+use crate::presence_store::{Count, PresenceStore};
+use indexmap::IndexMap;
+use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,14 +42,39 @@ pub(crate) type PresenceHook = Arc<dyn Fn(&PresenceEvent) + Send + Sync>;
 /// What happens when an identity really leaves a room (after its grace), besides `leave`.
 pub(crate) type LeaveFn = Arc<dyn Fn(&Arc<str>, &Arc<str>) + Send + Sync>;
 
+/// The default listed-member limit of a room ([`Room::presence_limit`](crate::Room::presence_limit)).
+pub const DEFAULT_LISTED_LIMIT: usize = 1000;
+
+/// How often a busy room's presence announcements go out.
+pub const PRESENCE_TICK: Duration = Duration::from_millis(50);
+
 #[derive(Debug)]
 struct Member {
     sockets: usize,
-    listed: bool,
-    data: Option<Value>,
+    /// What the room's presence function (or `set_presence`) says; `None`: counted only.
+    base: Option<Value>,
+    /// Awareness state, and the socket that set it.
+    state: Option<(u64, Map<String, Value>)>,
     /// Bumped on every transition so a stale grace timer knows it lost.
     generation: u64,
     leaving: bool,
+}
+
+impl Member {
+    /// What others see: the base with the state's fields it does not have.
+    fn shown(&self) -> Option<Value> {
+        let base = self.base.as_ref()?;
+        match (base, &self.state) {
+            (Value::Object(b), Some((_, state))) => {
+                let mut shown = b.clone();
+                for (k, v) in state {
+                    shown.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                Some(Value::Object(shown))
+            }
+            _ => Some(base.clone()),
+        }
+    }
 }
 
 /// The per-process layer (see the module docs).
@@ -46,9 +82,11 @@ pub(crate) struct Tracker {
     pub hub: Arc<Hub>,
     pub store: Arc<dyn PresenceStore>,
     pub grace: Duration,
+    pub limit: usize,
     pub on_join: Option<PresenceHook>,
     pub on_leave: Option<PresenceHook>,
     pub left: Option<LeaveFn>,
+    pub announcer: Arc<Announcer>,
     members: Mutex<Members>,
 }
 
@@ -58,9 +96,11 @@ type Members = HashMap<(Arc<str>, Arc<str>), Member>;
 impl Tracker {
     pub fn new(hub: Arc<Hub>, store: Arc<dyn PresenceStore>, grace: Duration) -> Self {
         Tracker {
+            announcer: Announcer::new(hub.clone(), PRESENCE_TICK),
             hub,
             store,
             grace,
+            limit: DEFAULT_LISTED_LIMIT,
             on_join: None,
             on_leave: None,
             left: None,
@@ -72,9 +112,9 @@ impl Tracker {
         self.members.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A socket of `key` subscribed to the room's data topic.
+    /// A socket of `key` subscribed to the room's data topic, with base data `data`.
     pub async fn join(&self, topic: &Arc<str>, key: &Arc<str>, data: Option<Value>) {
-        let existing = {
+        let changed = {
             let mut members = self.members();
             if let Some(m) = members.get_mut(&(topic.clone(), key.clone())) {
                 m.sockets += 1;
@@ -86,10 +126,9 @@ impl Tracker {
                 // A new tab or a reload with new presence data (a renamed user): others see
                 // the change as a `join` upsert, never as a leave and a join.
                 match &data {
-                    Some(d) if m.data.as_ref() != Some(d) => {
-                        m.data = data.clone();
-                        m.listed = true;
-                        Some(data.clone())
+                    Some(d) if m.base.as_ref() != Some(d) => {
+                        m.base = data.clone();
+                        Some(m.shown())
                     }
                     _ => Some(None),
                 }
@@ -98,8 +137,8 @@ impl Tracker {
                     (topic.clone(), key.clone()),
                     Member {
                         sockets: 1,
-                        listed: data.is_some(),
-                        data: data.clone(),
+                        base: data.clone(),
+                        state: None,
                         generation: 0,
                         leaving: false,
                     },
@@ -108,20 +147,20 @@ impl Tracker {
             }
         };
         // `Some(changed data)` for a member that was already here.
-        if let Some(changed) = existing {
-            if let Some(data) = changed {
-                self.store.update(topic, key, &data).await;
-                let payload = serde_json::json!({ "key": &**key, "data": data });
-                publish(&self.hub, &format!("{topic}:presence"), "join", &payload);
+        if let Some(changed) = changed {
+            if let Some(shown) = changed {
+                self.show(topic, key, shown).await;
             }
             return;
         }
-        let first = self.store.join(topic, key, data.as_ref()).await;
-        if first {
-            if let Some(data) = &data {
-                let payload = serde_json::json!({ "key": &**key, "data": data });
-                publish(&self.hub, &format!("{topic}:presence"), "join", &payload);
-            }
+        let joined = self.store.join(topic, key, data.as_ref(), self.limit).await;
+        let changes = match (&data, joined.listed) {
+            (Some(data), true) => vec![(key.clone(), Announce::Join(data.clone()))],
+            _ => Vec::new(),
+        };
+        let count = joined.first.then_some(joined.count);
+        self.announcer.announce(topic, changes, count);
+        if joined.first {
             if let Some(hook) = &self.on_join {
                 hook(&PresenceEvent {
                     topic: topic.clone(),
@@ -132,55 +171,128 @@ impl Tracker {
         }
     }
 
+    /// Stores `shown` as `key`'s data and announces it if the member is listed.
+    async fn show(&self, topic: &Arc<str>, key: &Arc<str>, shown: Value) {
+        if self.store.update(topic, key, &shown, self.limit).await {
+            let changes = vec![(key.clone(), Announce::Join(shown))];
+            self.announcer.announce(topic, changes, None);
+        }
+    }
+
+    /// Sets `key`'s base data (the server's `set_presence`). `false` if it is not a member here.
+    pub async fn set_base(&self, topic: &Arc<str>, key: &Arc<str>, data: Value) -> bool {
+        let shown = {
+            let mut members = self.members();
+            let Some(m) = members.get_mut(&(topic.clone(), key.clone())) else {
+                return false;
+            };
+            m.base = Some(data);
+            m.shown()
+        };
+        if let Some(shown) = shown {
+            self.show(topic, key, shown).await;
+        }
+        true
+    }
+
+    /// Sets (or with `None` clears) the awareness state of `key`, on behalf of socket `conn`.
+    /// `Err(size)` when the member would show more than `max` bytes of JSON. Ignored for an
+    /// identity that is not a member here.
+    pub async fn set_state(
+        &self,
+        topic: &Arc<str>,
+        key: &Arc<str>,
+        conn: u64,
+        state: Option<Map<String, Value>>,
+        max: usize,
+    ) -> Result<(), usize> {
+        let shown = {
+            let mut members = self.members();
+            let Some(m) = members.get_mut(&(topic.clone(), key.clone())) else {
+                return Ok(());
+            };
+            let before = m.state.take();
+            m.state = state.map(|s| (conn, s));
+            let shown = m.shown();
+            let size = shown.as_ref().map_or(0, crate::protocol::json_len);
+            if size > max {
+                m.state = before;
+                return Err(size);
+            }
+            shown
+        };
+        if let Some(shown) = shown {
+            self.show(topic, key, shown).await;
+        }
+        Ok(())
+    }
+
     /// Whether `key` is a member of `topic` in this process (inside its grace included).
     pub fn is_member(&self, topic: &Arc<str>, key: &Arc<str>) -> bool {
         self.members().contains_key(&(topic.clone(), key.clone()))
     }
 
-    /// A socket of `key` left the room's data topic. The last one starts the grace.
-    pub fn leave(self: &Arc<Self>, topic: &Arc<str>, key: &Arc<str>) {
-        let generation = {
+    /// Socket `conn` of `key` left the room's data topic: its awareness state goes with it,
+    /// and the last socket starts the grace.
+    pub fn leave(self: &Arc<Self>, topic: &Arc<str>, key: &Arc<str>, conn: u64) {
+        let (generation, cleared) = {
             let mut members = self.members();
             let Some(m) = members.get_mut(&(topic.clone(), key.clone())) else {
                 return;
             };
+            let cleared = match &m.state {
+                Some((owner, _)) if *owner == conn => {
+                    m.state = None;
+                    m.shown()
+                }
+                _ => None,
+            };
             m.sockets = m.sockets.saturating_sub(1);
             if m.sockets > 0 {
-                return;
+                (None, cleared)
+            } else {
+                m.leaving = true;
+                m.generation += 1;
+                (Some(m.generation), cleared)
             }
-            m.leaving = true;
-            m.generation += 1;
-            m.generation
         };
         let this = self.clone();
         let (topic, key) = (topic.clone(), key.clone());
         tokio::spawn(async move {
-            tokio::time::sleep(this.grace).await;
-            this.finish_leave(&topic, &key, Some(generation)).await;
+            if let Some(shown) = cleared {
+                this.show(&topic, &key, shown).await;
+            }
+            if let Some(generation) = generation {
+                tokio::time::sleep(this.grace).await;
+                this.finish_leave(&topic, &key, Some(generation)).await;
+            }
         });
     }
 
     /// Completes a leave whose grace ran out (`generation` must still match), or any pending
     /// leave when `generation` is `None` (shutdown).
     async fn finish_leave(&self, topic: &Arc<str>, key: &Arc<str>, generation: Option<u64>) {
-        let listed = {
+        {
             let mut members = self.members();
             let k = (topic.clone(), key.clone());
             match members.get(&k) {
                 Some(m) if m.leaving && generation.is_none_or(|g| g == m.generation) => {
-                    let listed = m.listed;
                     members.remove(&k);
-                    listed
                 }
                 _ => return,
             }
-        };
-        let last = self.store.leave(topic, key).await;
-        if last {
-            if listed {
-                let payload = serde_json::json!({ "key": &**key });
-                publish(&self.hub, &format!("{topic}:presence"), "leave", &payload);
-            }
+        }
+        let left = self.store.leave(topic, key, self.limit).await;
+        let mut changes = Vec::with_capacity(1 + left.promoted.len());
+        if left.listed {
+            changes.push((key.clone(), Announce::Leave));
+        }
+        for (key, data) in left.promoted {
+            changes.push((key.into(), Announce::Join(data)));
+        }
+        self.announcer
+            .announce(topic, changes, left.last.then_some(left.count));
+        if left.last {
             if let Some(left) = &self.left {
                 left(topic, key);
             }
@@ -194,7 +306,7 @@ impl Tracker {
         }
     }
 
-    /// Ends every leave that is waiting for its grace, now.
+    /// Ends every leave that is waiting for its grace, now, and sends what is announced.
     pub async fn flush(&self) {
         let pending: Vec<(Arc<str>, Arc<str>)> = self
             .members()
@@ -205,22 +317,135 @@ impl Tracker {
         for (topic, key) in pending {
             self.finish_leave(&topic, &key, None).await;
         }
+        self.announcer.flush_all();
     }
 
-    /// The listed roster of `topic`.
-    pub async fn roster(&self, topic: &str) -> Value {
-        let list = self.store.roster(topic).await;
-        Value::Array(
-            list.into_iter()
-                .map(|(key, data)| serde_json::json!({ "key": key, "data": data }))
-                .collect(),
-        )
+    /// The listed roster of `topic` and its `count` event data.
+    pub async fn roster(&self, topic: &str) -> (Value, Value) {
+        let roster = self.store.roster(topic).await;
+        let list = roster
+            .listed
+            .into_iter()
+            .map(|(key, data)| json!({ "key": key, "data": data }))
+            .collect();
+        (Value::Array(list), count_data(roster.count))
     }
 }
 
-fn publish(hub: &Hub, topic: &str, event: &str, data: &Value) {
-    // A `Value` always serializes.
-    let _ = hub.publish_value(topic, event, data);
+/// The data of a `count` event: `{"total": N, "version": V}`.
+pub(crate) fn count_data(count: Count) -> Value {
+    json!({ "total": count.total, "version": count.version })
+}
+
+/// One pending announcement of a member.
+#[derive(Debug, Clone)]
+pub(crate) enum Announce {
+    Join(Value),
+    Leave,
+}
+
+#[derive(Default)]
+struct Window {
+    pending: IndexMap<Arc<str>, Announce>,
+    count: Option<Count>,
+}
+
+/// Coalesces a room's presence announcements per tick (see the module docs).
+pub(crate) struct Announcer {
+    hub: Arc<Hub>,
+    tick: Duration,
+    /// Rooms inside a tick window; what waits for the window's end.
+    open: Mutex<HashMap<Arc<str>, Window>>,
+}
+
+impl Announcer {
+    pub fn new(hub: Arc<Hub>, tick: Duration) -> Arc<Self> {
+        Arc::new(Announcer {
+            hub,
+            tick,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Window>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Announces `changes` (per member, latest wins) and a new `count` (of several in one
+    /// tick the highest version goes out).
+    pub fn announce(
+        self: &Arc<Self>,
+        topic: &Arc<str>,
+        changes: Vec<(Arc<str>, Announce)>,
+        count: Option<Count>,
+    ) {
+        if changes.is_empty() && count.is_none() {
+            return;
+        }
+        self.add(topic, |w| {
+            w.pending.extend(changes);
+            if let Some(count) = count {
+                if w.count.is_none_or(|c| c.version < count.version) {
+                    w.count = Some(count);
+                }
+            }
+        });
+    }
+
+    /// Adds to the room's window; a room without one publishes at once and opens one.
+    fn add(self: &Arc<Self>, topic: &Arc<str>, add: impl FnOnce(&mut Window)) {
+        let mut open = self.open();
+        if let Some(w) = open.get_mut(topic) {
+            add(w);
+            return;
+        }
+        let mut now = Window::default();
+        add(&mut now);
+        open.insert(topic.clone(), Window::default());
+        drop(open);
+        self.publish(topic, now);
+        let (this, topic) = (self.clone(), topic.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(this.tick).await;
+                let window = {
+                    let mut open = this.open();
+                    let Some(w) = open.get_mut(&topic) else {
+                        return; // flushed
+                    };
+                    if w.pending.is_empty() && w.count.is_none() {
+                        open.remove(&topic);
+                        return;
+                    }
+                    std::mem::take(w)
+                };
+                this.publish(&topic, window);
+            }
+        });
+    }
+
+    /// Sends every open window now (shutdown).
+    pub fn flush_all(&self) {
+        let windows: Vec<(Arc<str>, Window)> = self.open().drain().collect();
+        for (topic, w) in windows {
+            self.publish(&topic, w);
+        }
+    }
+
+    fn publish(&self, topic: &str, window: Window) {
+        let presence = format!("{topic}:presence");
+        let mut events = Vec::with_capacity(window.pending.len() + 1);
+        for (key, a) in window.pending {
+            events.push(match a {
+                Announce::Join(data) => ("join", json!({ "key": &*key, "data": data })),
+                Announce::Leave => ("leave", json!({ "key": &*key })),
+            });
+        }
+        if let Some(count) = window.count {
+            events.push(("count", count_data(count)));
+        }
+        self.hub.publish_all(&presence, &events);
+    }
 }
 
 #[cfg(test)]
@@ -252,7 +477,7 @@ mod tests {
         let (topic, key): (Arc<str>, Arc<str>) = ("board:1".into(), "alice".into());
         t.join(&topic, &key, Some(serde_json::json!({"name": "A"})))
             .await;
-        t.leave(&topic, &key);
+        t.leave(&topic, &key, 1);
         tokio::time::sleep(Duration::from_millis(4000)).await;
         t.join(&topic, &key, Some(serde_json::json!({"name": "A"})))
             .await; // reload
@@ -261,13 +486,13 @@ mod tests {
             (joins.load(Ordering::SeqCst), leaves.load(Ordering::SeqCst)),
             (1, 0)
         );
-        assert_eq!(t.roster("board:1").await.as_array().unwrap().len(), 1);
-        t.leave(&topic, &key);
+        assert_eq!(t.roster("board:1").await.0.as_array().unwrap().len(), 1);
+        t.leave(&topic, &key, 1);
         tokio::time::sleep(Duration::from_millis(4999)).await;
         assert_eq!(leaves.load(Ordering::SeqCst), 0, "still inside the grace");
         tokio::time::sleep(Duration::from_millis(2)).await;
         assert_eq!(leaves.load(Ordering::SeqCst), 1);
-        assert_eq!(t.roster("board:1").await, serde_json::json!([]));
+        assert_eq!(t.roster("board:1").await.0, serde_json::json!([]));
     }
 
     #[tokio::test(start_paused = true)]
@@ -276,10 +501,10 @@ mod tests {
         let (topic, key): (Arc<str>, Arc<str>) = ("r".into(), "bob".into());
         t.join(&topic, &key, None).await;
         t.join(&topic, &key, None).await;
-        t.leave(&topic, &key);
+        t.leave(&topic, &key, 1);
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(leaves.load(Ordering::SeqCst), 0);
-        t.leave(&topic, &key);
+        t.leave(&topic, &key, 1);
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(
             (joins.load(Ordering::SeqCst), leaves.load(Ordering::SeqCst)),
@@ -287,7 +512,7 @@ mod tests {
         );
         // Unlisted (no data): counted but not in the roster.
         t.join(&topic, &key, None).await;
-        assert_eq!(t.roster("r").await, serde_json::json!([]));
+        assert_eq!(t.roster("r").await.0, serde_json::json!([]));
     }
 
     #[tokio::test(start_paused = true)]
@@ -296,7 +521,7 @@ mod tests {
         let (topic, key): (Arc<str>, Arc<str>) = ("r".into(), "ann".into());
         t.join(&topic, &key, Some(serde_json::json!({"name": "Ann"})))
             .await;
-        t.leave(&topic, &key);
+        t.leave(&topic, &key, 1);
         t.join(&topic, &key, Some(serde_json::json!({"name": "Anna"})))
             .await;
         tokio::time::sleep(Duration::from_millis(6000)).await;
@@ -305,7 +530,7 @@ mod tests {
             (1, 0)
         );
         assert_eq!(
-            t.roster("r").await,
+            t.roster("r").await.0,
             serde_json::json!([{"key": "ann", "data": {"name": "Anna"}}])
         );
     }
@@ -315,8 +540,111 @@ mod tests {
         let (t, _, leaves) = tracker(60_000);
         let (topic, key): (Arc<str>, Arc<str>) = ("r".into(), "c".into());
         t.join(&topic, &key, Some(Value::Null)).await;
-        t.leave(&topic, &key);
+        t.leave(&topic, &key, 1);
         t.flush().await;
         assert_eq!(leaves.load(Ordering::SeqCst), 1);
+    }
+
+    /// The events queued for `conn`, as (event, data), and how many drains (frames) it took.
+    fn events(conn: &crate::conn::Conn) -> Vec<(String, Value)> {
+        let mut d = crate::outbox::Drain::default();
+        conn.outbox.drain(&mut d);
+        let mut out = Vec::new();
+        d.each_event(|b| {
+            let v: Value = serde_json::from_slice(b).unwrap();
+            out.push((v["event"].as_str().unwrap().to_owned(), v["data"].clone()));
+        });
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_joins_goes_out_as_one_queued_group_with_one_count() {
+        let hub = Arc::new(Hub::default());
+        let t = Arc::new(Tracker::new(
+            hub.clone(),
+            Arc::new(MemoryPresence::default()),
+            Duration::from_secs(5),
+        ));
+        let observer = crate::conn::Conn::new(None, 1 << 20);
+        hub.subscribe("r:presence", &observer);
+        let topic: Arc<str> = "r".into();
+        // The first join of a quiet room goes out at once, with its count.
+        t.join(&topic, &"a".into(), Some(json!({"n": "a"}))).await;
+        let first = events(&observer);
+        assert_eq!(
+            first[0],
+            ("join".into(), json!({"key": "a", "data": {"n": "a"}}))
+        );
+        assert_eq!(first[1].0, "count");
+        assert_eq!(first[1].1["total"], 1);
+        // 50 more within the tick: nothing until it ends, then all of them and one count.
+        for i in 0..50 {
+            t.join(&topic, &format!("u{i}").into(), Some(json!({"n": i})))
+                .await;
+        }
+        assert!(events(&observer).is_empty(), "coalesced until the tick");
+        tokio::time::sleep(PRESENCE_TICK + Duration::from_millis(1)).await;
+        let mut d = crate::outbox::Drain::default();
+        observer.outbox.drain(&mut d);
+        assert_eq!(d.event_count(), 51, "50 joins and one count");
+        assert_eq!(
+            d.messages(true).len(),
+            1,
+            "one frame for a client that takes batches"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn awareness_state_merges_under_the_base_and_goes_with_its_socket() {
+        let hub = Arc::new(Hub::default());
+        let t = Arc::new(Tracker::new(
+            hub.clone(),
+            Arc::new(MemoryPresence::default()),
+            Duration::from_secs(5),
+        ));
+        let (topic, key): (Arc<str>, Arc<str>) = ("r".into(), "ann".into());
+        t.join(&topic, &key, Some(json!({"name": "Ann"}))).await;
+        t.join(&topic, &key, Some(json!({"name": "Ann"}))).await; // a second tab
+        let state = |v: Value| v.as_object().cloned();
+        // The base wins: a client cannot rename itself.
+        t.set_state(
+            &topic,
+            &key,
+            7,
+            state(json!({"editing": "c1", "name": "Eve"})),
+            1024,
+        )
+        .await
+        .unwrap();
+        let roster = t.roster("r").await.0;
+        assert_eq!(
+            roster,
+            json!([{"key": "ann", "data": {"name": "Ann", "editing": "c1"}}])
+        );
+        // Over the size cap: refused, the old state stays.
+        let big = json!({ "editing": "x".repeat(2000) });
+        assert!(t
+            .set_state(&topic, &key, 7, state(big), 1024)
+            .await
+            .is_err());
+        assert_eq!(t.roster("r").await.0[0]["data"]["editing"], "c1");
+        // Another tab leaving leaves the state; the socket that set it takes it along.
+        t.leave(&topic, &key, 8);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(t.roster("r").await.0[0]["data"]["editing"], "c1");
+        t.leave(&topic, &key, 7);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(
+            t.roster("r").await.0,
+            json!([{"key": "ann", "data": {"name": "Ann"}}])
+        );
+        // The server's set_presence replaces the base.
+        t.join(&topic, &key, None).await;
+        assert!(
+            t.set_base(&topic, &key, json!({"name": "Ann", "status": "away"}))
+                .await
+        );
+        assert_eq!(t.roster("r").await.0[0]["data"]["status"], "away");
+        assert!(!t.set_base(&topic, &"nobody".into(), json!({})).await);
     }
 }

@@ -347,6 +347,9 @@ impl Session {
             Some(Entry::Room(_, RoomPart::Cursor)) => {
                 (rate::CURSORS, limits.cursor_moves(), "cursor")
             }
+            Some(Entry::Room(_, RoomPart::Update)) => {
+                (rate::CURSORS, limits.cursor_moves(), "presence")
+            }
             Some(entry) => match entry.rate() {
                 Some(scoped) => (scoped.scope, scoped.limit, "call"),
                 None => (rate::CALLS, limits.calls(), "call"),
@@ -360,7 +363,7 @@ impl Session {
                 wait,
             ));
         }
-        if kind == "cursor" {
+        if kind != "call" {
             return Ok(None);
         }
         match self.conn.start_call(limits.max_in_flight) {
@@ -442,6 +445,10 @@ impl Session {
                 self.cursor_move(room, args)?;
                 Ok(Done::now(id, crate::handler::to_raw(())))
             }
+            Entry::Room(room, RoomPart::Update) => {
+                self.presence_update(room, args).await?;
+                Ok(Done::now(id, crate::handler::to_raw(())))
+            }
             Entry::Room(room, part) => {
                 let recorded = resume::stream_call(path, &args);
                 self.room_stream(room, *part, ctx, id, args, seq, recorded)
@@ -499,11 +506,11 @@ impl Session {
             RoomPart::Presence => {
                 let t = presence_topic(&topic);
                 self.subs.hold_and_subscribe(t.clone(), max)?;
-                let roster = room.roster(topic);
+                let roster = room.roster(topic, self.conn.clone());
                 (t, Merge::Presence, now(roster), None)
             }
-            // `__cursor` is not a stream: `resolve` answered it before.
-            RoomPart::Cursors | RoomPart::Cursor => {
+            // `__cursor` and `__presence_update` are not streams: `resolve` answered them.
+            RoomPart::Cursors | RoomPart::Cursor | RoomPart::Update => {
                 let t = cursors_topic(&topic);
                 self.subs.hold_and_subscribe(t.clone(), max)?;
                 hub.set_replay(&t, crate::Replay::off());
@@ -526,7 +533,7 @@ impl Session {
     fn presence_of(&self, room: &RoomDef, ctx: &Ctx) -> Result<Option<Value>, LiveError> {
         let data = room.presence_of(ctx);
         let (size, max) = (
-            data.as_ref().map_or(0, json_len),
+            data.as_ref().map_or(0, crate::protocol::json_len),
             self.live.limits().max_presence_bytes,
         );
         if size > max {
@@ -547,7 +554,10 @@ impl Session {
         let Some(topic) = topic.filter(|t| self.subs.may_move_cursor(t, room)) else {
             return Err(LiveError::forbidden("not subscribed to this room"));
         };
-        let (size, max) = (json_len(&position), self.live.limits().max_cursor_bytes);
+        let (size, max) = (
+            crate::protocol::json_len(&position),
+            self.live.limits().max_cursor_bytes,
+        );
         if size > max {
             metrics::counter!("liveroom_oversized_payloads_total", "kind" => "cursor").increment(1);
             return Err(LiveError::invalid(format!(
@@ -555,6 +565,29 @@ impl Session {
             )));
         }
         room.cursor_move(&topic, &self.conn, position);
+        Ok(())
+    }
+
+    /// `__presence_update`, fire-and-forget: only from a member of the room (its gate ran when
+    /// it entered). `null` clears the socket's state.
+    async fn presence_update(
+        &mut self,
+        room: &Arc<RoomDef>,
+        args: Vec<Value>,
+    ) -> Result<(), LiveError> {
+        let (args, state) = room.update_args(args)?;
+        let topic = self.subs.entered(&room_key(room, &args)).cloned();
+        let Some(topic) = topic.filter(|t| self.subs.is_member(t)) else {
+            return Err(LiveError::forbidden("not a member of this room"));
+        };
+        let max = self.live.limits().max_presence_bytes;
+        if let Err(size) = room.update_presence(&topic, &self.conn, state, max).await {
+            metrics::counter!("liveroom_oversized_payloads_total", "kind" => "presence")
+                .increment(1);
+            return Err(LiveError::invalid(format!(
+                "presence data would be {size} bytes of JSON, more than the {max} allowed"
+            )));
+        }
         Ok(())
     }
 
@@ -581,23 +614,6 @@ fn lane_of(entry: Option<&Entry>, args: &[Value]) -> Option<String> {
         }
         _ => None,
     }
-}
-
-/// How many bytes `value` takes as JSON, without building the string.
-fn json_len(value: &impl serde::Serialize) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    let _ = serde_json::to_writer(&mut count, value);
-    count.0
 }
 
 impl Drop for Session {

@@ -59,9 +59,14 @@ pub fn url(server: &Running, query: &str) -> String {
 
 /// A connected client plus a buffer of the frames it received, so that waiting for one event
 /// never loses the others. Batch frames (`{"type":"batch"}`) are flattened into their events.
+///
+/// Presence `count` events are kept aside (most tests are about joins and leaves): read them
+/// with [`Peer::count`].
 pub struct Peer {
     pub client: Client,
     buf: VecDeque<Value>,
+    /// The newest `count` data per presence topic.
+    counts: std::collections::HashMap<String, Value>,
     closed: Option<Option<u16>>,
 }
 
@@ -112,13 +117,48 @@ impl Peer {
         if frame["type"] == "batch" {
             let events = frame["events"].as_array().expect("batch has events");
             assert!(events.len() >= 2, "a batch frame holds 2+ events: {frame}");
-            self.buf.extend(events.iter().cloned());
+            for e in events {
+                self.keep(e.clone());
+            }
         } else if frame["type"] == "__closed" {
             self.closed = Some(frame["code"].as_u64().map(|c| c as u16));
         } else {
-            self.buf.push_back(frame);
+            self.keep(frame);
         }
         true
+    }
+
+    fn keep(&mut self, frame: Value) {
+        if frame["event"] == "count" {
+            if let Some(topic) = frame["topic"].as_str().filter(|t| t.ends_with(":presence")) {
+                let newer = self
+                    .counts
+                    .get(topic)
+                    .is_none_or(|c| c["version"].as_u64() <= frame["data"]["version"].as_u64());
+                if newer {
+                    self.counts.insert(topic.to_owned(), frame["data"].clone());
+                }
+                return;
+            }
+        }
+        self.buf.push_back(frame);
+    }
+
+    /// Waits until the newest `count` of presence topic `topic` says `total`; panics with the
+    /// last one seen after `timeout`.
+    pub async fn count(&mut self, topic: &str, total: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.counts.get(topic).and_then(|c| c["total"].as_u64()) == Some(total) {
+                return;
+            }
+            if !self.pull(deadline).await {
+                panic!(
+                    "count of `{topic}` is {:?}, not {total}, after {timeout:?}",
+                    self.counts.get(topic)
+                );
+            }
+        }
     }
 
     /// The next frame exactly as received (batch frames intact), or `None` on timeout.
@@ -267,6 +307,7 @@ impl From<Client> for Peer {
         Peer {
             client,
             buf: VecDeque::new(),
+            counts: std::collections::HashMap::new(),
             closed: None,
         }
     }
