@@ -780,3 +780,111 @@ async fn replica_without_redis_is_isolated() {
     assert_eq!(zed.presence_count(board, "leave", "bob"), 0);
     assert!(!alice.roster.contains_key("zed"));
 }
+
+/// Awareness state set on one replica reaches members on another as a `join` upsert, and a
+/// late joiner there finds it in the roster (read from Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awareness_crosses_replicas_and_reaches_late_joiners() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let r1 = Replica::start("r1", Some(&url), 1000);
+    let r2 = Replica::start("r2", Some(&url), 1000);
+    let mut alice = Peer::connect(&r1, "alice").await;
+    alice.join("aw").await;
+    alice.observe("aw").await;
+    let mut bob = Peer::connect(&r2, "bob").await;
+    bob.join("aw").await;
+    bob.observe("aw").await;
+    alice.client.fire(
+        "collab/board/__presence_update",
+        json!(["aw", {"editing": "c7"}]),
+    );
+    let until = Instant::now() + WAIT;
+    let seen = bob
+        .pump_until(until, |p| {
+            p.roster.get("alice").is_some_and(|d| d["editing"] == "c7")
+        })
+        .await;
+    assert!(seen, "bob on r2 sees alice's state: {:?}", bob.roster);
+    assert_eq!(
+        bob.roster["alice"],
+        json!({ "name": "N-alice", "editing": "c7" })
+    );
+    let mut carol = Peer::connect(&r2, "carol").await;
+    carol.join("aw").await;
+    carol.observe("aw").await;
+    assert_eq!(
+        carol.roster["alice"]["editing"], "c7",
+        "the late joiner's roster has it"
+    );
+    // Cleared when alice's socket leaves the room.
+    alice.close_and_wait().await;
+    let until = Instant::now() + WAIT;
+    let gone = bob
+        .pump_until(until, |p| !p.roster.contains_key("alice"))
+        .await;
+    assert!(gone, "alice left: {:?}", bob.roster);
+}
+
+/// Above the listed limit (2 here) members are counted, not listed, cluster-wide: observers on
+/// two replicas converge to the same count and a roster of 2, and after kill -9 of the replica
+/// holding half the members, to the survivors' count with waiting members promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_mode_is_cluster_wide_and_survives_a_crash() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let opts = || {
+        let mut o = ReplicaOpts::new(Some(&url), 300);
+        o.env.push(("LIVEROOM_PRESENCE_LIMIT", "2".to_owned()));
+        o
+    };
+    let r1 = Replica::start_with("r1", opts());
+    let mut r2 = Replica::start_with("r2", opts());
+    let r3 = Replica::start_with("r3", opts());
+    let mut obs1 = Peer::connect(&r1, "obs1").await;
+    obs1.observe("big").await;
+    let mut obs3 = Peer::connect(&r3, "obs3").await;
+    obs3.observe("big").await;
+    // u0..u2 on r2 first (they take the two listed places), then u3..u5 on r1.
+    let mut members = Vec::new();
+    for (i, r) in [(0, &r2), (1, &r2), (2, &r2), (3, &r1), (4, &r1), (5, &r1)] {
+        let mut p = Peer::connect(r, &format!("u{i}")).await;
+        p.join("big").await;
+        members.push(p);
+    }
+    for obs in [&mut obs1, &mut obs3] {
+        let until = Instant::now() + WAIT;
+        let ok = obs
+            .pump_until(until, |p| p.member_count == Some(6) && p.roster.len() == 2)
+            .await;
+        assert!(
+            ok,
+            "{}: count {:?}, roster {:?}",
+            obs.user,
+            obs.member_count,
+            obs.keys()
+        );
+        assert_eq!(obs.keys(), sorted(&["u0", "u1"]));
+    }
+    // r2 dies with u0, u1 (listed) and u2 (waiting): the reaper promotes u3 and u4.
+    r2.kill9();
+    for obs in [&mut obs1, &mut obs3] {
+        let until = Instant::now() + Duration::from_secs(10);
+        let ok = obs
+            .pump_until(until, |p| {
+                p.member_count == Some(3) && p.keys() == sorted(&["u3", "u4"])
+            })
+            .await;
+        assert!(
+            ok,
+            "{}: count {:?}, roster {:?}",
+            obs.user,
+            obs.member_count,
+            obs.keys()
+        );
+    }
+    assert_eq!(
+        wait_fresh_roster(&r3, "big", &["u3", "u4"], WAIT).await,
+        sorted(&["u3", "u4"])
+    );
+}

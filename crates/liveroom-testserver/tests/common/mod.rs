@@ -362,7 +362,7 @@ pub struct Peer {
     /// `refreshed` replace).
     pub roster: BTreeMap<String, Value>,
     /// The room's member count from `count` events (the newest version wins).
-    pub count: Option<u64>,
+    pub member_count: Option<u64>,
     count_version: u64,
     presence_topic: Option<String>,
     pub closed: bool,
@@ -389,7 +389,7 @@ impl Peer {
             client,
             log: Vec::new(),
             roster: BTreeMap::new(),
-            count: None,
+            member_count: None,
             count_version: 0,
             presence_topic: None,
             closed: false,
@@ -481,7 +481,7 @@ impl Peer {
                     let version = data["version"].as_u64().unwrap_or(0);
                     if version >= self.count_version {
                         self.count_version = version;
-                        self.count = data["total"].as_u64();
+                        self.member_count = data["total"].as_u64();
                     }
                 }
                 _ => {}

@@ -14,7 +14,8 @@
 //!
 //! Every script that makes an identity arrive or depart goes through the same Lua helpers
 //! (`LIB`), so the counters, the listing and the waiting line stay consistent whichever replica
-//! (or reaper) does it.
+//! (or reaper) does it. Promotions happen once a script's departures are all done, so a member
+//! that leaves in the same script is never promoted on the way.
 
 use super::breaker::{Redis, RedisDown};
 use crate::presence_store::{Count, Joined, Left, PresenceStore, Roster, StoreFuture};
@@ -46,7 +47,8 @@ local function bump(h)
   local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
   local v = tonumber(redis.call('HGET', h, '#v') or '0')
   if now <= v then now = v + 1 end
-  redis.call('HSET', h, '#v', now)
+  -- As digits: Lua would write a number this large in %.14g, losing its last digits.
+  redis.call('HSET', h, '#v', string.format('%.0f', now))
 end
 local function place(h, w, key, limit)
   if tonumber(redis.call('HGET', h, '#l') or '0') < limit then
@@ -65,47 +67,44 @@ local function arrive(h, w, key, limit)
   if redis.call('HEXISTS', h, 'd:' .. key) == 1 then return place(h, w, key, limit) end
   return 0
 end
--- An identity gone everywhere: uncounted; a listed one's place goes to the first waiting.
--- Returns whether it was listed, and the promoted as key, data pairs.
+-- An identity gone everywhere: uncounted, its place freed. Returns whether it was listed.
 local function depart(h, w, key)
-  local limit = tonumber(redis.call('HGET', h, '#max') or '1000')
   local was = redis.call('HDEL', h, 'l:' .. key)
   redis.call('HDEL', h, 'c:' .. key, 'd:' .. key)
   redis.call('ZREM', w, key)
   redis.call('HINCRBY', h, '#n', -1)
   bump(h)
-  local promoted = {}
-  if was == 1 then
-    redis.call('HINCRBY', h, '#l', -1)
-    while tonumber(redis.call('HGET', h, '#l') or '0') < limit do
-      local p = redis.call('ZPOPMIN', w)
-      if #p == 0 then break end
-      redis.call('HSET', h, 'l:' .. p[1], 1)
-      redis.call('HINCRBY', h, '#l', 1)
-      table.insert(promoted, p[1])
-      table.insert(promoted, redis.call('HGET', h, 'd:' .. p[1]) or '')
-    end
+  if was == 1 then redis.call('HINCRBY', h, '#l', -1) end
+  return was
+end
+-- Lists the first waiting members while there is room; appends them to out as promotions.
+local function refill(out, h, w, topic)
+  local limit = tonumber(redis.call('HGET', h, '#max') or '1000')
+  while tonumber(redis.call('HGET', h, '#l') or '0') < limit do
+    local p = redis.call('ZPOPMIN', w)
+    if #p == 0 then break end
+    redis.call('HSET', h, 'l:' .. p[1], 1)
+    redis.call('HINCRBY', h, '#l', 1)
+    table.insert(out, 'promote'); table.insert(out, topic)
+    table.insert(out, p[1]); table.insert(out, redis.call('HGET', h, 'd:' .. p[1]) or '')
   end
-  return was, promoted
 end
 local function counted(h)
   return tonumber(redis.call('HGET', h, '#n') or '0'), tonumber(redis.call('HGET', h, '#v') or '0')
 end
--- Appends a departure's transitions to out (kind, topic, key, data), with its promotions.
+-- Appends a departure to out as (kind, topic, key, data).
 local function departed(out, h, w, topic, key)
-  local was, promoted = depart(h, w, key)
+  local was = depart(h, w, key)
   table.insert(out, was == 1 and 'leave' or 'depart'); table.insert(out, topic)
   table.insert(out, key); table.insert(out, '')
-  for i = 1, #promoted, 2 do
-    table.insert(out, 'promote'); table.insert(out, topic)
-    table.insert(out, promoted[i]); table.insert(out, promoted[i + 1])
-  end
 end
--- Appends a room's count (and drops an empty room's keys).
-local function count_of(out, h, w, topic)
+-- Appends a room's promotions and count, once its departures are done (and drops an empty
+-- room's keys).
+local function settle(out, h, w, topic)
+  refill(out, h, w, topic)
   local n, v = counted(h)
   table.insert(out, 'count'); table.insert(out, topic)
-  table.insert(out, tostring(n)); table.insert(out, tostring(v))
+  table.insert(out, string.format('%.0f', n)); table.insert(out, string.format('%.0f', v))
   if n <= 0 then redis.call('DEL', h, w) end
 end
 ";
@@ -151,7 +150,7 @@ pub(crate) fn scripts() -> &'static Scripts {
             if c > 0 then return {} end
             local out = {}
             departed(out, h, w, ARGV[3], key)
-            count_of(out, h, w, ARGV[3])
+            settle(out, h, w, ARGV[3])
             return out",
         ),
         // KEYS: hash, wait. ARGV: key, data, limit. Returns 1 if the member is listed.
@@ -181,7 +180,7 @@ pub(crate) fn scripts() -> &'static Scripts {
                 topics[topic] = true
               end
             end
-            for topic in pairs(topics) do count_of(out, ARGV[2] .. topic, ARGV[3] .. topic, topic) end
+            for topic in pairs(topics) do settle(out, ARGV[2] .. topic, ARGV[3] .. topic, topic) end
             redis.call('DEL', KEYS[1])
             redis.call('SREM', KEYS[3], ARGV[1])
             return out",
@@ -238,7 +237,7 @@ pub(crate) fn scripts() -> &'static Scripts {
                 redis.call('HDEL', h, 'c:' .. key, 'd:' .. key)
               end
             end
-            for topic in pairs(topics) do count_of(out, prefix .. topic, wprefix .. topic, topic) end
+            for topic in pairs(topics) do settle(out, prefix .. topic, wprefix .. topic, topic) end
             return out",
         ),
     })
