@@ -23,7 +23,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-# A full run needs about N GB of disk (debug, release and fuzz builds); say so up front rather
+# A full run needs about 10 GB of disk (debug, release and fuzz builds); say so up front rather
 # than dying in the linker.
 avail_kb=$(df -Pk . | awk 'NR==2 {print $4}')
 if [ "$avail_kb" -lt $((8 * 1024 * 1024)) ]; then

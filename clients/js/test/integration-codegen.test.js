@@ -46,9 +46,9 @@ test('CLI codegen from the manifest URL writes <module>.js and .d.ts', async () 
 	assert.match(dts, /addCard\(boardId: string, title: string\): Promise<unknown>;/);
 	assert.match(dts, /addCardAfter\(boardId: string, title: string, ms: number\): Promise<unknown>;/);
 	assert.match(dts, /data\(boardId: \(\) => string\): StreamStore<unknown\[\]>;/);
-	assert.match(dts, /presence\(boardId: string\): StreamStore<PresenceEntry<Member>\[\]>;/);
+	assert.match(dts, /presence: PresenceFactory<\[boardId: string\], Member, Awareness>;/);
+	assert.match(dts, /moveCursor\(boardId: string, position: CursorPosition \| null\): void;/);
 	assert.match(dts, /export interface Member \{\n\tname\?: unknown;\n\}/);
-	assert.match(dts, /moveCursor\(boardId: string, position: CursorPosition\): void;/);
 	assert.match(dts, /note\(a: string, b: string, text: string\): Promise<unknown>;/);
 	assert.doesNotMatch(dts, /\bany\b/);
 	const test = await readFile(join(out, 'test.d.ts'), 'utf8');

@@ -76,6 +76,9 @@ test('a new subscription inside the grace cancels the leave (no flicker)', async
 	const ua = [a.data(board), a.presence(board)].map((s) => s.subscribe(() => {}));
 	let ub = b.data(board).subscribe(() => {});
 	await waitFor(a.presence(board), (v) => keys(v).join() === 'alice,bob');
+	// bob's join may still be in the server's 50 ms announcement window (an upsert of what the
+	// roster already shows): let it land before watching for flicker.
+	await new Promise((r) => setTimeout(r, 150));
 	/** @type {string[]} */
 	const seen = [];
 	const ur = a.presence(board).subscribe((v) => seen.push(keys(v).join()));
@@ -103,4 +106,31 @@ test('two room args (collab/pair): note reaches the other user', async () => {
 	await waitFor(b.data('x', 'y'), (v) => v.some((/** @type {any} */ n) => n.text === 'hello'));
 	ua();
 	ub();
+});
+
+test('awareness: presence.update reaches the other user, presence.count counts, a null cursor goes away', async () => {
+	const a = alice.room('collab/board', ROOM);
+	const b = bob.room('collab/board', ROOM);
+	const board = 'aware-1';
+	const subs = [a.data(board), a.presence(board), b.data(board), b.presence(board), b.cursors(board)].map((s) => s.subscribe(() => {}));
+	await waitFor(b.presence(board), (v) => keys(v).join() === 'alice,bob', { label: 'bob sees both' });
+	// The count follows the roster.
+	const count = b.presence.count(board);
+	assert.equal(count, b.presence(board).count, 'the same store');
+	await waitFor(count, (n) => n === 2, { label: 'two counted' });
+
+	// Coalesced per frame, latest wins; the server's fields win over the client's.
+	a.presence.update(board, { editing: 'first' });
+	a.presence.update(board, { editing: 'card-9', name: 'Eve' });
+	const seen = await waitFor(b.presence(board), (v) => v?.find((/** @type {any} */ p) => p.key === 'alice')?.data.editing === 'card-9', { label: 'bob sees alice editing' });
+	assert.equal(seen.find((/** @type {any} */ p) => p.key === 'alice').data.name, 'Alice');
+	a.presence.update(board, null);
+	await waitFor(b.presence(board), (v) => v?.find((/** @type {any} */ p) => p.key === 'alice')?.data.editing === undefined, { label: 'cleared' });
+
+	// A null position removes alice's cursor for bob.
+	a.moveCursor(board, { x: 3, y: 4 });
+	await waitFor(b.cursors(board), (v) => keys(v).includes('alice'), { label: 'cursor shown' });
+	a.moveCursor(board, null);
+	await waitFor(b.cursors(board), (v) => !keys(v).includes('alice'), { label: 'cursor removed' });
+	subs.forEach((u) => u());
 });

@@ -147,9 +147,13 @@ describe('board: two users', { timeout: 180_000 }, () => {
     await c.hover();
     await c.getByTestId('edit-card').click();
     const input = a.getByTestId('edit-card-input');
+    // While A edits, B sees who edits the card (A's awareness state), and not after.
+    const editors = card(b, 'Write the e2e tests').getByTestId('card-editors');
+    await editors.filter({ hasText: names.a }).waitFor();
     await input.fill('Write the browser tests');
     await input.press('Enter');
     await inColumn(b, 'todo', 'Write the browser tests').waitFor();
+    await card(b, 'Write the browser tests').getByTestId('card-editors').waitFor({ state: 'detached' });
     assert.equal(await card(b, 'Write the e2e tests').count(), 0);
 
     // Keyboard: Alt+ArrowRight moves the focused card one column right.
@@ -182,6 +186,12 @@ describe('board: two users', { timeout: 180_000 }, () => {
     await eventually(() => near(0.3, 0.7), { message: "A's cursor near (0.30, 0.70) on B's board" });
     // A does not see its own cursor.
     assert.equal(await a.getByTestId('cursor').filter({ hasText: names.a }).count(), 0);
+    // The pointer leaves the board: the cursor goes (a null position), and comes back.
+    const box = await a.getByTestId('board').boundingBox();
+    await a.mouse.move(box.x + box.width / 2, Math.max(0, box.y - 30), { steps: 4 });
+    await cursor.waitFor({ state: 'detached' });
+    await pointAt(a, 0.3, 0.7);
+    await cursor.waitFor();
   });
 
   step('validation errors are shown', async () => {

@@ -116,6 +116,13 @@ pub struct Member {
     pub color: Option<String>,
 }
 
+/// What a member shares of its own while on a board (awareness): the card it is editing.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct Editing {
+    /// The id of the card being edited, if any.
+    pub editing: Option<String>,
+}
+
 /// A cursor position on the board, in board pixels.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct Pointer {
@@ -220,6 +227,7 @@ pub fn board_room(options: &Options) -> Room<BoardArgs, Store> {
             name: user_field(ctx, "name"),
             color: user_field(ctx, "color"),
         })
+        .awareness::<Editing>()
         .cursors(liveroom::Cursors::throttle(options.cursor_throttle))
         .cursor_position::<Pointer>()
         .grace(options.grace)
