@@ -58,7 +58,8 @@ fi
 
 step "demo front end: strict type check against the generated types (svelte-check)"
 (cd examples/board/web && npm run check --silent)
-if grep -nw any examples/board/web/src/live/generated/*.d.ts; then
+# Code only: a doc comment may say "any".
+if grep -nvE '^\s*(/\*\*|\*)' examples/board/web/src/live/generated/*.d.ts | grep -w any; then
   echo "the board's generated types contain 'any'"; exit 1
 fi
 # A type regression must fail: a call with a wrong argument type does not type-check.

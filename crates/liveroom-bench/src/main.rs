@@ -3,6 +3,7 @@
 //! Loopback only; every run is bounded in connections and time. See BENCHMARKS.md.
 
 mod cluster;
+mod crowd;
 mod cursors;
 mod fanout;
 mod http;
@@ -102,6 +103,13 @@ enum Cmd {
         #[command(flatten)]
         o: presence::Opts,
     },
+    /// a crowd joins one room: convergence, frames and bytes, server CPU
+    Crowd {
+        #[command(flatten)]
+        t: TargetArgs,
+        #[command(flatten)]
+        o: crowd::Opts,
+    },
     /// cursor moves at 20 Hz
     Cursors {
         #[command(flatten)]
@@ -182,6 +190,9 @@ fn main() -> Result<()> {
                     presence::run(tg, &o).await
                 })
                 .await?
+            }
+            Cmd::Crowd { t, o } => {
+                single(&env, &t, "crowd", |tg| async move { crowd::run(tg, &o).await }).await?
             }
             Cmd::Cursors { t, o } => {
                 single(&env, &t, "cursors", |tg| async move {

@@ -119,7 +119,7 @@ pub struct Member {
 /// What a member shares of its own while on a board (awareness): the card it is editing.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct Editing {
-    /// The id of the card being edited, if any.
+    /// The id of the card being edited (`None`: none).
     pub editing: Option<String>,
 }
 
