@@ -48,7 +48,7 @@ export function createRoom(client, path, options = {}) {
 		const presence = client.stream(`${path}/__presence`, { arity, merge: 'presence', key: 'key' });
 		/** @param {...any} args room args */
 		presence.count = (...args) => presence(...args).count;
-		presence.update = latestSender(client, `${path}/__presence_update`);
+		presence.update = awarenessSender(client, `${path}/__presence_update`, room.data);
 		room.presence = presence;
 	}
 	if (options.cursors !== false) {
@@ -64,6 +64,42 @@ export function createRoom(client, path, options = {}) {
 		room[name] = client.rpc(`${path}/__action/${name}`);
 	}
 	return room;
+}
+
+/**
+ * `presence.update(...roomArgs, state)`: like `latestSender`, and the last state per room is kept
+ * and sent again whenever that room's data stream comes back after a reconnect (the server drops
+ * a socket's state with the socket; the new one must say it again, once it is a member).
+ * @param {import('./client.js').LiveClient} client
+ * @param {string} path
+ * @param {(...args: any[]) => { status: import('./store.js').Readable<string> }} data the room's data factory
+ */
+function awarenessSender(client, path, data) {
+	const send = latestSender(client, path);
+	/** @type {Map<string, { args: any[], stop: () => void }>} */
+	const kept = new Map();
+	/** @param {...any} args room args, then the state object, or `null` */
+	return function update(...args) {
+		const key = JSON.stringify(args.slice(0, -1));
+		const state = args[args.length - 1];
+		const old = kept.get(key);
+		if (state === null || state === undefined) {
+			old?.stop();
+			kept.delete(key);
+		} else if (old) {
+			old.args = args;
+		} else {
+			const entry = { args, stop: () => {} };
+			let last = '';
+			entry.stop = data(...args.slice(0, -1)).status.subscribe((s) => {
+				// Back to ready after a refetch: the new socket is a member again.
+				if (s === 'ready' && last === 'refreshing') send(...entry.args);
+				last = s;
+			});
+			kept.set(key, entry);
+		}
+		send(...args);
+	};
 }
 
 /**

@@ -124,8 +124,24 @@ test('awareness: presence.update reaches the other user, presence.count counts, 
 	a.presence.update(board, { editing: 'card-9', name: 'Eve' });
 	const seen = await waitFor(b.presence(board), (v) => v?.find((/** @type {any} */ p) => p.key === 'alice')?.data.editing === 'card-9', { label: 'bob sees alice editing' });
 	assert.equal(seen.find((/** @type {any} */ p) => p.key === 'alice').data.name, 'Alice');
+	// The server drops a socket's state with the socket; after a reconnect the client says it again.
+	const editing = (/** @type {any} */ v) => v?.find((/** @type {any} */ p) => p.key === 'alice')?.data.editing;
+	alice.connection.reconnect();
+	await waitFor(a.data(board).status, (s) => s === 'refreshing', { label: 'alice refetches' });
+	await waitFor(a.data(board).status, (s) => s === 'ready', { label: 'alice is back' });
+	// A late joiner reads the server's roster: the state is there again (without the resend it
+	// would have gone with alice's old socket).
+	const carol = clientFor(server, 'user=carol&name=Carol');
+	try {
+		const c = carol.room('collab/board', ROOM);
+		const uc = c.presence(board).subscribe(() => {});
+		await waitFor(c.presence(board), (v) => editing(v) === 'card-9', { label: 'said again after the reconnect' });
+		uc();
+	} finally {
+		carol.close();
+	}
 	a.presence.update(board, null);
-	await waitFor(b.presence(board), (v) => v?.find((/** @type {any} */ p) => p.key === 'alice')?.data.editing === undefined, { label: 'cleared' });
+	await waitFor(b.presence(board), (v) => editing(v) === undefined, { label: 'cleared' });
 
 	// A null position removes alice's cursor for bob.
 	a.moveCursor(board, { x: 3, y: 4 });

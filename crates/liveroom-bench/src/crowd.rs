@@ -89,8 +89,11 @@ fn apply_lr(view: &mut View, frame: &[u8], updates: Option<&Updates>) {
                 if let Some(k) = data["key"].as_str() {
                     view.roster.insert(k.to_owned());
                 }
-                let stamp = data["data"]["editing"].as_str().and_then(|e| e.strip_prefix('t'));
-                if let (Some(u), Some(sent)) = (updates, stamp.and_then(|s| s.parse::<u64>().ok())) {
+                let stamp = data["data"]["editing"]
+                    .as_str()
+                    .and_then(|e| e.strip_prefix('t'));
+                if let (Some(u), Some(sent)) = (updates, stamp.and_then(|s| s.parse::<u64>().ok()))
+                {
                     u.seen.add(1);
                     u.latency.record(now_us().saturating_sub(sent));
                 }
@@ -133,9 +136,13 @@ pub async fn run(t: Target, o: &Opts) -> Result<Metrics> {
         o.duration,
         o.observers
     );
-    let views: Arc<Vec<Mutex<View>>> =
-        Arc::new((0..o.observers).map(|_| Mutex::new(View::default())).collect());
-    let (obs_traffic, member_traffic) = (Arc::new(Traffic::default()), Arc::new(Traffic::default()));
+    let views: Arc<Vec<Mutex<View>>> = Arc::new(
+        (0..o.observers)
+            .map(|_| Mutex::new(View::default()))
+            .collect(),
+    );
+    let (obs_traffic, member_traffic) =
+        (Arc::new(Traffic::default()), Arc::new(Traffic::default()));
     let updates = Arc::new(Updates::default());
     let obs = ws::connect_many(o.observers, 50, |i| {
         let room = room.clone();
@@ -178,7 +185,8 @@ pub async fn run(t: Target, o: &Opts) -> Result<Metrics> {
     for n in 0..o.members {
         tokio::time::sleep_until(start + period * n as u32).await;
         let (room, stop, updates) = (room.clone(), stop.clone(), updates.clone());
-        let (join_rtt, errors, traffic) = (join_rtt.clone(), errors.clone(), member_traffic.clone());
+        let (join_rtt, errors, traffic) =
+            (join_rtt.clone(), errors.clone(), member_traffic.clone());
         let every = Duration::from_secs_f64(1.0 / o.update_hz.max(0.01));
         let phase = every.mul_f64(n as f64 / o.members.max(1) as f64);
         members.push(tokio::spawn(async move {
@@ -254,8 +262,7 @@ pub async fn run(t: Target, o: &Opts) -> Result<Metrics> {
         .filter(|v| {
             let v = v.lock().unwrap();
             v.roster.len() != want_listed
-                || (t.kind == Kind::Liveroom
-                    && v.count.map(|(c, _)| c) != Some(o.members as u64))
+                || (t.kind == Kind::Liveroom && v.count.map(|(c, _)| c) != Some(o.members as u64))
         })
         .count();
     match done_at {
@@ -278,7 +285,12 @@ pub async fn run(t: Target, o: &Opts) -> Result<Metrics> {
             o.settle
         )),
     }
-    m.set("observers_wrong", "observers not converged", wrong as f64, "");
+    m.set(
+        "observers_wrong",
+        "observers not converged",
+        wrong as f64,
+        "",
+    );
     m.set(
         "obs_frames",
         "frames per observer",
@@ -314,7 +326,12 @@ pub async fn run(t: Target, o: &Opts) -> Result<Metrics> {
         win.finish(&mut u);
         tokio::time::sleep(Duration::from_millis(500)).await; // the last ones in flight
         if let Some(cpu) = u.get("server_cpu") {
-            m.set("update_cpu", "server CPU during the update phase", cpu, "% core");
+            m.set(
+                "update_cpu",
+                "server CPU during the update phase",
+                cpu,
+                "% core",
+            );
         }
         m.set(
             "updates_sent",

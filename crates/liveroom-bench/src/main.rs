@@ -192,7 +192,13 @@ fn main() -> Result<()> {
                 .await?
             }
             Cmd::Crowd { t, o } => {
-                single(&env, &t, "crowd", |tg| async move { crowd::run(tg, &o).await }).await?
+                single(
+                    &env,
+                    &t,
+                    "crowd",
+                    |tg| async move { crowd::run(tg, &o).await },
+                )
+                .await?
             }
             Cmd::Cursors { t, o } => {
                 single(&env, &t, "cursors", |tg| async move {
