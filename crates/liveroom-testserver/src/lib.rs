@@ -178,6 +178,14 @@ fn rpcs(app: App<Arc<State>>) -> App<Arc<State>> {
     app.rpc("test/echo", |_ctx: TestCtx, args: Vec<Value>| async move {
         Ok(args)
     })
+    // A plain RPC changing the caller's presence in a board (server-side awareness).
+    .rpc(
+        "test/away",
+        |ctx: TestCtx, (board,): (String,)| async move {
+            let me = json!({ "name": ctx.identity(), "status": "away" });
+            ctx.set_presence(&format!("board:{board}"), &me).await
+        },
+    )
     .rpc("test/add", |_ctx: TestCtx, Add { a, b }| async move {
         Ok(a + b)
     })

@@ -116,6 +116,31 @@ impl<S> Ctx<S> {
         }
     }
 
+    /// Replaces what others see of the caller in the room whose data topic is `room_topic`
+    /// (its presence data): announced as a `join` upsert, kept for late joiners, on every
+    /// replica. `Ok(false)` when the caller is not a member of that room on this server. In a
+    /// room's actions, [`RoomCtx::set_presence`](crate::room::RoomCtx::set_presence) knows the
+    /// topic.
+    ///
+    /// ```no_run
+    /// # use liveroom::{App, Ctx, LiveError};
+    /// App::new().rpc("me/away", |ctx: Ctx, (board,): (String,)| async move {
+    ///     let me = serde_json::json!({ "name": ctx.identity(), "status": "away" });
+    ///     ctx.set_presence(&format!("board:{board}"), &me).await
+    /// });
+    /// ```
+    pub async fn set_presence(
+        &self,
+        room_topic: &str,
+        data: &impl Serialize,
+    ) -> Result<bool, LiveError> {
+        let data = serde_json::to_value(data)?;
+        let Some(members) = self.hub.members() else {
+            return Ok(false);
+        };
+        Ok(members.set(room_topic, self.identity(), data).await)
+    }
+
     /// Publishes `event` with `data` to every subscriber of `topic` (on every replica in
     /// cluster mode). `data` is serialized once.
     pub fn publish(

@@ -19,6 +19,7 @@
 use crate::conn::Conn;
 use crate::error::LiveError;
 use crate::outbox::{Out, Push};
+use crate::presence_store::Members;
 use crate::replay::{seq_base, Coverage, Log, Replay};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
@@ -119,6 +120,7 @@ pub struct Hub {
     swept: Box<[AtomicU64]>,
     started: Instant,
     bus: OnceLock<Arc<dyn Bus>>,
+    members: OnceLock<Arc<dyn Members>>,
     replay: Replay,
 }
 
@@ -169,6 +171,7 @@ impl Hub {
             swept: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
             started: Instant::now(),
             bus: OnceLock::new(),
+            members: OnceLock::new(),
             replay,
         }
     }
@@ -242,6 +245,16 @@ impl Hub {
     /// The cluster bus, if any.
     pub fn bus(&self) -> Option<&Arc<dyn Bus>> {
         self.bus.get()
+    }
+
+    /// Connects the rooms' presence (at build), for `Ctx::set_presence`.
+    pub(crate) fn set_members(&self, members: Arc<dyn Members>) {
+        let _ = self.members.set(members);
+    }
+
+    /// The rooms' presence, once built.
+    pub(crate) fn members(&self) -> Option<&Arc<dyn Members>> {
+        self.members.get()
     }
 
     fn sequencing_bus(&self) -> Option<&Arc<dyn Bus>> {

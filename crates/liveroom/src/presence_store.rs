@@ -19,6 +19,13 @@ use std::sync::Mutex;
 /// A boxed future returned by [`PresenceStore`] methods.
 pub type StoreFuture<'a, T> = BoxFuture<'a, T>;
 
+/// Changes what a member shows in a room from server code (`Ctx::set_presence`): the rooms
+/// register one at build, below the layer that knows them.
+pub(crate) trait Members: Send + Sync + 'static {
+    /// Replaces `key`'s presence data in room `topic`; `false` if it is not a member here.
+    fn set(&self, topic: &str, key: &str, data: Value) -> BoxFuture<'static, bool>;
+}
+
 /// How many identities are present in a room, and the version of that figure: it goes up with
 /// every arrival and departure anywhere, so of two counts the higher version is the newer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

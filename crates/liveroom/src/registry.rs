@@ -347,6 +347,7 @@ impl<S: Clone + Send + Sync + 'static> App<S> {
         for room in &self.rooms {
             room.attach(hub.clone(), presence.clone());
         }
+        hub.set_members(Arc::new(RoomMembers(self.rooms.clone())));
         let live = Live {
             inner: Arc::new(Inner {
                 entries: self.entries,
@@ -365,6 +366,31 @@ impl<S: Clone + Send + Sync + 'static> App<S> {
             hook(&live);
         }
         live
+    }
+}
+
+/// The rooms' presence, for `Ctx::set_presence`: the room whose tracker has the member.
+struct RoomMembers(Vec<Arc<RoomDef>>);
+
+impl crate::presence_store::Members for RoomMembers {
+    fn set(
+        &self,
+        topic: &str,
+        key: &str,
+        data: Value,
+    ) -> futures_util::future::BoxFuture<'static, bool> {
+        let (topic, key): (Arc<str>, Arc<str>) = (topic.into(), key.into());
+        let tracker = self
+            .0
+            .iter()
+            .map(|r| r.tracker().clone())
+            .find(|t| t.is_member(&topic, &key));
+        Box::pin(async move {
+            match tracker {
+                Some(t) => t.set_base(&topic, &key, data).await,
+                None => false,
+            }
+        })
     }
 }
 

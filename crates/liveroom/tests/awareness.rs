@@ -138,6 +138,21 @@ async fn set_presence_from_an_action_upserts_for_everyone() {
         obs.event("board:b1:presence", "join").await,
         json!({"key": "alice", "data": {"name": "alice", "status": "away"}})
     );
+    // From a plain RPC too, naming the room's topic; a non-member changes nothing.
+    let bob = Peer::user(&server, "bob").await;
+    enter_board(&bob, "b1").await;
+    assert_eq!(
+        bob.call("test/away", json!(["b1"])).await.unwrap(),
+        json!(true)
+    );
+    assert_eq!(
+        join_of(&mut obs, "bob").await,
+        json!({"key": "bob", "data": {"name": "bob", "status": "away"}})
+    );
+    assert_eq!(
+        bob.call("test/away", json!(["elsewhere"])).await.unwrap(),
+        json!(false)
+    );
     server.shutdown().await.unwrap();
 }
 

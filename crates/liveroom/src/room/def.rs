@@ -70,12 +70,7 @@ pub(crate) struct Parts {
     pub listed_limit: usize,
     /// Whether clients may set awareness state, and its type check.
     pub awareness: Option<(PositionCheck, SchemaFn)>,
-    /// Filled with the tracker at attach, for the room's contexts.
-    pub tracker: TrackerSlot,
 }
-
-/// Where a room's contexts find its presence tracker once the room is attached.
-pub(crate) type TrackerSlot = Arc<OnceLock<Arc<Tracker>>>;
 
 struct Runtime {
     tracker: Arc<Tracker>,
@@ -178,12 +173,16 @@ impl RoomDef {
             tracker.left = Some(Arc::new(move |topic, key| c.remove(topic, key)));
         }
         let tracker = Arc::new(tracker);
-        let _ = p.tracker.set(tracker.clone());
         let _ = self.runtime.set(Runtime { tracker, cursors });
     }
 
     fn runtime(&self) -> &Runtime {
         self.runtime.get().expect("room attached at build")
+    }
+
+    /// The room's presence tracker.
+    pub fn tracker(&self) -> &Arc<Tracker> {
+        &self.runtime().tracker
     }
 
     /// The room's cursor table, if cursors are on.

@@ -23,7 +23,7 @@ use crate::handler::{to_raw, CallFn, Reply};
 use crate::merge::Merge;
 use crate::rate::{RateLimit, Scoped};
 use crate::stream::Stream;
-use def::{Action, PositionCheck, PresenceFn, RoomDef, TrackerSlot};
+use def::{Action, PositionCheck, PresenceFn, RoomDef};
 use futures_util::future::BoxFuture;
 use presence::PresenceHook;
 use schemars::JsonSchema;
@@ -45,20 +45,10 @@ impl<T: DeserializeOwned + JsonSchema + Clone + Send + Sync + 'static> RoomArgs 
 
 /// The context of a room's `init` and actions: a [`Ctx`] whose `publish(event, data)` goes to
 /// the room.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct RoomCtx<S = ()> {
     ctx: Ctx<S>,
     topic: Arc<str>,
-    tracker: TrackerSlot,
-}
-
-impl<S> std::fmt::Debug for RoomCtx<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RoomCtx")
-            .field("topic", &self.topic)
-            .field("ctx", &self.ctx)
-            .finish()
-    }
 }
 
 impl<S> RoomCtx<S> {
@@ -87,12 +77,7 @@ impl<S> RoomCtx<S> {
     ///     });
     /// ```
     pub async fn set_presence(&self, data: &impl Serialize) -> Result<bool, LiveError> {
-        let data = serde_json::to_value(data)?;
-        let Some(tracker) = self.tracker.get() else {
-            return Ok(false);
-        };
-        let key: Arc<str> = self.ctx.identity().into();
-        Ok(tracker.set_base(&self.topic, &key, data).await)
+        self.ctx.set_presence(&self.topic, data).await
     }
 }
 
@@ -167,8 +152,6 @@ pub struct Room<A: RoomArgs, S = ()> {
     grace: Duration,
     listed_limit: usize,
     awareness: Option<(PositionCheck, SchemaFn)>,
-    /// The room's presence tracker, once attached: what `RoomCtx::set_presence` talks to.
-    tracker: TrackerSlot,
 }
 
 /// A presence hook, before the app's state is known.
@@ -218,7 +201,6 @@ impl<A: RoomArgs, S: Clone + Send + Sync + 'static> Room<A, S> {
             grace: DEFAULT_GRACE,
             listed_limit: presence::DEFAULT_LISTED_LIMIT,
             awareness: None,
-            tracker: TrackerSlot::default(),
         }
     }
 
@@ -230,18 +212,9 @@ impl<A: RoomArgs, S: Clone + Send + Sync + 'static> Room<A, S> {
         Fut: Future<Output = Result<T, LiveError>> + Send + 'static,
         T: Serialize + JsonSchema,
     {
-        let tracker = self.tracker.clone();
-        self.data = self.data.init_with_topic(move |ctx, topic, args| {
-            let tracker = tracker.clone();
-            init(
-                RoomCtx {
-                    ctx,
-                    topic,
-                    tracker,
-                },
-                args,
-            )
-        });
+        self.data = self
+            .data
+            .init_with_topic(move |ctx, topic, args| init(RoomCtx { ctx, topic }, args));
         self
     }
 
@@ -457,26 +430,16 @@ impl<A: RoomArgs, S: Clone + Send + Sync + 'static> Room<A, S> {
             .into_iter()
             .map(|(action_name, typed)| {
                 let (gate, room, state) = (gate.clone(), room_params.clone(), state.clone());
-                let tracker = self.tracker.clone();
                 let f = typed.call;
                 let call: CallFn = Arc::new(move |ctx: Ctx, mut args: Vec<Value>| {
-                    let (gate, f, tracker) = (gate.clone(), f.clone(), tracker.clone());
+                    let (gate, f) = (gate.clone(), f.clone());
                     let own = def::split_room_args(&mut args, count);
                     let room_args = room.parse::<A>(args, 0).map(|r| (r, own));
                     let ctx = ctx.with_state(state.clone());
                     Box::pin(async move {
                         let (room_args, own) = room_args?;
                         let topic = gate.pass(&ctx, &room_args).await?;
-                        f(
-                            RoomCtx {
-                                ctx,
-                                topic,
-                                tracker,
-                            },
-                            room_args,
-                            own,
-                        )
-                        .await
+                        f(RoomCtx { ctx, topic }, room_args, own).await
                     })
                 });
                 let rate = self.action_rates.get(&action_name).copied().or(self.rate);
@@ -508,7 +471,6 @@ impl<A: RoomArgs, S: Clone + Send + Sync + 'static> Room<A, S> {
             grace: self.grace,
             listed_limit: self.listed_limit,
             awareness: self.awareness,
-            tracker: self.tracker,
         })
     }
 }
