@@ -262,16 +262,18 @@ impl RoomDef {
                 "invalid args: {what} takes the {n} room args then an object or null"
             )));
         }
-        match args.pop() {
+        let last = args.pop();
+        if last
+            .as_ref()
+            .is_some_and(|v| v.is_object() && check.is_some_and(|fits| !fits(v)))
+        {
+            return Err(LiveError::invalid(format!(
+                "invalid args: {object} does not have the room's {kind} type"
+            )));
+        }
+        match last {
             Some(Value::Null) => Ok((args, None)),
-            Some(Value::Object(o)) => {
-                if check.is_some_and(|fits| !fits(&Value::Object(o.clone()))) {
-                    return Err(LiveError::invalid(format!(
-                        "invalid args: {object} does not have the room's {kind} type"
-                    )));
-                }
-                Ok((args, Some(o)))
-            }
+            Some(Value::Object(o)) => Ok((args, Some(o))),
             _ => Err(LiveError::invalid(format!(
                 "invalid args: {object} must be an object or null"
             ))),
