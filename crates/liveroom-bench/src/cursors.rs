@@ -94,8 +94,11 @@ struct Shared {
     obs_updates: Counter,
     mesh_updates: Counter,
     hist: Hist,
-    /// per observer: user key -> latest x seen
-    views: Vec<Mutex<HashMap<String, u64>>>,
+    /// How old the position an observer showed was when the next one replaced it (now minus
+    /// the shown move's send time): what a user sees of a cursor's staleness.
+    stale: Hist,
+    /// per observer: user key -> (latest x seen, its send time µs)
+    views: Vec<Mutex<HashMap<String, (u64, u64)>>>,
     /// user key -> last x sent
     last_sent: Mutex<HashMap<String, u64>>,
 }
@@ -194,12 +197,17 @@ pub async fn run(t: Target, o: &Opts) -> Result<Metrics> {
                 let measuring = sh.measuring.load(Ordering::Relaxed);
                 let mut view = sh.views[i].lock().unwrap();
                 for (key, x, ts) in ups {
+                    let e = view.entry(key).or_insert((0, 0));
                     if measuring {
                         sh.hist.record(now.saturating_sub(ts));
                         sh.obs_updates.add(1);
+                        if e.1 > 0 {
+                            sh.stale.record(now.saturating_sub(e.1));
+                        }
                     }
-                    let e = view.entry(key).or_insert(0);
-                    *e = (*e).max(x);
+                    if x >= e.0 {
+                        *e = (x, ts);
+                    }
                 }
             }
         }));
@@ -267,6 +275,11 @@ pub async fn run(t: Target, o: &Opts) -> Result<Metrics> {
     );
     sh.hist
         .push_latency(&mut m, "obs_latency", "move→observer latency");
+    sh.stale.push_latency(
+        &mut m,
+        "staleness",
+        "cursor staleness (shown position's age when replaced)",
+    );
     if moves > 0.0 {
         m.set(
             "coalesced_pct",
@@ -297,7 +310,7 @@ pub async fn run(t: Target, o: &Opts) -> Result<Metrics> {
     let converged = loop {
         let ok = sh.views.iter().all(|v| {
             let v = v.lock().unwrap();
-            last.iter().all(|(k, x)| v.get(k) == Some(x))
+            last.iter().all(|(k, x)| v.get(k).map(|e| e.0) == Some(*x))
         });
         if ok {
             break Some(stop_at.elapsed().as_secs_f64() * 1000.0);
@@ -319,7 +332,9 @@ pub async fn run(t: Target, o: &Opts) -> Result<Metrics> {
             .iter()
             .map(|v| {
                 let v = v.lock().unwrap();
-                last.iter().filter(|(k, x)| v.get(*k) != Some(x)).count()
+                last.iter()
+                    .filter(|(k, x)| v.get(*k).map(|e| e.0) != Some(**x))
+                    .count()
             })
             .sum();
         m.note(format!(
