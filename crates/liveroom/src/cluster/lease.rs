@@ -219,7 +219,7 @@ impl Cluster {
                     let _ = live.publish(
                         &format!("{topic}:presence"),
                         "count",
-                        &crate::room::presence::count_data(count),
+                        &crate::room::announce::count_data(count),
                     );
                 }
                 Transition::Counted { .. } => {}
@@ -238,7 +238,7 @@ impl Cluster {
             let Ok(roster) = self.store.cluster_roster(topic).await else {
                 return false;
             };
-            let count = crate::room::presence::count_data(roster.count);
+            let count = crate::room::announce::count_data(roster.count);
             let roster: Vec<_> = roster
                 .listed
                 .into_iter()

@@ -5,10 +5,12 @@
 //!   part is a [`Stream`]: the room's guard and topic are that stream's, and every other part
 //!   (presence, cursors, actions) passes the same gate first.
 //! - `def` is the erased room with its runtime state, what the session talks to.
+//! - `announce` coalesces a room's presence announcements per tick, with its `count`.
 //! - [`presence`] is the per-process tracker (refcount + leave grace) over the
 //!   [`PresenceStore`](crate::presence_store::PresenceStore).
 //! - [`cursors`] holds the per-room cursor tables and their ticker.
 
+pub(crate) mod announce;
 pub mod cursors;
 pub(crate) mod def;
 pub mod presence;

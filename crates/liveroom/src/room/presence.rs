@@ -14,13 +14,12 @@
 //! add `typing` or `editing` but never rename itself. A socket's state goes when that socket
 //! leaves.
 //!
-//! Announcements go through [`Announcer`]: the first one of a quiet room goes out at once, the
-//! ones that follow within a tick are coalesced per member (latest wins) and published together
-//! with one `count` event, so a burst of joins reaches each observer as one frame.
+//! Announcements go through the room's `Announcer` (room/announce), which coalesces them per
+//! tick.
 
+use super::announce::{count_data, Announce, Announcer};
 use crate::hub::Hub;
-use crate::presence_store::{Count, PresenceStore};
-use indexmap::IndexMap;
+use crate::presence_store::PresenceStore;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -256,6 +255,9 @@ impl Tracker {
                 (Some(m.generation), cleared)
             }
         };
+        if generation.is_none() && cleared.is_none() {
+            return; // another tab stays, and this one set no state
+        }
         let this = self.clone();
         let (topic, key) = (topic.clone(), key.clone());
         tokio::spawn(async move {
@@ -329,122 +331,6 @@ impl Tracker {
             .map(|(key, data)| json!({ "key": key, "data": data }))
             .collect();
         (Value::Array(list), count_data(roster.count))
-    }
-}
-
-/// The data of a `count` event: `{"total": N, "version": V}`.
-pub(crate) fn count_data(count: Count) -> Value {
-    json!({ "total": count.total, "version": count.version })
-}
-
-/// One pending announcement of a member.
-#[derive(Debug, Clone)]
-pub(crate) enum Announce {
-    Join(Value),
-    Leave,
-}
-
-#[derive(Default)]
-struct Window {
-    pending: IndexMap<Arc<str>, Announce>,
-    count: Option<Count>,
-}
-
-/// Coalesces a room's presence announcements per tick (see the module docs).
-pub(crate) struct Announcer {
-    hub: Arc<Hub>,
-    tick: Duration,
-    /// Rooms inside a tick window; what waits for the window's end.
-    open: Mutex<HashMap<Arc<str>, Window>>,
-}
-
-impl Announcer {
-    pub fn new(hub: Arc<Hub>, tick: Duration) -> Arc<Self> {
-        Arc::new(Announcer {
-            hub,
-            tick,
-            open: Mutex::new(HashMap::new()),
-        })
-    }
-
-    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Window>> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Announces `changes` (per member, latest wins) and a new `count` (of several in one
-    /// tick the highest version goes out).
-    pub fn announce(
-        self: &Arc<Self>,
-        topic: &Arc<str>,
-        changes: Vec<(Arc<str>, Announce)>,
-        count: Option<Count>,
-    ) {
-        if changes.is_empty() && count.is_none() {
-            return;
-        }
-        self.add(topic, |w| {
-            w.pending.extend(changes);
-            if let Some(count) = count {
-                if w.count.is_none_or(|c| c.version < count.version) {
-                    w.count = Some(count);
-                }
-            }
-        });
-    }
-
-    /// Adds to the room's window; a room without one publishes at once and opens one.
-    fn add(self: &Arc<Self>, topic: &Arc<str>, add: impl FnOnce(&mut Window)) {
-        let mut open = self.open();
-        if let Some(w) = open.get_mut(topic) {
-            add(w);
-            return;
-        }
-        let mut now = Window::default();
-        add(&mut now);
-        open.insert(topic.clone(), Window::default());
-        drop(open);
-        self.publish(topic, now);
-        let (this, topic) = (self.clone(), topic.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(this.tick).await;
-                let window = {
-                    let mut open = this.open();
-                    let Some(w) = open.get_mut(&topic) else {
-                        return; // flushed
-                    };
-                    if w.pending.is_empty() && w.count.is_none() {
-                        open.remove(&topic);
-                        return;
-                    }
-                    std::mem::take(w)
-                };
-                this.publish(&topic, window);
-            }
-        });
-    }
-
-    /// Sends every open window now (shutdown).
-    pub fn flush_all(&self) {
-        let windows: Vec<(Arc<str>, Window)> = self.open().drain().collect();
-        for (topic, w) in windows {
-            self.publish(&topic, w);
-        }
-    }
-
-    fn publish(&self, topic: &str, window: Window) {
-        let presence = format!("{topic}:presence");
-        let mut events = Vec::with_capacity(window.pending.len() + 1);
-        for (key, a) in window.pending {
-            events.push(match a {
-                Announce::Join(data) => ("join", json!({ "key": &*key, "data": data })),
-                Announce::Leave => ("leave", json!({ "key": &*key })),
-            });
-        }
-        if let Some(count) = window.count {
-            events.push(("count", count_data(count)));
-        }
-        self.hub.publish_all(&presence, &events);
     }
 }
 
