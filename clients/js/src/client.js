@@ -57,6 +57,18 @@ export class LiveClient {
 		const fn = (...args) => conn.call(path, args, options);
 		fn.fire = (/** @type {any[]} */ ...args) => conn.fire(path, args);
 		fn.fireAndForget = fn.fire; // svelte-realtime 0.5 spelling
+		/**
+		 * The same call with an expected effect on a stream store: `apply(value, ...args)` shows
+		 * at once and rolls back if the call fails (see `store.optimistic`).
+		 * @param {{ optimistic: Function } | ((...args: any[]) => { optimistic: Function })} store the
+		 *   store, or a function of the call's args returning it
+		 * @param {(value: any, ...args: any[]) => any} apply
+		 */
+		fn.optimistic = (store, apply) =>
+			(/** @type {any[]} */ ...args) => {
+				const s = typeof store === 'function' ? store(...args) : store;
+				return s.optimistic((/** @type {any} */ v) => apply(v, ...args), () => fn(...args));
+			};
 		fn.path = path;
 		return fn;
 	}

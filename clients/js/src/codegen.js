@@ -403,11 +403,20 @@ export function generateModule(moduleName, mod, options = {}, defs = {}) {
 			);
 			typeImports.add('PresenceFactory');
 		}
+		if (cursors && sr) members.push(`\t/** Cursor positions: \`[{ key, ...position }]\`. */`, `\tcursors(${roomParams}): ${S}<${cursorEntry}[]>;`);
+		if (cursors && !sr) {
+			const tuple = n === undefined ? 'any[]' : `[${params(room, refs, n)}]`;
+			members.push(`\t/** Cursor positions: \`[{ key, ...position }]\`; \`.smooth(...)\` glides them between updates. */`, `\tcursors: CursorFactory<${tuple}, ${cursorEntry}>;`);
+			typeImports.add('CursorFactory');
+		}
 		if (cursors) {
-			members.push(`\t/** Cursor positions: \`[{ key, ...position }]\`. */`, `\tcursors(${roomParams}): ${S}<${cursorEntry}[]>;${getters && `\n\tcursors(${getters}): ${S}<${cursorEntry}[]>;`}`);
 			members.push(`\t/** Send my cursor position (fire-and-forget, at most once per animation frame); \`null\` removes it. */`, `\tmoveCursor(${cursorParams}): void;`);
 		}
-		for (const a of actions) members.push(`\t${a.name}(${actionParams(room, a, refs)}): Promise<${resultType(a.result, refs)}>;`);
+		for (const a of actions) {
+			if (sr) members.push(`\t${a.name}(${actionParams(room, a, refs)}): Promise<${resultType(a.result, refs)}>;`);
+			else members.push(`\t${a.name}: RpcFunction<[${actionParams(room, a, refs)}], ${resultType(a.result, refs)}>;`);
+		}
+		if (!sr && actions.length) typeImports.add('RpcFunction');
 		dts.push(`/** Room \`${path}\`. */\nexport declare const ${id}: {\n${members.join('\n')}\n};`);
 		typeImports.add(S).add('PresenceEntry').add('CursorEntry').add('CursorPosition');
 	}

@@ -35,7 +35,7 @@ function argsOf(value, arity) {
  * A store that follows `getter`: `make(args)` gives the stream store for the current args.
  * @template S
  * @param {() => unknown} getter
- * @param {(args: any[]) => S & { subscribe: Function, error: any, status: any, recovery: any, count: any }} make
+ * @param {(args: any[]) => S & { subscribe: Function, error: any, status: any, recovery: any, count: any, pending: any }} make
  * @param {number | undefined} arity
  */
 export function follow(getter, make, arity) {
@@ -80,6 +80,15 @@ export function follow(getter, make, arity) {
 		status: switching((s) => s.status),
 		recovery: switching((s) => s.recovery),
 		count: switching((s) => s.count),
+		pending: switching((s) => s.pending),
+		/**
+		 * An optimistic change of the current stream (see `StreamStore.optimistic`).
+		 * @param {(value: any) => any} apply
+		 * @param {() => Promise<any>} call
+		 */
+		optimistic(apply, call) {
+			return /** @type {any} */ (current()).optimistic(apply, call);
+		},
 		/** The stream path. */
 		get path() {
 			return /** @type {any} */ (current()).path;

@@ -75,6 +75,14 @@ export interface StreamStore<T> extends Readable<StreamValue<T>> {
 	readonly recovery: Readable<StreamRecovery>;
 	/** Presence streams: members in the room, listed or not (large rooms list the first ones). */
 	readonly count: Readable<number | undefined>;
+	/** How many optimistic changes of this store wait for their call's answer. */
+	readonly pending: Readable<number>;
+	/**
+	 * Shows `apply(value)` at once until `call` settles: rolled back (and the promise rejects)
+	 * when it fails or the connection is lost, replaced by the server's event for the result's
+	 * key when it succeeds. Offline-queued calls stay visible meanwhile (see `pending`).
+	 */
+	optimistic<R>(apply: (value: T) => T, call: () => Promise<R>): Promise<R>;
 	readonly path: string;
 	readonly args: any[];
 	/** Reload from the server, keeping the current value visible meanwhile. */
@@ -98,6 +106,14 @@ export interface RpcFunction<A extends any[] = any[], R = any> {
 	/** Alias of `fire` (svelte-realtime 0.5 spelling). */
 	fireAndForget(...args: A): void;
 	readonly path: string;
+	/**
+	 * The same call with an expected effect on a stream store: `apply(value, ...args)` shows at
+	 * once (see `StreamStore.optimistic`). `store` may be a function of the call's args.
+	 */
+	optimistic<T>(
+		store: StreamStore<T> | ((...args: A) => StreamStore<T>),
+		apply: (value: T, ...args: A) => T
+	): (...args: A) => Promise<R>;
 }
 
 export interface PresenceEntry<D = any> {
@@ -124,6 +140,26 @@ export interface PresenceFactory<A extends any[] = any[], D = any, U = Record<st
 	update(...roomArgsThenState: [...A, U | null]): void;
 }
 
+export interface SmoothOptions {
+	/** Shortest glide, ms (default 16). */
+	minMs?: number;
+	/** Longest glide, ms (default 600). */
+	maxMs?: number;
+	now?: () => number;
+	frame?: (fn: () => void) => void;
+}
+
+/** A store that glides each cursor to its new position (see smooth.js); the raw store is unchanged. */
+export function smooth<S extends Readable<any>>(source: S, options?: SmoothOptions): Readable<S extends Readable<infer V> ? V : never>;
+
+/** A room's cursors: `cursors(...roomArgs)` is the raw store. */
+export interface CursorFactory<A extends any[] = any[], C = CursorEntry> extends StreamFactory<A, C[]> {
+	/** The same cursors gliding between updates (see `smooth`). */
+	smooth(...roomArgs: A): Readable<StreamValue<C[]>>;
+	/** The same, following reactive args (Svelte 5 props). */
+	smooth(args: ArgsGetter<A>): Readable<StreamValue<C[]>>;
+}
+
 /** A cursor of another user: its position type plus the user's `key`. */
 export type CursorEntry<P = CursorPosition> = P & { key: string };
 
@@ -141,7 +177,7 @@ export interface RoomOptions extends MergeOptions {
 export interface Room {
 	data(...roomArgs: any[]): StreamStore<any>;
 	presence: PresenceFactory;
-	cursors(...roomArgs: any[]): StreamStore<CursorEntry[]>;
+	cursors: CursorFactory;
 	/**
 	 * `moveCursor(...roomArgs, position)`: fire-and-forget, at most once per animation frame. A
 	 * `null` position removes my cursor (the pointer left).

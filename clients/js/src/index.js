@@ -15,6 +15,7 @@ export { LiveError } from './errors.js';
 export { applyMerge } from './merge.js';
 export { writable, readonly, get } from './store.js';
 export { valueOr } from './errors.js';
+export { smooth } from './smooth.js';
 
 /** The client behind the top-level exports (and generated `$live/*` modules). */
 export const defaultClient = new LiveClient();

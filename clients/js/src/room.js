@@ -18,6 +18,8 @@
  * @property {string[] | Record<string, unknown>} [actions] action names (array or manifest object)
  */
 
+import { smooth } from './smooth.js';
+
 const RESERVED = new Set(['data', 'presence', 'cursors', 'moveCursor']);
 
 /** Schedule `fn` for the next animation frame, or in ~16 ms where there are no frames. */
@@ -52,7 +54,10 @@ export function createRoom(client, path, options = {}) {
 		room.presence = presence;
 	}
 	if (options.cursors !== false) {
-		room.cursors = client.stream(`${path}/__cursors`, { arity, merge: 'cursor', key: 'key' });
+		const cursors = client.stream(`${path}/__cursors`, { arity, merge: 'cursor', key: 'key' });
+		/** @param {...any} args room args */
+		cursors.smooth = (...args) => smooth(cursors(...args));
+		room.cursors = cursors;
 		room.moveCursor = latestSender(client, `${path}/__cursor`);
 	}
 	const actions = Array.isArray(options.actions) ? options.actions : Object.keys(options.actions || {});

@@ -13,6 +13,7 @@
 import { writable, readonly } from './store.js';
 import { applyMerge } from './merge.js';
 import { errorFromReply } from './errors.js';
+import { createOverlays } from './optimistic.js';
 
 /**
  * @typedef {import('./merge.js').MergeOptions} StreamOptions
@@ -52,9 +53,19 @@ export function createStream(conn, path, args, options, hooks = {}) {
 	/** @type {{ total: number, version: number } | null} */ let counted = null;
 	function recount() {
 		if (merge.merge !== 'presence') return;
-		const v = value.get();
-		count.set(counted ? counted.total : Array.isArray(v) ? v.length : undefined);
+		count.set(counted ? counted.total : Array.isArray(server) ? server.length : undefined);
 	}
+	/** The value as the server sent it; subscribers see it with the optimistic overlays. */
+	/** @type {any} */ let server;
+	const overlays = createOverlays(() => {
+		if (loaded) value.set(overlays.render(server));
+	});
+	/** @param {any} v */
+	function setServer(v) {
+		server = v;
+		value.set(overlays.render(v));
+	}
+	const keyField = () => (merge.merge === 'presence' || merge.merge === 'cursor' ? 'key' : merge.key || 'id');
 	const value = writable(/** @type {any} */ (undefined), () => {
 		status.set('loading');
 		hooks.onStart?.();
@@ -68,6 +79,8 @@ export function createStream(conn, path, args, options, hooks = {}) {
 		topic = reqId = seq = null;
 		counted = null;
 		loaded = live = false;
+		overlays.clear();
+		server = undefined;
 		value.set(undefined);
 		count.set(undefined);
 		error.set(null);
@@ -123,15 +136,21 @@ export function createStream(conn, path, args, options, hooks = {}) {
 			}
 			live = true;
 			const refetch = loaded;
-			if (reply.replay === true && loaded && Array.isArray(reply.data)) {
-				let v = value.get();
-				for (const e of reply.data) v = applyMerge(v, e.event, e.data, merge);
-				value.set(v);
-			} else if (!(reply.unchanged === true && loaded)) value.set(copy(reply.data));
+			loaded = true;
+			if (reply.replay === true && refetch && Array.isArray(reply.data)) {
+				let v = server;
+				for (const e of reply.data) {
+					v = applyMerge(v, e.event, e.data, merge);
+					overlays.touch(e.data?.[keyField()]);
+				}
+				setServer(v);
+			} else if (!(reply.unchanged === true && refetch)) {
+				setServer(copy(reply.data));
+				overlays.loaded(server, keyField());
+			}
 			if (refetch) recovery.set(reply.replay === true ? 'replayed' : 'reloaded');
 			seq = typeof reply.seq === 'number' ? reply.seq : null;
 			recount();
-			loaded = true;
 			error.set(null);
 			status.set('ready');
 			return true;
@@ -147,7 +166,8 @@ export function createStream(conn, path, args, options, hooks = {}) {
 				recount();
 				return;
 			}
-			value.set(applyMerge(value.get(), event, data, merge));
+			setServer(applyMerge(server, event, data, merge));
+			overlays.touch(data?.[keyField()]);
 			recount();
 			if (typeof eventSeq === 'number') seq = seq === null ? eventSeq : Math.max(seq, eventSeq);
 		},
@@ -180,6 +200,39 @@ export function createStream(conn, path, args, options, hooks = {}) {
 		recovery: readonly(recovery),
 		/** Store (presence streams): members in the room, listed or not; `undefined` while loading. */
 		count: readonly(count),
+		/** Store: how many optimistic changes of this stream wait for their call's answer. */
+		pending: overlays.pending,
+		/**
+		 * Shows `apply(value)` at once, until `call` settles (see optimistic.js): rolled back
+		 * when it rejects, replaced by the server's event for its result's key when it resolves.
+		 * Returns `call`'s promise.
+		 * @template R
+		 * @param {(value: any) => any} apply
+		 * @param {() => Promise<R>} call
+		 * @returns {Promise<R>}
+		 */
+		optimistic(apply, call) {
+			const o = overlays.add(apply);
+			/** @type {Promise<R>} */
+			let p;
+			try {
+				p = call();
+			} catch (e) {
+				overlays.fail(o);
+				throw e;
+			}
+			return p.then(
+				(result) => {
+					const key = result !== null && typeof result === 'object' ? /** @type {any} */ (result)[keyField()] : undefined;
+					overlays.succeed(o, key);
+					return result;
+				},
+				(err) => {
+					overlays.fail(o);
+					throw err;
+				}
+			);
+		},
 		path,
 		args,
 		/** Reload the data from the server (keeps the current value visible meanwhile). */

@@ -43,13 +43,13 @@ test('CLI codegen from the manifest URL writes <module>.js and .d.ts', async () 
 	assert.match(js, /export const board = __room\("collab\/board", /);
 	const dts = await readFile(join(out, 'collab.d.ts'), 'utf8');
 	// Typed from the server's schemas: the room args struct, the action's args struct.
-	assert.match(dts, /addCard\(boardId: string, title: string\): Promise<unknown>;/);
-	assert.match(dts, /addCardAfter\(boardId: string, title: string, ms: number\): Promise<unknown>;/);
+	assert.match(dts, /addCard: RpcFunction<\[boardId: string, title: string\], unknown>;/);
+	assert.match(dts, /addCardAfter: RpcFunction<\[boardId: string, title: string, ms: number\], unknown>;/);
 	assert.match(dts, /data\(boardId: \(\) => string\): StreamStore<unknown\[\]>;/);
 	assert.match(dts, /presence: PresenceFactory<\[boardId: string\], Member, Awareness>;/);
 	assert.match(dts, /moveCursor\(boardId: string, position: CursorPosition \| null\): void;/);
 	assert.match(dts, /export interface Member \{\n\tname\?: unknown;\n\}/);
-	assert.match(dts, /note\(a: string, b: string, text: string\): Promise<unknown>;/);
+	assert.match(dts, /note: RpcFunction<\[a: string, b: string, text: string\], unknown>;/);
 	assert.doesNotMatch(dts, /\bany\b/);
 	const test = await readFile(join(out, 'test.d.ts'), 'utf8');
 	assert.match(test, /export declare const add: \(a: number, b: number\) => Promise<number>;/);
@@ -164,7 +164,17 @@ data.subscribe((v) => {
 board.moveCursor('b1', { x: 1, y: 2 });
 export { sum, card };
 `;
-	assert.equal(await check('good-liveroom', good('liveroom') + `board.data(() => 'b1');\n`), '');
+	const extras = `board.data(() => 'b1');
+const add2 = board.addCard.optimistic((id) => board.data(id), (cards, _id, title) => [...(cards ?? []), { title }]);
+const p2: Promise<unknown> = add2('b1', 'x');
+const pending: number = get(board.data('b1').pending);
+const glide = board.cursors.smooth('b1');
+const n: number | undefined = get(board.presence.count('b1'));
+board.presence.update('b1', { editing: null, typing: true });
+board.moveCursor('b1', null);
+export { p2, pending, glide, n };
+`;
+	assert.equal(await check('good-liveroom', `import { get } from 'liveroom';\n` + good('liveroom') + extras), '');
 	assert.equal(await check('good-sr', good('svelte-realtime')), '');
 	const bad = await check('bad', `import { board } from './liveroom/collab.js';\nboard.addCard('b1', 42);\n`);
 	assert.match(bad, /bad\.ts.*Argument of type 'number' is not assignable to parameter of type 'string'/);

@@ -34,11 +34,11 @@ test('liveroom flavour: room objects, stream factories, rpcs, nested module path
 	assert.match(files['test.d.ts'], /export declare const doIt: \(x: any\) => Promise<any>;/);
 	assert.match(files['collab.d.ts'], /data\(a: any, b: any\): StreamStore<any\[\]>;/);
 	assert.doesNotMatch(files['collab.d.ts'].split('pair')[1], /presence[(:]/, 'no presence member when the room has none');
-	assert.match(files['collab.d.ts'], /note\(a: any, b: any, \.\.\.args: any\[\]\): Promise<any>;/, 'unknown action args: room args then rest');
-	assert.match(files['collab.d.ts'], /addCard\(boardId: any, title: any\): Promise<any>;/);
+	assert.match(files['collab.d.ts'], /note: RpcFunction<\[a: any, b: any, \.\.\.args: any\[\]\], any>;/, 'unknown action args: room args then rest');
+	assert.match(files['collab.d.ts'], /addCard: RpcFunction<\[boardId: any, title: any\], any>;/);
 	// Action args listed without the room args (as the Rust manifest does) give the same signature.
 	const extraOnly = generateModule('collab', { rooms: { board: { topicArgs: 1, args: ['boardId'], actions: { addCard: { args: ['title'] } } } } }).dts;
-	assert.match(extraOnly, /addCard\(boardId: any, title: any\): Promise<any>;/);
+	assert.match(extraOnly, /addCard: RpcFunction<\[boardId: any, title: any\], any>;/);
 	assert.match(files['a/b.d.ts'], /StreamFactory<any\[\], any>/);
 });
 
@@ -168,7 +168,7 @@ test('schemas become TypeScript types, named types declared once, never any', as
 	assert.match(dts, /data\(id: string\): StreamStore<Card\[\]>;/);
 	assert.match(dts, /data\(id: \(\) => string\): StreamStore<Card\[\]>;/);
 	assert.match(dts, /presence: PresenceFactory<\[id: string\], \{\n\tn: string;\n\}, Record<string, unknown>>;/);
-	assert.match(dts, /add\(id: string, title: string, note\?: string \| null\): Promise<Card>;/);
+	assert.match(dts, /add: RpcFunction<\[id: string, title: string, note\?: string \| null\], Card>;/);
 	assert.match(dts, /export declare const n: \(\) => Promise<number>;/);
 	assert.doesNotMatch(dts, /\bany\b/);
 });

@@ -205,9 +205,17 @@ describe('board: two users', { timeout: 180_000 }, () => {
     await a.getByRole('button', { name: 'Dismiss' }).first().click();
     await eventually(async () => (await message.count()) === 0, { message: 'the toast to go' });
 
+    // Optimistic: the card shows before the server answers, then rolls back with the error.
+    await a.evaluate(() => {
+      window.__sawPending = false;
+      new MutationObserver(() => {
+        if (document.querySelector('[data-testid="card"][data-pending="true"]')) window.__sawPending = true;
+      }).observe(document.body, { childList: true, subtree: true, attributes: true });
+    });
     await addCard(a, 'x'.repeat(201));
     await message.first().waitFor();
-    assert.equal(await a.getByTestId('card').count(), before);
+    assert.equal(await a.evaluate(() => window.__sawPending), true, 'shown at once, as pending');
+    await eventually(async () => (await a.getByTestId('card').count()) === before, { message: 'rolled back' });
   });
 
   step('screenshots', async () => {
@@ -307,8 +315,15 @@ describe('board: two users', { timeout: 180_000 }, () => {
     await eventually(async () => (await a.getByTestId('status').textContent())?.trim() !== 'Connected', {
       message: 'the page notices the server is gone',
     });
+    // A card added offline shows at once as pending, and lands after the reconnect.
+    await addCard(a, 'Added offline');
+    await card(a, 'Added offline').getByTestId('card-pending').waitFor();
+    assert.equal(await a.getByTestId('new-card-input').inputValue(), '', 'the input is free again');
     server = await startBoard({ dir, port, graceMs: GRACE_MS });
     await textIs(a.getByTestId('status'), 'Connected', 30_000);
+    await card(a, 'Added offline').getByTestId('card-pending').waitFor({ state: 'detached', timeout: 15_000 });
+    await inColumn(a, 'todo', 'Added offline').waitFor();
+    assert.equal(await card(a, 'Added offline').count(), 1, 'once, not twice');
     await addCard(a, 'After the restart');
     await inColumn(a, 'todo', 'After the restart').waitFor();
     const fewest = await a.evaluate(() => window.__fewestCards);
