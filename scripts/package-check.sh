@@ -22,5 +22,6 @@ npm init -y > /dev/null
 npm install --silent --no-audit --no-fund "./$tgz"
 node -e "import('liveroom').then((m) => { if (typeof m.createClient !== 'function') process.exit(1); })"
 node_modules/.bin/liveroom codegen --manifest "$ROOT/examples/board/web/src/live/manifest.json" --out live > /dev/null
-grep -q "addCard(boardId: string, title: string): Promise<Card>;" live/collab.d.ts
+grep -q "addCard: RpcFunction<\[boardId: string, title: string\], Card>;" live/collab.d.ts \
+  || { echo "the installed codegen did not type addCard"; exit 1; }
 echo "packages: 3 crates and the npm tarball ($tgz) are publish-ready"
