@@ -19,6 +19,13 @@ export class LiveClient {
 		this.status = this.connection.status;
 		/** Why the client cannot get through, with a hint (`null` while fine). */
 		this.error = this.connection.error;
+		/** The server's health store: `'healthy' | 'degraded'` (see `Connection.health`). */
+		this.health = this.connection.health;
+		/**
+		 * What a status indicator shows: `'connecting' | 'live' | 'reconnecting' | 'recovered' |
+		 * 'degraded' | 'closed' | 'failed'` (see `Connection.state`).
+		 */
+		this.state = this.connection.state;
 		/** @type {Map<string, ReturnType<typeof createStream>>} */
 		this._streams = new Map();
 	}
@@ -93,6 +100,7 @@ export class LiveClient {
 		Object.defineProperty(factory, 'error', { get: () => factory().error });
 		Object.defineProperty(factory, 'status', { get: () => factory().status });
 		Object.defineProperty(factory, 'recovery', { get: () => factory().recovery });
+		Object.defineProperty(factory, 'state', { get: () => factory().state });
 		factory.path = path;
 		return factory;
 	}

@@ -62,10 +62,16 @@ const STABLE_MS = 5000;
  * @property {number} [rpcTimeoutMs] RPC and stream-load timeout (default 30000)
  * @property {number} [idleTimeoutMs] reconnect when no frame arrived for this long (default 150000)
  * @property {ReconnectOptions} [reconnect]
+ * @property {number} [recoveredMs] how long `state` says `'recovered'` after a reconnect caught
+ *   up, before `'live'` again (default 4000)
  * @property {boolean} [debug] log every frame with `console.debug`
  *
  * @typedef {'connecting' | 'open' | 'closed'} ConnectionStatus
+ * @typedef {'healthy' | 'degraded'} Health
+ * @typedef {'connecting' | 'live' | 'reconnecting' | 'recovered' | 'degraded' | 'closed' | 'failed'} ConnectionState
  */
+
+
 
 /** @type {Required<Omit<ClientOptions, 'url' | 'WebSocket' | 'reconnect'>> & { reconnect: Required<ReconnectOptions> }} */
 const DEFAULTS = {
@@ -73,6 +79,7 @@ const DEFAULTS = {
 	debug: false,
 	rpcTimeoutMs: 30000,
 	idleTimeoutMs: 150000,
+	recoveredMs: 4000,
 	reconnect: { baseMs: 500, maxMs: 15000, rateLimitedMs: 30000 }
 };
 
@@ -109,6 +116,25 @@ export class Connection {
 		 */
 		this.error = readonly(this._error);
 		this._failedOpens = 0;
+		this._health = writable(/** @type {Health} */ ('healthy'));
+		/**
+		 * The server's health (its `__realtime` events): `'degraded'` while it may be missing
+		 * other replicas' events (its Redis is unreachable), else `'healthy'`.
+		 */
+		this.health = readonly(this._health);
+		this._state = writable(/** @type {ConnectionState} */ ('connecting'));
+		/**
+		 * What a status indicator shows (see `_restate`): `'connecting'` (never open yet),
+		 * `'live'`, `'reconnecting'` (lost, retrying, or open but its streams not caught up yet),
+		 * `'recovered'` (caught up after a reconnect, for `recoveredMs`), `'degraded'` (open, but
+		 * the server says events from elsewhere may be missing), `'closed'` (by `close()`),
+		 * `'failed'` (a terminal close; see `error`).
+		 */
+		this.state = readonly(this._state);
+		this._everOpen = false;
+		this._catchingUp = false;
+		this._recoveredUntil = 0;
+		/** @type {ReturnType<typeof setTimeout> | null} */ this._recoveredTimer = null;
 
 		/** @type {any} */ this._ws = null;
 		this._open = false;
@@ -197,6 +223,7 @@ export class Connection {
 		this._retryTimer = null;
 		if (this._ws) this._drop(this._ws, 1000, false);
 		this._status.set('closed');
+		this._restate();
 	}
 
 	// ---------------------------------------------------------------- RPC
@@ -354,6 +381,7 @@ export class Connection {
 			return;
 		}
 		this._status.set('connecting');
+		this._restate();
 		let ws;
 		try {
 			ws = new WS(url);
@@ -374,6 +402,8 @@ export class Connection {
 		this._failedOpens = 0;
 		this._error.set(null);
 		this._status.set('open');
+		this._catchingUp = this._everOpen;
+		this._everOpen = true;
 		this._send({ type: 'hello', caps: ['batch'] });
 		this._flushFetches();
 		const queued = this._queue;
@@ -384,6 +414,34 @@ export class Connection {
 			if (id) this._markSent(id);
 		}
 		this._armIdle();
+		this._restate();
+	}
+
+	/** Whether a stream load sent on this socket still waits for its reply. */
+	_fetching() {
+		if (this._toFetch.size > 0) return true;
+		for (const entry of this._pending.values()) if (entry.stream && this._streams.has(entry.stream)) return true;
+		return false;
+	}
+
+	/** Recomputes `state` from the socket, the server's health and the streams' catch-up. */
+	_restate() {
+		if (this._catchingUp && this._open && !this._fetching()) {
+			this._catchingUp = false;
+			const ms = this.options.recoveredMs;
+			this._recoveredUntil = Date.now() + ms;
+			if (this._recoveredTimer) clearTimeout(this._recoveredTimer);
+			this._recoveredTimer = unref(setTimeout(() => this._restate(), ms + 1));
+		}
+		/** @type {ConnectionState} */
+		let s;
+		if (this.terminalError) s = 'failed';
+		else if (!this._open) s = this._closedByUser && !this._ws ? 'closed' : this._everOpen ? 'reconnecting' : 'connecting';
+		else if (this._catchingUp) s = 'reconnecting';
+		else if (this._health.get() === 'degraded') s = 'degraded';
+		else if (Date.now() < this._recoveredUntil) s = 'recovered';
+		else s = 'live';
+		this._state.set(s);
 	}
 
 	/** (Re)arm the idle watchdog: no frame for `idleTimeoutMs` means a dead connection. */
@@ -429,6 +487,14 @@ export class Connection {
 	/** @param {any} env `{ topic, event, data }` */
 	_onEnvelope(env) {
 		if (!env || typeof env.topic !== 'string') return;
+		if (env.topic === '__realtime') {
+			// The server's own health (never subscribed: every socket gets it).
+			if (env.event === 'degraded' || env.event === 'recovered') {
+				this._health.set(env.event === 'degraded' ? 'degraded' : 'healthy');
+				this._restate();
+			}
+			return;
+		}
 		if (env.topic === '__rpc') {
 			const data = env.data;
 			if (!data || typeof data !== 'object') return;
@@ -464,6 +530,7 @@ export class Connection {
 		if (entry.stream) {
 			const accepted = this._streams.has(entry.stream) && entry.stream.onReply(reply, reply.id);
 			if (!accepted) this._releaseOrphan(reply, entry.stream.key);
+			if (this._catchingUp) this._restate();
 		} else if (reply.ok) {
 			entry.resolve?.(reply.data);
 		} else {
@@ -513,6 +580,8 @@ export class Connection {
 		if (this._idleTimer) clearTimeout(this._idleTimer);
 		this._idleTimer = null;
 		this._status.set('closed');
+		// The next server reports its own health.
+		this._health.set('healthy');
 
 		const terminal = /** @type {Record<number, string>} */ (TERMINAL_CODES)[code];
 		if (terminal) {
@@ -537,6 +606,7 @@ export class Connection {
 			ctrl.onDisconnect();
 			this._toFetch.add(ctrl);
 		}
+		this._restate();
 		if (this._closedByUser) return;
 		if (wasOpenFor >= STABLE_MS) this._attempts = 0;
 		this._scheduleRetry(code);
@@ -569,5 +639,6 @@ export class Connection {
 		this._queue = [];
 		this._toFetch.clear();
 		for (const ctrl of this._streams) ctrl.onError(err);
+		this._restate();
 	}
 }

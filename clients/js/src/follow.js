@@ -35,7 +35,7 @@ function argsOf(value, arity) {
  * A store that follows `getter`: `make(args)` gives the stream store for the current args.
  * @template S
  * @param {() => unknown} getter
- * @param {(args: any[]) => S & { subscribe: Function, error: any, status: any, recovery: any, count: any, pending: any }} make
+ * @param {(args: any[]) => S & { subscribe: Function, error: any, status: any, recovery: any, state: any, count: any, pending: any }} make
  * @param {number | undefined} arity
  */
 export function follow(getter, make, arity) {
@@ -79,6 +79,7 @@ export function follow(getter, make, arity) {
 		error: switching((s) => s.error),
 		status: switching((s) => s.status),
 		recovery: switching((s) => s.recovery),
+		state: switching((s) => s.state),
 		count: switching((s) => s.count),
 		pending: switching((s) => s.pending),
 		/**

@@ -67,12 +67,22 @@ export type StreamStatus = 'idle' | 'loading' | 'ready' | 'refreshing' | 'error'
 /** How the last refetch after a reconnect recovered: only the missed events, or the full data. */
 export type StreamRecovery = 'replayed' | 'reloaded' | null;
 
+/**
+ * A stream's state for a status indicator: `'connecting'` (first load), `'live'`,
+ * `'reconnecting'` (its refetch after a reconnect is on its way; the value stays),
+ * `'recovered'` (caught up after a reconnect, for a few seconds; `recovery` says how),
+ * `'degraded'` (the server may be missing other replicas' events), `'error'`.
+ */
+export type StreamState = 'connecting' | 'live' | 'reconnecting' | 'recovered' | 'degraded' | 'error';
+
 export interface StreamStore<T> extends Readable<StreamValue<T>> {
 	/** Last error (`null` when healthy); set on later failures while the data is kept. */
 	readonly error: Readable<LiveError | null>;
 	readonly status: Readable<StreamStatus>;
 	/** `'replayed'` when the last reconnect got only the missed events, `'reloaded'` for a full load. */
 	readonly recovery: Readable<StreamRecovery>;
+	/** What a status indicator shows for this stream. */
+	readonly state: Readable<StreamState>;
 	/** Presence streams: members in the room, listed or not (large rooms list the first ones). */
 	readonly count: Readable<number | undefined>;
 	/** How many optimistic changes of this store wait for their call's answer. */
@@ -96,6 +106,7 @@ export interface StreamFactory<A extends any[], T> extends Readable<StreamValue<
 	(args: ArgsGetter<A>): StreamStore<T>;
 	readonly error: Readable<LiveError | null>;
 	readonly status: Readable<StreamStatus>;
+	readonly state: Readable<StreamState>;
 	readonly path: string;
 }
 
@@ -189,6 +200,18 @@ export interface Room {
 
 export type ConnectionStatus = 'connecting' | 'open' | 'closed';
 
+/** The server's health: `'degraded'` while it may be missing other replicas' events (its Redis is down). */
+export type Health = 'healthy' | 'degraded';
+
+/**
+ * The connection's state for a status indicator: `'connecting'` (never open yet), `'live'`,
+ * `'reconnecting'` (lost and retrying, or open with its streams not caught up yet),
+ * `'recovered'` (caught up after a reconnect, for a few seconds), `'degraded'` (open, but the
+ * server says events from elsewhere may be missing), `'closed'` (by `close()`), `'failed'` (a
+ * terminal close; see `error`).
+ */
+export type ConnectionState = 'connecting' | 'live' | 'reconnecting' | 'recovered' | 'degraded' | 'closed' | 'failed';
+
 export interface ReconnectOptions {
 	/** First retry delay, ms (default 500); doubles per attempt, with jitter. */
 	baseMs?: number;
@@ -210,12 +233,16 @@ export interface ClientOptions {
 	/** Reconnect when no frame arrived for this long, ms (default 150000). */
 	idleTimeoutMs?: number;
 	reconnect?: ReconnectOptions;
+	/** How long `state` says `'recovered'` after a reconnect caught up, ms (default 4000). */
+	recoveredMs?: number;
 	/** Log every frame with `console.debug`. */
 	debug?: boolean;
 }
 
 export interface Connection {
 	readonly status: Readable<ConnectionStatus>;
+	readonly health: Readable<Health>;
+	readonly state: Readable<ConnectionState>;
 	/**
 	 * Why the client cannot get through, with a hint (`null` while fine): a 1008/4401/4403 close
 	 * (`POLICY_VIOLATION` with the server's reason, e.g. a refused origin) or `UNREACHABLE` after
@@ -235,6 +262,10 @@ export class LiveClient {
 	constructor(options?: ClientOptions);
 	readonly connection: Connection;
 	readonly status: Readable<ConnectionStatus>;
+	/** `connection.health`. */
+	readonly health: Readable<Health>;
+	/** `connection.state`. */
+	readonly state: Readable<ConnectionState>;
 	/** `connection.error`. */
 	readonly error: Readable<LiveError | null>;
 	configure(options: ClientOptions): this;
@@ -254,6 +285,10 @@ export const defaultClient: LiveClient;
 export const status: Readable<ConnectionStatus>;
 /** Why the default client cannot connect, with a hint (`null` while fine); see `Connection.error`. */
 export const connectionError: Readable<LiveError | null>;
+/** The default client's server health (svelte-realtime's `health` store reads the same events). */
+export const health: Readable<Health>;
+/** The default client's state for a status indicator. */
+export const connectionState: Readable<ConnectionState>;
 export function configure(options: ClientOptions): LiveClient;
 export function connect(options?: ClientOptions): LiveClient;
 export function __rpc<A extends any[] = any[], R = any>(path: string, options?: { timeout?: number }): RpcFunction<A, R>;

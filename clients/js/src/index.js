@@ -24,6 +24,13 @@ export const defaultClient = new LiveClient();
 export const status = defaultClient.status;
 /** Why the default client cannot connect, with a hint (`null` while fine). */
 export const connectionError = defaultClient.error;
+/** The default client's server health: `'healthy' | 'degraded'` (svelte-realtime's `health`). */
+export const health = defaultClient.health;
+/**
+ * The default client's state for a status indicator: `'connecting' | 'live' | 'reconnecting' |
+ * 'recovered' | 'degraded' | 'closed' | 'failed'`.
+ */
+export const connectionState = defaultClient.state;
 
 /**
  * Configure the default client (`url`, `WebSocket`, timeouts, reconnect delays).

@@ -19,6 +19,7 @@ import { createOverlays } from './optimistic.js';
  * @typedef {import('./merge.js').MergeOptions} StreamOptions
  * @typedef {'idle' | 'loading' | 'ready' | 'refreshing' | 'error'} StreamStatus
  * @typedef {'replayed' | 'reloaded' | null} StreamRecovery
+ * @typedef {'connecting' | 'live' | 'reconnecting' | 'recovered' | 'degraded' | 'error'} StreamState
  */
 
 /** @param {any} v */
@@ -47,6 +48,24 @@ export function createStream(conn, path, args, options, hooks = {}) {
 	const error = writable(/** @type {import('./errors.js').LiveError | null} */ (null));
 	const status = writable(/** @type {StreamStatus} */ ('idle'));
 	const recovery = writable(/** @type {StreamRecovery} */ (null));
+	// What a status indicator shows: `status`, the server's health and a recent recovery in one.
+	const state = writable(/** @type {StreamState} */ ('connecting'));
+	let recoveredUntil = 0;
+	/** @type {ReturnType<typeof setTimeout> | null} */ let recoveredTimer = null;
+	function restate() {
+		const st = status.get();
+		/** @type {StreamState} */
+		let s;
+		if (st === 'error') s = 'error';
+		else if (st === 'refreshing') s = 'reconnecting';
+		else if (st !== 'ready') s = 'connecting';
+		else if (conn._health?.get() === 'degraded') s = 'degraded';
+		else if (Date.now() < recoveredUntil) s = 'recovered';
+		else s = 'live';
+		state.set(s);
+	}
+	status.subscribe(restate);
+	/** @type {(() => void) | null} */ let unHealth = null;
 	// Presence streams: how many members (listed or not), from the server's `count` events (the
 	// newest version wins), else the roster's length.
 	const count = writable(/** @type {number | undefined} */ (undefined));
@@ -67,6 +86,7 @@ export function createStream(conn, path, args, options, hooks = {}) {
 	}
 	const keyField = () => (merge.merge === 'presence' || merge.merge === 'cursor' ? 'key' : merge.key || 'id');
 	const value = writable(/** @type {any} */ (undefined), () => {
+		unHealth = conn._health?.subscribe(restate) ?? null;
 		status.set('loading');
 		hooks.onStart?.();
 		conn._activate(ctrl); // may fail at once (terminal connection): sets the error state
@@ -86,6 +106,10 @@ export function createStream(conn, path, args, options, hooks = {}) {
 		error.set(null);
 		status.set('idle');
 		recovery.set(null);
+		recoveredUntil = 0;
+		if (recoveredTimer) clearTimeout(recoveredTimer);
+		unHealth?.();
+		unHealth = null;
 		hooks.onStop?.();
 	}
 
@@ -148,7 +172,14 @@ export function createStream(conn, path, args, options, hooks = {}) {
 				setServer(copy(reply.data));
 				overlays.loaded(server, keyField());
 			}
-			if (refetch) recovery.set(reply.replay === true ? 'replayed' : 'reloaded');
+			if (refetch) {
+				recovery.set(reply.replay === true ? 'replayed' : 'reloaded');
+				const ms = conn.options?.recoveredMs ?? 4000;
+				recoveredUntil = Date.now() + ms;
+				if (recoveredTimer) clearTimeout(recoveredTimer);
+				recoveredTimer = setTimeout(restate, ms + 1);
+				if (typeof recoveredTimer === 'object' && 'unref' in recoveredTimer) recoveredTimer.unref();
+			}
 			seq = typeof reply.seq === 'number' ? reply.seq : null;
 			recount();
 			error.set(null);
@@ -198,6 +229,13 @@ export function createStream(conn, path, args, options, hooks = {}) {
 		 * missed events came, nothing was reloaded), `'reloaded'` (the full data), `null` before any.
 		 */
 		recovery: readonly(recovery),
+		/**
+		 * Store, for a status indicator: `'connecting'` (first load), `'live'`, `'reconnecting'`
+		 * (the refetch after a reconnect is on its way; the value stays), `'recovered'` (caught up
+		 * after a reconnect, for a few seconds; `recovery` says how), `'degraded'` (the server may
+		 * be missing other replicas' events), `'error'` (see `error`).
+		 */
+		state: readonly(state),
 		/** Store (presence streams): members in the room, listed or not; `undefined` while loading. */
 		count: readonly(count),
 		/** Store: how many optimistic changes of this stream wait for their call's answer. */

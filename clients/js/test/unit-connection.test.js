@@ -372,3 +372,75 @@ test('an upgrade that keeps failing (404, nothing listening) says so after 3 att
 	http.closeAllConnections?.();
 	await new Promise((r) => http.close(() => r(undefined)));
 });
+
+test('state: connecting, live, reconnecting until the streams caught up, recovered, live; degraded from the server; closed', async () => {
+	/** @type {any} */ let holdRefetch = null;
+	let loads = 0;
+	const client = await setup(
+		(call, sock) => {
+			if (!call.stream) return;
+			const reply = () => sock.reply(call.id, { ok: true, data: [{ id: 'a' }], topic: 't:s', merge: 'crud' });
+			if (loads++ === 0) reply();
+			else holdRefetch = reply;
+		},
+		{ recoveredMs: 150 }
+	);
+	/** @type {string[]} */ const states = [];
+	const unState = client.state.subscribe((s) => {
+		if (states[states.length - 1] !== s) states.push(s);
+	});
+	const store = client.stream('t/s')();
+	const unsub = store.subscribe(() => {});
+	await waitFor(store.state, (s) => s === 'live');
+	await waitFor(client.state, (s) => s === 'live');
+
+	// The server says it lost Redis: degraded, on the connection and on its streams.
+	const first = server.last;
+	first.event('__realtime', 'degraded', { at: Date.now() });
+	await waitFor(client.state, (s) => s === 'degraded');
+	await waitFor(client.health, (h) => h === 'degraded');
+	await waitFor(store.state, (s) => s === 'degraded');
+	first.event('__realtime', 'recovered', { at: Date.now() });
+	await waitFor(client.state, (s) => s === 'live');
+	await waitFor(store.state, (s) => s === 'live');
+
+	// Degraded again, then the socket drops: a new socket starts healthy (each server says its own).
+	first.event('__realtime', 'degraded', { at: Date.now() });
+	await waitFor(client.health, (h) => h === 'degraded');
+	const next = server.nextConnection();
+	first.close(1011);
+	await waitFor(client.state, (s) => s === 'reconnecting');
+	const sock = await next;
+	await until(() => holdRefetch);
+	// Open again, but the stream's refetch is not answered yet: still reconnecting.
+	assert.equal(get(client.status), 'open');
+	assert.equal(get(client.state), 'reconnecting');
+	assert.equal(get(store.state), 'reconnecting');
+	assert.equal(get(client.health), 'healthy');
+	holdRefetch();
+	await waitFor(client.state, (s) => s === 'recovered');
+	await waitFor(store.state, (s) => s === 'recovered');
+	assert.equal(get(store.recovery), 'reloaded');
+	// ... for `recoveredMs`, then live.
+	await waitFor(client.state, (s) => s === 'live');
+	await waitFor(store.state, (s) => s === 'live');
+	assert.deepEqual(states, ['connecting', 'live', 'degraded', 'live', 'degraded', 'reconnecting', 'recovered', 'live']);
+	assert.ok(sock);
+
+	client.close();
+	assert.equal(get(client.state), 'closed');
+	unsub();
+	unState();
+});
+
+test('state: a terminal close is failed; a stream whose load fails is error', async () => {
+	const client = await setup((call, sock) => {
+		if (call.stream) sock.reply(call.id, { ok: false, code: 'FORBIDDEN', error: 'no' });
+	});
+	const store = client.stream('t/s')();
+	const unsub = store.subscribe(() => {});
+	await waitFor(store.state, (s) => s === 'error');
+	server.last.close(4401, 'unauthenticated');
+	await waitFor(client.state, (s) => s === 'failed');
+	unsub();
+});

@@ -22,7 +22,7 @@
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -117,6 +117,7 @@ pub struct Client {
     next_id: AtomicU64,
     closed: Arc<Mutex<Option<Option<u16>>>>,
     resume: Arc<Mutex<Resume>>,
+    degraded: Arc<AtomicBool>,
     timeout: Duration,
 }
 
@@ -154,6 +155,7 @@ impl Client {
         let pending: Pending = Arc::default();
         let closed: Arc<Mutex<Option<Option<u16>>>> = Arc::default();
         let resume: Arc<Mutex<Resume>> = Arc::default();
+        let degraded: Arc<AtomicBool> = Arc::default();
         tokio::spawn(async move {
             while let Some(m) = out_rx.recv().await {
                 let close = matches!(m, Message::Close(_));
@@ -162,7 +164,12 @@ impl Client {
                 }
             }
         });
-        let (p, c, r) = (pending.clone(), closed.clone(), resume.clone());
+        let (p, c, r, d) = (
+            pending.clone(),
+            closed.clone(),
+            resume.clone(),
+            degraded.clone(),
+        );
         tokio::spawn(async move {
             let mut code = None;
             while let Some(msg) = stream.next().await {
@@ -171,7 +178,7 @@ impl Client {
                         let Ok(v) = serde_json::from_str::<Value>(&t) else {
                             continue;
                         };
-                        route(&p, &r, &frames_tx, v);
+                        route(&p, &r, &d, &frames_tx, v);
                     }
                     Ok(Message::Close(f)) => {
                         code = f.map(|f| u16::from(f.code));
@@ -193,6 +200,7 @@ impl Client {
             next_id: AtomicU64::new(1),
             closed,
             resume,
+            degraded,
             timeout: Duration::from_secs(10),
         };
         client.send(
@@ -396,6 +404,13 @@ impl Client {
         found
     }
 
+    /// Whether the server said it may be missing other replicas' events (its Redis is
+    /// unreachable): set by a `degraded` event on `__realtime`, cleared by `recovered`. The
+    /// frames themselves are still handed out by [`next`](Self::next).
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
     /// The close code, once closed (`Some(None)`: closed without a code).
     pub fn closed(&self) -> Option<Option<u16>> {
         *self.closed.lock().unwrap()
@@ -405,9 +420,17 @@ impl Client {
 fn route(
     pending: &Pending,
     resume: &Mutex<Resume>,
+    degraded: &AtomicBool,
     frames: &mpsc::UnboundedSender<Value>,
     v: Value,
 ) {
+    if v["topic"] == "__realtime" {
+        match v["event"].as_str() {
+            Some("degraded") => degraded.store(true, Ordering::Relaxed),
+            Some("recovered") => degraded.store(false, Ordering::Relaxed),
+            _ => {}
+        }
+    }
     if v["type"] == "welcome" {
         resume.lock().unwrap().session = v["sessionId"].as_str().map(str::to_owned);
         return;

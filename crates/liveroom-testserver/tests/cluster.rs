@@ -654,6 +654,25 @@ async fn redis_restart_converges() {
     if outage.elapsed() < min_outage {
         tokio::time::sleep(min_outage - outage.elapsed()).await;
     }
+    // Honest status: once the breaker opens, every replica tells its clients (the
+    // svelte-realtime client's `health` store reads `__realtime`), and a client that connects
+    // meanwhile hears it at once.
+    let degraded = |p: &Peer| p.count("__realtime", "degraded", None) == 1;
+    for p in [&mut alice, &mut bob, &mut carol, &mut frank] {
+        assert!(
+            p.pump_until(Instant::now() + WAIT, degraded).await,
+            "{} was not told that its replica lost Redis",
+            p.user
+        );
+        assert_eq!(p.count("__realtime", "recovered", None), 0);
+    }
+    let mut late = Peer::connect(&r3, "late").await;
+    assert!(
+        late.pump_until(Instant::now() + Duration::from_secs(1), degraded)
+            .await,
+        "a client connecting during the outage was not told"
+    );
+    assert!(late.client.degraded());
 
     redis.restart();
     let restarted = Instant::now();
@@ -691,6 +710,19 @@ async fn redis_restart_converges() {
         );
     };
     eprintln!("convergence after redis restart: {} ms", took.as_millis());
+    for p in [&mut alice, &mut frank, &mut late] {
+        assert!(
+            p.pump_until(Instant::now() + Duration::from_secs(10), |p| p.count(
+                "__realtime",
+                "recovered",
+                None
+            ) == 1)
+                .await,
+            "{} was not told that Redis is back",
+            p.user
+        );
+        assert!(!p.client.degraded());
+    }
     // And it stays converged (no late partial `set` undoes it).
     alice.settle(Duration::from_millis(1500)).await;
     for p in [&mut alice, &mut bob, &mut carol, &mut frank] {

@@ -122,6 +122,8 @@ pub struct Hub {
     bus: OnceLock<Arc<dyn Bus>>,
     members: OnceLock<Arc<dyn Members>>,
     replay: Replay,
+    /// `true` while the cluster's Redis is unreachable (see [`Hub::health`]).
+    health: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for Hub {
@@ -173,6 +175,7 @@ impl Hub {
             bus: OnceLock::new(),
             members: OnceLock::new(),
             replay,
+            health: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -259,6 +262,27 @@ impl Hub {
 
     fn sequencing_bus(&self) -> Option<&Arc<dyn Bus>> {
         self.bus.get().filter(|b| b.sequences())
+    }
+
+    /// Whether events from other replicas may be missing (`true` while the cluster's Redis is
+    /// unreachable), as a watch. The server tells its clients about each change, with a
+    /// `degraded` or `recovered` event on `__realtime` (docs/protocol.md); a custom server can
+    /// do the same with [`protocol::health`](crate::protocol::health).
+    ///
+    /// ```
+    /// let hub = liveroom::hub::Hub::default();
+    /// assert!(!*hub.health().borrow()); // one process: never degraded
+    /// hub.set_degraded(true);
+    /// assert!(*hub.health().borrow());
+    /// ```
+    pub fn health(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.health.subscribe()
+    }
+
+    /// Sets the health [`Hub::health`] reports (the cluster does, from its circuit breaker).
+    pub fn set_degraded(&self, degraded: bool) {
+        self.health
+            .send_if_modified(|d| std::mem::replace(d, degraded) != degraded);
     }
 
     /// The server-wide replay policy.

@@ -31,6 +31,8 @@ pub struct Redis {
     timeout: Duration,
     /// The longest the breaker stays open before the next probe.
     max_open: Duration,
+    /// `true` while the breaker is open (see [`Redis::down`]).
+    down: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// A Redis command failed, or was not tried because the breaker is open.
@@ -65,12 +67,19 @@ impl Redis {
             open_until: Arc::new(Mutex::new(None)),
             timeout: Duration::from_millis(1000),
             max_open: config.heartbeat,
+            down: Arc::new(tokio::sync::watch::Sender::new(false)),
         })
     }
 
     /// The client, for dedicated (pub/sub) connections.
     pub fn client(&self) -> &redis::Client {
         &self.client
+    }
+
+    /// Whether Redis is given up on for now, as a watch: `true` from the moment the breaker
+    /// opens until a command succeeds again (the probes in between do not flap it).
+    pub fn down(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.down.subscribe()
     }
 
     /// Whether the breaker lets commands through.
@@ -129,6 +138,7 @@ impl Redis {
             metrics::gauge!("liveroom_redis_up").set(1.0);
             if failures >= 3 {
                 tracing::info!("redis reachable again: circuit closed");
+                self.down.send_replace(false);
             }
         }
     }
@@ -146,6 +156,7 @@ impl Redis {
             metrics::gauge!("liveroom_redis_up").set(0.0);
             if n == 3 {
                 tracing::error!("redis unavailable: circuit open, serving local connections only");
+                self.down.send_replace(true);
             }
         }
     }

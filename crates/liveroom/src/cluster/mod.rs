@@ -48,6 +48,7 @@ pub async fn enable_with<S: Clone + Send + Sync + 'static>(
     config: ClusterConfig,
 ) -> Result<App<S>, ClusterError> {
     let redis = Redis::new(&config)?;
+    let redis_down = redis.down();
     let replica = lease::replica_id();
     let store = Arc::new(presence::RedisPresence::new(redis.clone(), replica.clone()));
     let bus = bus::RedisBus::new(redis.clone(), replica.clone(), &config);
@@ -59,10 +60,12 @@ pub async fn enable_with<S: Clone + Send + Sync + 'static>(
         bus.clone(),
     ));
     let on_shutdown = cluster.clone();
+    let down = redis_down;
     Ok(app
         .presence_store(store)
         .on_build(move |live| {
             live.hub().set_bus(bus.clone());
+            tokio::spawn(report_health(down.clone(), Arc::downgrade(live.hub())));
             bus.start(live.clone());
             cluster.start(live.clone());
         })
@@ -70,4 +73,20 @@ pub async fn enable_with<S: Clone + Send + Sync + 'static>(
             let c = on_shutdown.clone();
             Box::pin(async move { c.shutdown().await })
         }))
+}
+
+/// Passes the breaker's state on to the hub, whose server tells its clients (`degraded` /
+/// `recovered` on `__realtime`). Ends with the hub.
+async fn report_health(
+    mut down: tokio::sync::watch::Receiver<bool>,
+    hub: std::sync::Weak<crate::hub::Hub>,
+) {
+    loop {
+        let Some(hub) = hub.upgrade() else { return };
+        hub.set_degraded(*down.borrow_and_update());
+        drop(hub);
+        if down.changed().await.is_err() {
+            return;
+        }
+    }
 }

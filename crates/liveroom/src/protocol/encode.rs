@@ -46,6 +46,28 @@ pub fn welcome(session: &str) -> Bytes {
     buf.freeze()
 }
 
+/// The topic of the server's health events. Every connection gets them without subscribing
+/// (the svelte-realtime client's `health` store listens to it).
+pub const HEALTH_TOPIC: &str = "__realtime";
+
+/// `{"topic":"__realtime","event":"degraded","data":{"at":<ms>}}` while events from other
+/// replicas may be missing (the cluster's Redis is unreachable), `"recovered"` once they flow
+/// again; `at` is the server's clock in Unix milliseconds.
+///
+/// ```
+/// let f = liveroom::protocol::health(true);
+/// assert!(f.starts_with(br#"{"topic":"__realtime","event":"degraded","data":{"at":"#));
+/// ```
+pub fn health(degraded: bool) -> Bytes {
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let event = if degraded { "degraded" } else { "recovered" };
+    Bytes::from(format!(
+        r#"{{"topic":"{HEALTH_TOPIC}","event":"{event}","data":{{"at":{at}}}}}"#
+    ))
+}
+
 /// `{"type":"resumed"}`: the events a `resume` asked for have all been queued.
 pub const RESUMED: &[u8] = b"{\"type\":\"resumed\"}";
 

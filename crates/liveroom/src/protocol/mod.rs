@@ -9,8 +9,9 @@ pub mod names;
 
 pub use decode::{decode, Call, Frame, FrameError, MAX_BATCH, MAX_DEPTH, MAX_TOPICS};
 pub use encode::{
-    batch_reply, envelope, envelope_into, error_frame, put_array, reply, reply_body, subscribe_ack,
-    truncated, truncated_into, welcome, StreamReply, NOOP, RESUMED, TRUNCATED,
+    batch_reply, envelope, envelope_into, error_frame, health, put_array, reply, reply_body,
+    subscribe_ack, truncated, truncated_into, welcome, StreamReply, HEALTH_TOPIC, NOOP, RESUMED,
+    TRUNCATED,
 };
 pub use names::{valid_path, validate_topic, TopicError};
 

@@ -2,7 +2,7 @@
 //! then hyper's HTTP/1 with a header-read timeout and a head-size limit, upgrades on, and the
 //! graceful stop of connections that are still HTTP.
 
-use super::shared::{stopped, Refused, Shared, Slot};
+use super::shared::{stopped, Refused, Shared, Signal, Slot};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -40,7 +40,7 @@ pub(super) async fn accept_loop(
     listener: TcpListener,
     router: Router,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Signal>,
 ) {
     let mut conns = JoinSet::new();
     loop {
@@ -78,7 +78,7 @@ async fn serve_http(
     remote: SocketAddr,
     slot: Arc<Slot>,
     router: Router,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Signal>,
 ) {
     let config = &slot.shared.config;
     let mut http = http1::Builder::new();

@@ -19,7 +19,7 @@ pub use config::ServerConfig;
 use crate::registry::{App, Live};
 use axum::routing::get;
 use axum::Router;
-use shared::Shared;
+use shared::{stopped, Shared, Signal};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -61,7 +61,7 @@ pub struct Server {
 pub struct Running {
     addr: SocketAddr,
     live: Live,
-    stop: watch::Sender<bool>,
+    signal: watch::Sender<Signal>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -91,7 +91,7 @@ impl Running {
     /// Graceful shutdown: stop accepting, close every socket with 1001, wait (up to the
     /// configured deadline), release presence.
     pub async fn shutdown(self) -> std::io::Result<()> {
-        let _ = self.stop.send(true);
+        self.signal.send_modify(|s| s.stop = true);
         self.task
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
@@ -191,13 +191,14 @@ impl Server {
         let addr = listener.local_addr()?;
         let metrics = crate::metrics::handle();
         let live = (self.app)(self.config.limits.clone());
-        let (stop, shutdown) = watch::channel(false);
+        let (signal, signal_rx) = watch::channel(Signal::default());
+        tokio::spawn(forward_health(live.hub().health(), signal.clone()));
         let shared = Arc::new(Shared {
             live: live.clone(),
             config: self.config.clone(),
             admission: Default::default(),
             upgrades: Default::default(),
-            shutdown: shutdown.clone(),
+            signal: signal_rx.clone(),
             open: AtomicUsize::new(0),
             closed: Notify::new(),
         });
@@ -228,7 +229,7 @@ impl Server {
         if let Some(dir) = &self.config.static_dir {
             router = router.fallback_service(tower_http::services::ServeDir::new(dir));
         }
-        let stop_rx = shutdown;
+        let stop_rx = signal_rx;
         let deadline = Duration::from_millis(self.config.shutdown_timeout_ms);
         let live_for_task = live.clone();
         let task = tokio::spawn(async move {
@@ -256,9 +257,23 @@ impl Server {
         Ok(Running {
             addr,
             live,
-            stop,
+            signal,
             task,
         })
+    }
+}
+
+/// Passes the hub's health (see [`Hub::health`](crate::hub::Hub::health)) on to every
+/// connection, until the server stops.
+async fn forward_health(mut health: watch::Receiver<bool>, signal: watch::Sender<Signal>) {
+    let mut stop = signal.subscribe();
+    loop {
+        let degraded = *health.borrow_and_update();
+        signal.send_if_modified(|s| std::mem::replace(&mut s.degraded, degraded) != degraded);
+        tokio::select! {
+            r = health.changed() => if r.is_err() { return },
+            () = stopped(&mut stop) => return,
+        }
     }
 }
 

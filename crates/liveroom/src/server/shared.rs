@@ -18,8 +18,8 @@ pub(crate) struct Shared {
     pub admission: Admission,
     /// Upgrade buckets per remote address (4429 beyond them).
     pub upgrades: Buckets<IpAddr>,
-    /// Turns `true` when the server shuts down.
-    pub shutdown: watch::Receiver<bool>,
+    /// What every connection is told at once: the shutdown, the cluster's health.
+    pub signal: watch::Receiver<Signal>,
     /// Open WebSocket connections; `closed` is notified whenever one ends.
     pub open: AtomicUsize,
     pub closed: Notify,
@@ -91,8 +91,18 @@ impl Drop for Slot {
     }
 }
 
-/// Resolves once the server shuts down (`shutdown` turned `true`). The borrow of the value is
-/// dropped inside, so callers stay `Send`.
-pub(super) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
+/// What the server tells all its connections at once, through one channel that every
+/// connection already watches (a second channel would grow every idle connection's task).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Signal {
+    /// The server shuts down: close with 1001.
+    pub stop: bool,
+    /// The cluster's Redis is unreachable (its circuit breaker is open): tell the clients.
+    pub degraded: bool,
+}
+
+/// Resolves once the server shuts down. The borrow of the value is dropped inside, so callers
+/// stay `Send`.
+pub(super) async fn stopped(signal: &mut watch::Receiver<Signal>) {
+    let _ = signal.wait_for(|s| s.stop).await;
 }

@@ -1,9 +1,10 @@
 //! One WebSocket connection after the upgrade: the reader (this task) decodes frames and feeds
 //! the session, the writer task drains the outbox. An idle connection holds no read buffer.
 
-use super::shared::{stopped, Shared, Slot};
+use super::shared::{Shared, Slot};
 use super::writer::{write_loop, Liveness};
 use crate::close;
+use crate::protocol;
 use crate::ws::{self, Decoder, Message};
 use bytes::BytesMut;
 use hyper_util::rt::TokioIo;
@@ -171,11 +172,19 @@ async fn run_socket<W>(
     let mut session = shared.live.open(user);
     let conn = session.conn().clone();
     let liveness = Liveness::of(&shared.config.limits);
-    if let Some(welcome) = session.welcome() {
+    let mut signal = shared.signal.clone();
+    let mut degraded = signal.borrow_and_update().degraded;
+    let welcome = session.welcome();
+    if welcome.is_some() || degraded {
         // Written here from a buffer dropped at once, before the writer starts: an idle
         // connection keeps no write buffer or queue capacity for it.
-        let mut once = BytesMut::with_capacity(welcome.len() + 4);
-        ws::encode(&mut once, ws::Opcode::Text, &welcome);
+        let mut once = BytesMut::new();
+        if let Some(welcome) = welcome {
+            ws::encode(&mut once, ws::Opcode::Text, &welcome);
+        }
+        if degraded {
+            ws::encode(&mut once, ws::Opcode::Text, &protocol::health(true));
+        }
         if writer.write_all(&once).await.is_err() {
             session.close();
             return;
@@ -183,7 +192,6 @@ async fn run_socket<W>(
         conn.wrote();
     }
     let mut write_task = tokio::spawn(write_loop(conn.clone(), writer, liveness));
-    let mut shutdown = shared.shutdown.clone();
     let mut decoder = Decoder::new(shared.config.limits.max_message);
     let mut buf = BytesMut::new();
     'read: loop {
@@ -219,9 +227,16 @@ async fn run_socket<W>(
                 }
             }
             _ = conn.stream_failure() => session.settle(),
-            _ = stopped(&mut shutdown) => {
-                conn.outbox.close(close::GOING_AWAY);
-                break 'read;
+            changed = signal.changed() => {
+                let now = *signal.borrow_and_update();
+                if changed.is_err() || now.stop {
+                    conn.outbox.close(close::GOING_AWAY);
+                    break 'read;
+                }
+                if now.degraded != degraded {
+                    degraded = now.degraded;
+                    conn.outbox.reply(protocol::health(degraded));
+                }
             }
             _ = &mut write_task => {
                 // The writer stopped (peer gone, or a close such as 1013 was sent).
