@@ -168,6 +168,110 @@ describe('board: two users', { timeout: 180_000 }, () => {
     assert.equal(await b.getByTestId('column-todo').getByTestId('card').count(), 1);
   });
 
+  step('a card is one tab stop, with its shortcuts shown while it has the focus', async () => {
+    const { a } = page;
+    const first = a.getByTestId('column-doing').getByTestId('card').first();
+    await first.focus();
+    await a.keyboard.press('Shift+Tab');
+    await a.keyboard.press('Tab'); // keyboard focus: :focus-visible
+    assert.equal(await first.evaluate((el) => el === document.activeElement), true);
+    await first.getByTestId('card-keys').waitFor({ state: 'visible' });
+    assert.match(await first.getByTestId('card-keys').textContent(), /Alt\+/);
+    // Tab goes to the next card, not to the card's own buttons.
+    await a.keyboard.press('Tab');
+    const next = await a.evaluate(() => {
+      const el = document.activeElement;
+      return el?.getAttribute('data-testid');
+    });
+    assert.equal(next, 'card', 'the next tab stop is a card');
+  });
+
+  step('a move the server refuses shows at once, then rolls back with the error', async () => {
+    const { a } = page;
+    // A third user whose socket turns every moveCard into a refusal, 800 ms later.
+    ctx.f = await browser.newContext({ viewport: VIEWPORT });
+    page.f = await ctx.f.newPage();
+    watch(page.f, 'f');
+    const f = page.f;
+    await f.routeWebSocket(/\/ws$/, (ws) => {
+      const server = ws.connectToServer();
+      ws.onMessage((message) => {
+        let frame;
+        try {
+          frame = JSON.parse(String(message));
+        } catch {
+          frame = null;
+        }
+        if (frame?.rpc?.endsWith('/__action/moveCard') && frame.id) {
+          setTimeout(() => {
+            const data = { id: frame.id, ok: false, code: 'INTERNAL_ERROR', error: 'Forced failure' };
+            ws.send(JSON.stringify({ topic: '__rpc', event: frame.id, data }));
+          }, 800);
+          return;
+        }
+        server.send(message);
+      });
+    });
+    await f.goto(boardUrl());
+    const title = 'Draw the cursors';
+    await inColumn(f, 'todo', title).waitFor();
+    await card(f, title).focus();
+    await f.keyboard.press('Alt+ArrowRight');
+    // Before any answer: already in "doing".
+    await inColumn(f, 'doing', title).waitFor({ timeout: 700 });
+    // Refused: back in "todo", with the error; nobody else ever saw it move.
+    await f.getByTestId('error').filter({ hasText: 'Forced failure' }).first().waitFor();
+    await inColumn(f, 'todo', title).waitFor();
+    assert.equal(await inColumn(f, 'doing', title).count(), 0);
+    assert.equal(await inColumn(a, 'todo', title).count(), 1);
+    await ctx.f.close();
+    delete page.f;
+    await textIs(online(a), '2 online', GRACE_MS + 8000);
+  });
+
+  step('two users who picked the same colour are shown in two colours, the same on every page', async () => {
+    const { a } = page;
+    const users = [
+      ['same-colour-1', 'Twin One'],
+      ['same-colour-2', 'Twin Two'],
+    ];
+    const pages = [];
+    for (const [id, name] of users) {
+      const context = await browser.newContext({ viewport: VIEWPORT });
+      await context.addCookies(
+        [
+          ['lr_user', id],
+          ['lr_name', name],
+          ['lr_color', '#5b5bd6'],
+        ].map(([n, value]) => ({ name: n, value: encodeURIComponent(value), url: server.url })),
+      );
+      const p = await context.newPage();
+      watch(p, id);
+      await p.goto(boardUrl());
+      pages.push(p);
+    }
+    const colourOf = (p, name) =>
+      avatarOf(p, name)
+        .first()
+        .evaluate((el) => getComputedStyle(el).backgroundColor);
+    const seen = [];
+    for (const p of [...pages, a]) {
+      await avatarOf(p, 'Twin One').first().waitFor();
+      await avatarOf(p, 'Twin Two').first().waitFor();
+      seen.push([await colourOf(p, 'Twin One'), await colourOf(p, 'Twin Two')]);
+    }
+    const [one, two] = seen[0];
+    assert.notEqual(one, two, 'two colours');
+    for (const pair of seen) assert.deepEqual(pair, [one, two], 'the same on every page');
+    // Each twin's header shows them in the colour the board shows them in.
+    for (const [i, p] of pages.entries()) {
+      const header = () => p.getByTestId('me-avatar').evaluate((el) => getComputedStyle(el).backgroundColor);
+      await eventually(async () => (await header()) === [one, two][i], { message: `${users[i][1]}'s header colour` });
+    }
+    for (const p of pages) await p.context().close();
+    await textIs(online(a), '2 online', GRACE_MS + 8000);
+  });
+
   step("B sees A's cursor where A points", async () => {
     const { a, b } = page;
     await pointAt(a, 0.62, 0.45);
@@ -212,7 +316,18 @@ describe('board: two users', { timeout: 180_000 }, () => {
         if (document.querySelector('[data-testid="card"][data-pending="true"]')) window.__sawPending = true;
       }).observe(document.body, { childList: true, subtree: true, attributes: true });
     });
-    await addCard(a, 'x'.repeat(201));
+    // The input stops at 200 characters and says so before submitting.
+    const input = a.getByTestId('new-card-input');
+    await input.fill('');
+    await input.pressSequentially('y'.repeat(205), { delay: 0 });
+    assert.equal((await input.inputValue()).length, 200, 'maxlength 200');
+    await textIs(a.getByTestId('new-card-limit'), '0 characters left');
+    // A forced failure: a script bypasses the limit, the server refuses the title.
+    await input.evaluate((el, v) => {
+      el.value = v;
+      el.dispatchEvent(new Event('input', { bubbles: true }));
+    }, 'x'.repeat(201));
+    await a.getByTestId('add-card').click();
     await message.first().waitFor();
     assert.equal(await a.evaluate(() => window.__sawPending), true, 'shown at once, as pending');
     await eventually(async () => (await a.getByTestId('card').count()) === before, { message: 'rolled back' });
@@ -320,7 +435,9 @@ describe('board: two users', { timeout: 180_000 }, () => {
     await card(a, 'Added offline').getByTestId('card-pending').waitFor();
     assert.equal(await a.getByTestId('new-card-input').inputValue(), '', 'the input is free again');
     server = await startBoard({ dir, port, graceMs: GRACE_MS });
-    await textIs(a.getByTestId('status'), 'Connected', 30_000);
+    // Honest status: "Back online" once caught up, then "Connected".
+    await textIs(a.getByTestId('status'), 'Back online', 30_000);
+    await textIs(a.getByTestId('status'), 'Connected', 10_000);
     await card(a, 'Added offline').getByTestId('card-pending').waitFor({ state: 'detached', timeout: 15_000 });
     await inColumn(a, 'todo', 'Added offline').waitFor();
     assert.equal(await card(a, 'Added offline').count(), 1, 'once, not twice');
@@ -342,11 +459,28 @@ describe('board: two users', { timeout: 180_000 }, () => {
       location.hash = '#/b/second-board';
     });
     await textIs(a.getByTestId('board-name'), 'second-board');
+    // A link to a board that does not exist does not create one: the page offers to.
+    await a.getByTestId('board-not-found').waitFor();
+    assert.equal(await a.getByTestId('board').count(), 0);
+    await a.getByTestId('create-missing-board').click();
     await a.getByTestId('column-todo').waitFor();
     await eventually(async () => (await a.getByTestId('card').count()) === 0, { message: 'no card of the first board' });
     await addCard(a, 'Only on the second board');
     await inColumn(a, 'todo', 'Only on the second board').waitFor();
     await textIs(online(a), '1 online');
+
+    // On a phone (touch, no drag and drop): the move menu.
+    const phone = await browser.newContext({ viewport: { width: 390, height: 760 }, hasTouch: true, isMobile: true });
+    const t = await phone.newPage();
+    watch(t, 'phone');
+    await t.goto(`${server.url}/#/b/second-board`);
+    const c = card(t, 'Only on the second board');
+    await c.getByTestId('move-card').tap();
+    await t.getByTestId('move-menu').waitFor();
+    await t.getByTestId('move-to-done').tap();
+    await inColumn(a, 'done', 'Only on the second board').waitFor();
+    await inColumn(t, 'done', 'Only on the second board').waitFor();
+    await phone.close();
     assert.ok(
       await a.evaluate(() => window.__heading === document.querySelector('[data-testid="board-name"]')),
       'the same Board component',

@@ -16,6 +16,8 @@ pub const LIST_MAX: usize = 100;
 
 const TITLE_ERROR: &str = "Title must be 1-200 characters";
 const BOARD_ID_ERROR: &str = "Board ids are 1-64 letters, digits, '-' or '_'";
+/// The message of a link to a board that does not exist (the page offers to create it).
+pub const BOARD_NOT_FOUND: &str = "No board has this id";
 
 /// Settings of the registry.
 #[derive(Debug, Clone)]
@@ -183,6 +185,14 @@ pub struct CreateBoard {
     pub name: String,
 }
 
+/// `boards/createWithId(boardId)`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateWithId {
+    /// The id the board gets (a link that was shared before the board existed).
+    pub board_id: String,
+}
+
 /// A board that was just created.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct NewBoard {
@@ -218,10 +228,7 @@ pub fn board_room(options: &Options) -> Room<BoardArgs, Store> {
     Room::new(|_ctx: &BoardCtx, b: &BoardArgs| format!("board:{}", b.board_id))
         .key("id")
         .init(|ctx, BoardArgs { board_id }| async move {
-            let db = ctx.state();
-            // A shared link works like a room name: opening it creates the board.
-            announce(&ctx, db.ensure_board(&board_id, &board_id).await?)?;
-            Ok(db.cards(&board_id).await?)
+            Ok(ctx.state().cards(&board_id).await?)
         })
         .presence(|ctx| Member {
             name: user_field(ctx, "name"),
@@ -231,9 +238,15 @@ pub fn board_room(options: &Options) -> Room<BoardArgs, Store> {
         .cursors(liveroom::Cursors::throttle(options.cursor_throttle))
         .cursor_position::<Pointer>()
         .grace(options.grace)
+        // A mistyped link must not create a board: only `boards/create` and
+        // `boards/createWithId` do, and the guard refuses the others with NOT_FOUND.
         .guard(|ctx, BoardArgs { board_id }| async move {
             require_user(&ctx)?;
-            check_board_id(&board_id)
+            check_board_id(&board_id)?;
+            match ctx.state().board(&board_id).await? {
+                Some(_) => Ok(()),
+                None => Err(LiveError::not_found(BOARD_NOT_FOUND)),
+            }
         })
         .action(
             "addCard",
@@ -325,6 +338,29 @@ pub fn app(store: Store, options: &Options) -> App<Store> {
                     }
                 }
                 Err(LiveError::internal())
+            },
+        )
+        .rpc(
+            "boards/createWithId",
+            |ctx: BoardCtx, CreateWithId { board_id }| async move {
+                require_user(&ctx)?;
+                check_board_id(&board_id)?;
+                let board = match ctx.state().ensure_board(&board_id, &board_id).await? {
+                    Some(board) => {
+                        ctx.publish("boards", "created", &board)?;
+                        board
+                    }
+                    // Someone else created it meanwhile: that is fine too.
+                    None => ctx
+                        .state()
+                        .board(&board_id)
+                        .await?
+                        .ok_or_else(LiveError::internal)?,
+                };
+                Ok(NewBoard {
+                    id: board.id,
+                    name: board.name,
+                })
             },
         )
         .rpc("me/get", |ctx: BoardCtx, ()| async move {
@@ -432,6 +468,7 @@ mod tests {
         assert_eq!(boards["streams"]["list"]["merge"], "crud");
         assert_eq!(boards["streams"]["list"]["key"], "id");
         assert_eq!(boards["rpcs"]["create"]["args"], json!(["name"]));
+        assert_eq!(boards["rpcs"]["createWithId"]["args"], json!(["boardId"]));
         assert_eq!(
             m["modules"]["me"]["rpcs"]["update"]["args"],
             json!(["name", "color"])

@@ -174,6 +174,17 @@ impl Store {
         ensure_board(&self.pool, id, name).await
     }
 
+    /// Board `id`, if it exists.
+    pub async fn board(&self, id: &str) -> Result<Option<Board>, sqlx::Error> {
+        sqlx::query("SELECT id, name, created_at FROM boards WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(board_of)
+            .transpose()
+    }
+
     /// The newest `limit` boards, newest first.
     pub async fn boards(&self, limit: i64) -> Result<Vec<Board>, sqlx::Error> {
         sqlx::query("SELECT id, name, created_at FROM boards ORDER BY created_at DESC, id LIMIT $1")

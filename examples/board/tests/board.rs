@@ -174,6 +174,12 @@ async fn event(c: &mut Client, topic: &str) -> Value {
 const ANN: Option<(&str, &str)> = Some(("ann", "Ann Otter"));
 const BOB: Option<(&str, &str)> = Some(("bob", "Bob Badger"));
 
+/// Creates board `id` (the only way a board id comes to exist, besides `boards/create`).
+async fn new_board(c: &Client, id: &str) {
+    let b = c.call("boards/createWithId", json!([id])).await.unwrap();
+    assert_eq!(b["id"], id);
+}
+
 #[tokio::test]
 async fn guests_are_refused_by_the_guard() {
     let dir = TempDir::new("guard");
@@ -195,6 +201,7 @@ async fn guests_are_refused_by_the_guard() {
 
     // A user is let in; a malformed board id is a validation error, not a crash.
     let ann = board.connect(ANN).await;
+    new_board(&ann, "b1").await;
     let s = ann
         .stream("collab/board/__data", json!(["b1"]))
         .await
@@ -212,6 +219,7 @@ async fn validation_and_not_found() {
     let dir = TempDir::new("validation");
     let board = Board::start(&dir);
     let ann = board.connect(ANN).await;
+    new_board(&ann, "v").await;
     ann.stream("collab/board/__data", json!(["v"]))
         .await
         .unwrap();
@@ -281,6 +289,7 @@ async fn actions_publish_to_the_room() {
     let board = Board::start(&dir);
     let ann = board.connect(ANN).await;
     let mut bob = board.connect(BOB).await;
+    new_board(&ann, "team").await;
     ann.stream("collab/board/__data", json!(["team"]))
         .await
         .unwrap();
@@ -367,6 +376,7 @@ async fn actions_publish_to_the_room() {
 
     // Another board hears nothing of this one.
     let carl = board.connect(Some(("carl", "Carl"))).await;
+    new_board(&carl, "elsewhere").await;
     let other = carl
         .stream("collab/board/__data", json!(["elsewhere"]))
         .await
@@ -375,7 +385,7 @@ async fn actions_publish_to_the_room() {
 }
 
 #[tokio::test]
-async fn boards_list_create_and_auto_create() {
+async fn boards_list_create_and_not_found() {
     let dir = TempDir::new("boards");
     let board = Board::start(&dir);
     let mut ann = board.connect(ANN).await;
@@ -404,23 +414,45 @@ async fn boards_list_create_and_auto_create() {
         );
     }
 
-    // Opening an unknown board id (a shared link) creates it, announced once.
+    // A mistyped or not yet created link does not create a board: every part of the room
+    // says NOT_FOUND, and nothing is announced.
     let bob = board.connect(BOB).await;
-    bob.stream("collab/board/__data", json!(["shared-link"]))
-        .await
-        .unwrap();
-    let e = event(&mut ann, "boards").await;
-    assert_eq!(e["event"], "created");
-    assert_eq!(e["data"]["id"], "shared-link");
-    assert_eq!(e["data"]["name"], "shared-link");
-    let carl = board.connect(Some(("carl", "Carl"))).await;
-    carl.stream("collab/board/__data", json!(["shared-link"]))
-        .await
-        .unwrap();
+    for part in ["__data", "__presence", "__cursors"] {
+        let r = bob
+            .stream(&format!("collab/board/{part}"), json!(["shared-link"]))
+            .await;
+        assert_eq!(code(r.map(|s| s.data)), "NOT_FOUND", "{part}");
+    }
+    let r = bob
+        .call("collab/board/__action/addCard", json!(["shared-link", "hi"]))
+        .await;
+    assert_eq!(code(r), "NOT_FOUND");
     assert!(ann
         .event_on("boards", Duration::from_millis(300))
         .await
         .is_none());
+    // Creating it with that id (the page's "create this board" button) announces it once.
+    new_board(&bob, "shared-link").await;
+    let e = event(&mut ann, "boards").await;
+    assert_eq!(e["event"], "created");
+    assert_eq!(e["data"]["id"], "shared-link");
+    assert_eq!(e["data"]["name"], "shared-link");
+    bob.stream("collab/board/__data", json!(["shared-link"]))
+        .await
+        .unwrap();
+    // Twice is fine (two people pressed the button): the same board, no second announcement.
+    let carl = board.connect(Some(("carl", "Carl"))).await;
+    new_board(&carl, "shared-link").await;
+    assert!(ann
+        .event_on("boards", Duration::from_millis(300))
+        .await
+        .is_none());
+    for bad in ["a:b", ""] {
+        assert_eq!(
+            code(carl.call("boards/createWithId", json!([bad])).await),
+            "VALIDATION"
+        );
+    }
 
     // Newest first.
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -466,6 +498,7 @@ async fn cards_survive_a_restart() {
     let dir = TempDir::new("restart");
     let board = Board::start(&dir);
     let ann = board.connect(ANN).await;
+    new_board(&ann, "keep").await;
     ann.stream("collab/board/__data", json!(["keep"]))
         .await
         .unwrap();

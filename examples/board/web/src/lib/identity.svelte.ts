@@ -26,11 +26,16 @@ export interface Me {
 
 const cookieUser = readCookie('lr_user');
 
-export const identity: { me: Me | null; loaded: boolean } = $state({
+/**
+ * `me`: who the server says I am. `shownColor`: the colour the open board shows me in (two
+ * people never share one there, so it may differ from `me.color`), for the header to match.
+ */
+export const identity: { me: Me | null; loaded: boolean; shownColor: string | null } = $state({
   me: cookieUser
     ? { id: cookieUser, name: readCookie('lr_name') || 'You', color: readCookie('lr_color') }
     : null,
   loaded: false,
+  shownColor: null,
 });
 
 let loading: Promise<void> | null = null;

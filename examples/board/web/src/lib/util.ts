@@ -34,6 +34,41 @@ export function textOn(color: string | null | undefined): string {
 
 export { PALETTE };
 
+/** The server's limits (examples/board/src/app.rs and identity.rs), shown before submitting. */
+export const MAX_TITLE = 200;
+export const MAX_NAME = 40;
+export const MAX_BOARD_NAME = 80;
+
+/**
+ * Colours for the people in a room, distinct while there are colours to go round. Each keeps
+ * its own (chosen or given) colour unless someone before it, in key order, already shows it;
+ * then it takes the next free palette colour. Every page computes this from the same roster,
+ * so everyone sees the same colour for the same person.
+ */
+export function distinctColors(people: { key: string; color?: string | null }[]): Map<string, string> {
+  const out = new Map<string, string>();
+  const used = new Set<string>();
+  const sorted = [...people].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  for (const p of sorted) {
+    const own = safeColor(p.color, p.key).toLowerCase();
+    let color = own;
+    if (used.has(own)) {
+      const at = PALETTE.indexOf(own);
+      const start = at >= 0 ? at + 1 : PALETTE.indexOf(fallbackColor(p.key));
+      for (let i = 0; i < PALETTE.length; i++) {
+        const c = PALETTE[(start + i) % PALETTE.length];
+        if (!used.has(c)) {
+          color = c;
+          break;
+        }
+      }
+    }
+    used.add(color);
+    out.set(p.key, color);
+  }
+  return out;
+}
+
 /** Whether a store value is the `{ error }` of a failed load. */
 export function isError<T>(v: T | { error: LiveError }): v is { error: LiveError } {
   return v != null && typeof v === 'object' && !Array.isArray(v) && 'error' in v && v.error != null;
