@@ -227,9 +227,7 @@ pub fn board_room(options: &Options) -> Room<BoardArgs, Store> {
     // The guard runs first: the topic is only computed for valid ids.
     Room::new(|_ctx: &BoardCtx, b: &BoardArgs| format!("board:{}", b.board_id))
         .key("id")
-        .init(|ctx, BoardArgs { board_id }| async move {
-            Ok(ctx.state().cards(&board_id).await?)
-        })
+        .init(|ctx, BoardArgs { board_id }| async move { Ok(ctx.state().cards(&board_id).await?) })
         .presence(|ctx| Member {
             name: user_field(ctx, "name"),
             color: user_field(ctx, "color"),

@@ -424,7 +424,10 @@ async fn boards_list_create_and_not_found() {
         assert_eq!(code(r.map(|s| s.data)), "NOT_FOUND", "{part}");
     }
     let r = bob
-        .call("collab/board/__action/addCard", json!(["shared-link", "hi"]))
+        .call(
+            "collab/board/__action/addCard",
+            json!(["shared-link", "hi"]),
+        )
         .await;
     assert_eq!(code(r), "NOT_FOUND");
     assert!(ann
