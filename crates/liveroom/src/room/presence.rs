@@ -453,6 +453,13 @@ mod tests {
         ));
         let observer = crate::conn::Conn::new(None, 1 << 20);
         hub.subscribe("r:presence", &observer);
+        // A large room: more observers than a small room has.
+        let others: Vec<_> = (0..crate::room::announce::SMALL_ROOM)
+            .map(|_| crate::conn::Conn::new(None, 1 << 20))
+            .collect();
+        for o in &others {
+            hub.subscribe("r:presence", o);
+        }
         let topic: Arc<str> = "r".into();
         // The first join of a quiet room goes out at once, with its count.
         t.join(&topic, &"a".into(), Some(json!({"n": "a"}))).await;
@@ -478,6 +485,42 @@ mod tests {
             1,
             "one frame for a client that takes batches"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_small_room_announces_each_members_first_change_at_once() {
+        let hub = Arc::new(Hub::default());
+        let t = Arc::new(Tracker::new(
+            hub.clone(),
+            Arc::new(MemoryPresence::default()),
+            Duration::from_secs(5),
+        ));
+        let observer = crate::conn::Conn::new(None, 1 << 20);
+        hub.subscribe("r:presence", &observer);
+        let topic: Arc<str> = "r".into();
+        t.join(&topic, &"a".into(), Some(json!({"n": "a"}))).await;
+        assert_eq!(events(&observer)[0].0, "join");
+        // Another member a moment later, inside the tick: at once too.
+        t.join(&topic, &"b".into(), Some(json!({"n": "b"}))).await;
+        let second = events(&observer);
+        assert_eq!(
+            second[0],
+            ("join".into(), json!({"key": "b", "data": {"n": "b"}}))
+        );
+        // b's next change within the tick waits for it (latest wins), and so does what follows.
+        let typing = json!({"typing": true}).as_object().cloned();
+        t.set_state(&topic, &"b".into(), 1, typing, 1024)
+            .await
+            .unwrap();
+        t.join(&topic, &"c".into(), Some(json!({"n": "c"}))).await;
+        assert!(events(&observer).is_empty(), "held until the tick");
+        tokio::time::sleep(PRESENCE_TICK + Duration::from_millis(1)).await;
+        let keys: Vec<Value> = events(&observer)
+            .into_iter()
+            .filter(|(e, _)| e == "join")
+            .map(|(_, d)| d["key"].clone())
+            .collect();
+        assert_eq!(keys, [json!("b"), json!("c")]);
     }
 
     #[tokio::test(start_paused = true)]
