@@ -356,7 +356,7 @@ export function generateModule(moduleName, mod, options = {}, defs = {}) {
 		const id = exportName(name, 'room');
 		const path = `${moduleName}/${name}`;
 		const actions = actionList(room).filter((a) => {
-			const ok = !['data', 'presence', 'cursors', 'moveCursor'].includes(a.name) && /^[A-Za-z0-9_]+$/.test(a.name);
+			const ok = !['data', 'presence', 'cursors', 'moveCursor', 'lobby'].includes(a.name) && /^[A-Za-z0-9_]+$/.test(a.name);
 			if (!ok) console.warn(`[liveroom codegen] skipping action '${path}/${a.name}' (reserved or invalid name)`);
 			return ok;
 		});
@@ -369,6 +369,10 @@ export function generateModule(moduleName, mod, options = {}, defs = {}) {
 		const cursorEntry = room.cursorPosition === undefined ? 'CursorEntry' : `CursorEntry<${position}>`;
 		const presence = room.presence === true;
 		const cursors = room.cursors === true;
+		const lobby = room.lobby === true;
+		const lobbyMeta = room.lobbyMeta === undefined ? 'null' : schemaToTs(room.lobbyMeta, refs);
+		const lobbyEntry = `LobbyEntry<${n === undefined ? 'any[]' : `[${params(room, refs, n)}]`}, ${lobbyMeta}>`;
+		const lobbyPath = path + '/__lobby';
 
 		if (sr) {
 			imports.add('__stream');
@@ -382,13 +386,14 @@ export function generateModule(moduleName, mod, options = {}, defs = {}) {
 				lines.push(`\tcursors: __stream(${q(path + '/__cursors')}, {"merge":"cursor"}, true),`);
 				lines.push(`\tmoveCursor: __cursorSender(${q(path + '/__cursor')}),`);
 			}
+			if (lobby) lines.push(`\tlobby: __stream(${q(lobbyPath)}, {"merge":"crud","key":"room"}),`);
 			for (const a of actions) lines.push(`\t${a.name}: __rpc(${q(path + '/__action/' + a.name)}),`);
 			lines.push('};');
 			js.push(lines.join('\n'));
 		} else {
 			imports.add('__room');
 			/** @type {Record<string, unknown>} */
-			const opts = { ...(n !== undefined && { topicArgs: n }), ...dataOptions(room), presence, cursors, actions: actions.map((a) => a.name) };
+			const opts = { ...(n !== undefined && { topicArgs: n }), ...dataOptions(room), presence, cursors, ...(lobby && { lobby }), actions: actions.map((a) => a.name) };
 			js.push(`export const ${id} = __room(${q(path)}, ${JSON.stringify(opts)});`);
 		}
 
@@ -412,6 +417,12 @@ export function generateModule(moduleName, mod, options = {}, defs = {}) {
 		if (cursors) {
 			members.push(`\t/** Send my cursor position (fire-and-forget, at most once per animation frame); \`null\` removes it. */`, `\tmoveCursor(${cursorParams}): void;`);
 		}
+		if (lobby && sr) members.push(`\t/** The open rooms with their member counts. */`, `\tlobby: ${S}<${lobbyEntry}[]>;`);
+		if (lobby && !sr) {
+			members.push(`\t/** The open rooms with their member counts: \`lobby()\` is the store. */`, `\tlobby: StreamFactory<[], ${lobbyEntry}[]>;`);
+			typeImports.add('StreamFactory');
+		}
+		if (lobby) typeImports.add('LobbyEntry');
 		for (const a of actions) {
 			if (sr) members.push(`\t${a.name}(${actionParams(room, a, refs)}): Promise<${resultType(a.result, refs)}>;`);
 			else members.push(`\t${a.name}: RpcFunction<[${actionParams(room, a, refs)}], ${resultType(a.result, refs)}>;`);
@@ -502,7 +513,8 @@ const SR_TYPES = `import type { Readable } from 'svelte/store';
 type LiveStore<T> = Readable<(T & { error?: undefined }) | undefined | { error: { code: string; message: string } }>;
 type PresenceEntry<D = unknown> = { key: string; data: D };
 type CursorPosition = { x: number; y: number; [field: string]: unknown };
-type CursorEntry<P = CursorPosition> = P & { key: string };`;
+type CursorEntry<P = CursorPosition> = P & { key: string };
+type LobbyEntry<A extends unknown[] = unknown[], M = unknown> = { room: string; args: A; meta: M; count: number; version: number };`;
 
 /**
  * Generate every module of a manifest.

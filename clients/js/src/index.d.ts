@@ -127,6 +127,20 @@ export interface RpcFunction<A extends any[] = any[], R = any> {
 	): (...args: A) => Promise<R>;
 }
 
+/** An open room of a lobby (`Room::lobby`): its topic, room args, metadata and member count. */
+export interface LobbyEntry<A extends any[] = any[], M = unknown> {
+	/** The room's data topic (the entry's key). */
+	room: string;
+	/** The room args it was opened with. */
+	args: A;
+	/** What `Room::lobby_meta` computed when it opened (`null` without). */
+	meta: M;
+	/** Members in the room, across the cluster. */
+	count: number;
+	/** Goes up with every change of `count`. */
+	version: number;
+}
+
 export interface PresenceEntry<D = any> {
 	key: string;
 	data: D;

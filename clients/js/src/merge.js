@@ -6,7 +6,7 @@
 
 /**
  * @typedef {'crud' | 'latest' | 'set' | 'presence' | 'cursor'} MergeMode
- * @typedef {{ merge?: MergeMode, key?: string, prepend?: boolean, max?: number }} MergeOptions
+ * @typedef {{ merge?: MergeMode, key?: string, prepend?: boolean, max?: number, newer?: string }} MergeOptions
  */
 
 /** Default cap for `latest`. */
@@ -44,6 +44,8 @@ function remove(list, id, key) {
  * - all modes: `refreshed` replaces the whole value;
  * - `crud` (key default `id`): `created` upserts (append, or prepend), `updated` replaces an existing
  *   key (unknown keys are ignored), `deleted` removes; `max` caps the length (keeping the newest end);
+ *   with `newer` (a field name, e.g. `version`), an upsert older than the item it would replace is
+ *   ignored (two updates of one item that crossed on the way: the newest stays);
  * - `latest`: every event appends its data, keeping the last `max` (default 50);
  * - `set`: every event replaces the value;
  * - `presence`: keyed by `.key`; `join` upserts, `leave` removes, `set` replaces;
@@ -84,6 +86,11 @@ export function applyMerge(current, event, data, options = {}) {
 	const key = options.key || 'id';
 	if (data === null || typeof data !== 'object') return list.slice();
 	let out;
+	if (options.newer && (event === 'created' || event === 'updated')) {
+		const f = options.newer;
+		const old = list.find((x) => x != null && x[key] === data[key]);
+		if (old && typeof old[f] === 'number' && typeof data[f] === 'number' && data[f] < old[f]) return list.slice();
+	}
 	if (event === 'created') out = upsert(list, data, key, options.prepend);
 	else if (event === 'updated') {
 		const i = list.findIndex((x) => x != null && x[key] === data[key]);

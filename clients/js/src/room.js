@@ -2,7 +2,8 @@
  * Room objects (protocol.md section 5): data / presence / cursors streams, one function per action,
  * and coalesced fire-and-forget senders: `moveCursor` (a `null` position removes my cursor) and
  * `presence.update` (my awareness state, `null` clears it). `presence.count(...roomArgs)` is the
- * number of members, listed or not (large rooms list only the first ones).
+ * number of members, listed or not (large rooms list only the first ones). `lobby()` (rooms
+ * declared with a lobby) lists the open rooms with their member counts.
  */
 
 /**
@@ -15,12 +16,14 @@
  * @property {number} [max]
  * @property {boolean} [presence] expose `presence(...)` (default true)
  * @property {boolean} [cursors] expose `cursors(...)` and `moveCursor(...)` (default true)
+ * @property {boolean} [lobby] expose `lobby()`: the open rooms with their member counts (the
+ *   server declares it with `Room::lobby`; default false)
  * @property {string[] | Record<string, unknown>} [actions] action names (array or manifest object)
  */
 
 import { smooth } from './smooth.js';
 
-const RESERVED = new Set(['data', 'presence', 'cursors', 'moveCursor']);
+const RESERVED = new Set(['data', 'presence', 'cursors', 'moveCursor', 'lobby']);
 
 /** Schedule `fn` for the next animation frame, or in ~16 ms where there are no frames. */
 const nextFrame =
@@ -59,6 +62,11 @@ export function createRoom(client, path, options = {}) {
 		cursors.smooth = (...args) => smooth(cursors(...args));
 		room.cursors = cursors;
 		room.moveCursor = latestSender(client, `${path}/__cursor`);
+	}
+	if (options.lobby) {
+		// `{ room, args, meta, count, version }` per open room; of two entries of one room that
+		// crossed on the way (two replicas), the newer count stays.
+		room.lobby = client.stream(`${path}/__lobby`, { merge: 'crud', key: 'room', newer: 'version' });
 	}
 	const actions = Array.isArray(options.actions) ? options.actions : Object.keys(options.actions || {});
 	for (const name of actions) {

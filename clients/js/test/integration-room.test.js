@@ -150,3 +150,24 @@ test('awareness: presence.update reaches the other user, presence.count counts, 
 	await waitFor(b.cursors(board), (v) => !keys(v).includes('alice'), { label: 'cursor removed' });
 	subs.forEach((u) => u());
 });
+
+test('lobby: the open rooms with their counts, opened by the first member, closed after the last leaves', async () => {
+	const a = alice.room('collab/board', { ...ROOM, lobby: true });
+	const b = bob.room('collab/board', { ...ROOM, lobby: true });
+	const board = 'lobby-js';
+	const lobby = a.lobby();
+	const unLobby = lobby.subscribe(() => {});
+	await waitFor(lobby, Array.isArray, { label: 'lobby loads' });
+	const entry = (/** @type {any} */ v) => (Array.isArray(v) ? v.find((e) => e.room === `board:${board}`) : undefined);
+	const unA = a.data(board).subscribe(() => {});
+	const first = await waitFor(lobby, (v) => entry(v)?.count === 1, { label: 'opened with 1' });
+	assert.deepEqual(entry(first).args, [board]);
+	assert.deepEqual(entry(first).meta, { title: `Board ${board}` });
+	const unB = b.data(board).subscribe(() => {});
+	await waitFor(lobby, (v) => entry(v)?.count === 2, { label: '2 members' });
+	unB();
+	await waitFor(lobby, (v) => entry(v)?.count === 1, { label: 'bob left after the grace' });
+	unA();
+	await waitFor(lobby, (v) => Array.isArray(v) && entry(v) === undefined, { label: 'closed' });
+	unLobby();
+});

@@ -172,3 +172,27 @@ test('schemas become TypeScript types, named types declared once, never any', as
 	assert.match(dts, /export declare const n: \(\) => Promise<number>;/);
 	assert.doesNotMatch(dts, /\bany\b/);
 });
+
+test('a room with a lobby: board.lobby() typed with its args and metadata, both flavours', () => {
+	const mod = {
+		rooms: {
+			board: {
+				topicArgs: 1,
+				args: ['boardId'],
+				params: [{ name: 'boardId', schema: { type: 'string' } }],
+				lobby: true,
+				lobbyMeta: { type: 'object', properties: { title: { type: 'string' } }, required: ['title'] },
+				actions: {}
+			}
+		}
+	};
+	const { js, dts } = generateModule('collab', mod);
+	assert.match(js, /"lobby":true/);
+	assert.match(dts, /lobby: StreamFactory<\[\], LobbyEntry<\[boardId: string\], \{\s*title: string;\s*\}>\[\]>;/);
+	assert.match(dts, /import type \{[^}]*LobbyEntry/);
+	const sr = generateModule('collab', mod, { client: 'svelte-realtime' });
+	assert.match(sr.js, /lobby: __stream\("collab\/board\/__lobby", \{"merge":"crud","key":"room"\}\),/);
+	assert.match(sr.dts, /lobby: LiveStore<LobbyEntry<\[boardId: string\], \{\s*title: string;\s*\}>\[\]>;/);
+	// Without a lobby, no member.
+	assert.doesNotMatch(generateModule('collab', { rooms: { board: { topicArgs: 1, args: ['boardId'] } } }).dts, /lobby/);
+});

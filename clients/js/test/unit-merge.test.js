@@ -78,3 +78,17 @@ test('refreshed replaces the value in every mode, always with a new array', () =
 		assert.notEqual(out, data, merge);
 	}
 });
+
+test('crud with `newer`: of two upserts of one item that crossed on the way, the newer stays', () => {
+	const opts = { merge: /** @type {const} */ ('crud'), key: 'room', newer: 'version' };
+	let v = applyMerge([], 'created', { room: 'r', count: 2, version: 5 }, opts);
+	v = applyMerge(v, 'created', { room: 'r', count: 1, version: 4 }, opts);
+	assert.deepEqual(v, [{ room: 'r', count: 2, version: 5 }], 'the older one is ignored');
+	v = applyMerge(v, 'created', { room: 'r', count: 3, version: 6 }, opts);
+	assert.deepEqual(v, [{ room: 'r', count: 3, version: 6 }]);
+	v = applyMerge(v, 'deleted', { room: 'r' }, opts);
+	assert.deepEqual(v, []);
+	// Without the option, the last one wins.
+	const plain = applyMerge([{ room: 'r', version: 5 }], 'created', { room: 'r', version: 4 }, { merge: 'crud', key: 'room' });
+	assert.deepEqual(plain, [{ room: 'r', version: 4 }]);
+});

@@ -75,6 +75,8 @@ pub struct State {
     pub leaves: Mutex<Vec<(String, String)>>,
     /// Calls of the loaders of `test/items` and of the board's data (a replay calls none).
     pub loads: AtomicU64,
+    /// Calls of the board lobby's metadata function (once per room opening).
+    pub lobby_opens: AtomicU64,
     next: AtomicU64,
 }
 
@@ -347,6 +349,10 @@ fn board(options: &Options) -> Room<Board, Arc<State>> {
         .awareness::<Awareness>()
         .cursors(Cursors::throttle(options.cursor_throttle).budget(options.cursor_budget))
         .grace(options.grace)
+        .lobby_meta(|ctx, Board { board_id }| async move {
+            ctx.state().lobby_opens.fetch_add(1, Ordering::Relaxed);
+            json!({ "title": format!("Board {board_id}") })
+        })
         .action("setStatus", |ctx, _board, (status,): (String,)| async move {
             let me = json!({ "name": ctx.identity(), "status": status });
             ctx.set_presence(&me).await

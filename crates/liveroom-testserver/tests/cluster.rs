@@ -920,3 +920,112 @@ async fn count_mode_is_cluster_wide_and_survives_a_crash() {
         sorted(&["u3", "u4"])
     );
 }
+
+/// The room list (lobby) across replicas: what `p` received of room `room` so far (`None`:
+/// not open), from its `created` / `deleted` events, the newest version winning.
+fn lobby_count(p: &Peer, room: &str) -> Option<u64> {
+    let mut shown: Option<(u64, u64)> = None; // (version, count)
+    for e in p.log.iter().filter(|e| e["topic"] == "lobby:collab/board") {
+        if e["data"]["room"] != room {
+            continue;
+        }
+        match e["event"].as_str() {
+            Some("created") => {
+                let (v, n) = (e["data"]["version"].as_u64(), e["data"]["count"].as_u64());
+                if let (Some(v), Some(n)) = (v, n) {
+                    if shown.is_none_or(|(old, _)| v >= old) {
+                        shown = Some((v, n));
+                    }
+                }
+            }
+            Some("deleted") => shown = None,
+            _ => {}
+        }
+    }
+    shown.map(|(_, n)| n)
+}
+
+/// A fresh lobby read from `replica`: room -> count.
+async fn fresh_lobby(replica: &Replica) -> BTreeMap<String, u64> {
+    let p = Peer::connect(replica, "reader").await;
+    let list = p
+        .client
+        .stream("collab/board/__lobby", json!([]))
+        .await
+        .expect("the lobby loads");
+    list.data
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["room"].as_str().unwrap_or_default().to_owned(),
+                e["count"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// The lobby's counts are cluster-wide: members on two replicas, a watcher on the third sees
+/// the room open, count up, count down after kill -9 of a replica (the reaper's leaves), and
+/// close with its last member; fresh reads on every replica agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lobby_counts_are_cluster_wide_and_survive_a_crash() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let r1 = Replica::start("r1", Some(&url), 300);
+    let mut r2 = Replica::start("r2", Some(&url), 300);
+    let r3 = Replica::start("r3", Some(&url), 300);
+    let room = "board:lb";
+    let mut watcher = Peer::connect(&r3, "watcher").await;
+    watcher
+        .client
+        .stream("collab/board/__lobby", json!([]))
+        .await
+        .unwrap();
+    let mut alice = Peer::connect(&r1, "alice").await;
+    alice.join("lb").await;
+    let mut members = Vec::new();
+    for user in ["bob", "carol"] {
+        let mut p = Peer::connect(&r2, user).await;
+        p.join("lb").await;
+        members.push(p);
+    }
+    let until = Instant::now() + WAIT;
+    assert!(
+        watcher
+            .pump_until(until, |p| lobby_count(p, room) == Some(3))
+            .await,
+        "the watcher on r3 did not see 3 in the room: {:?}",
+        lobby_count(&watcher, room)
+    );
+    for r in [&r1, &r2, &r3] {
+        assert_eq!(fresh_lobby(r).await.get(room), Some(&3));
+    }
+    // kill -9 of r2 with bob and carol: the reaper's leaves bring the count to 1.
+    r2.kill9();
+    let until = Instant::now() + Duration::from_secs(10);
+    assert!(
+        watcher
+            .pump_until(until, |p| lobby_count(p, room) == Some(1))
+            .await,
+        "after the crash: {:?}",
+        lobby_count(&watcher, room)
+    );
+    assert_eq!(fresh_lobby(&r1).await.get(room), Some(&1));
+    // The last member leaves: the room closes everywhere.
+    alice.close_and_wait().await;
+    let until = Instant::now() + WAIT;
+    assert!(
+        watcher
+            .pump_until(until, |p| p.log.iter().any(|e| e["topic"]
+                == "lobby:collab/board"
+                && e["event"] == "deleted"))
+            .await,
+        "the room did not close"
+    );
+    assert_eq!(lobby_count(&watcher, room), None);
+    for r in [&r1, &r3] {
+        assert_eq!(fresh_lobby(r).await.get(room), None);
+    }
+}

@@ -91,6 +91,25 @@ pub trait PresenceStore: Send + Sync + 'static {
     fn update(&self, topic: &str, key: &str, data: &Value, limit: usize) -> StoreFuture<'_, bool>;
     /// The listed members of `topic` and its count.
     fn roster(&self, topic: &str) -> StoreFuture<'_, Roster>;
+
+    /// Records that room `topic` of the lobby `lobby` (`<module>/<room>`) opened, with `info`
+    /// (its args and metadata), for [`rooms`](Self::rooms) and [`room_info`](Self::room_info).
+    /// The default keeps nothing (a store without lobbies).
+    fn open_room(&self, _lobby: &str, _topic: &str, _info: &Value) -> StoreFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    /// Forgets an open room (its last member left).
+    fn close_room(&self, _lobby: &str, _topic: &str) -> StoreFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    /// The lobby and info of open room `topic`, if it has a lobby.
+    fn room_info(&self, _topic: &str) -> StoreFuture<'_, Option<(String, Value)>> {
+        Box::pin(async { None })
+    }
+    /// The open rooms of `lobby`: `(topic, info, count)` each, with members only.
+    fn rooms(&self, _lobby: &str) -> StoreFuture<'_, Vec<(String, Value, Count)>> {
+        Box::pin(async { Vec::new() })
+    }
 }
 
 #[derive(Debug)]
@@ -162,11 +181,17 @@ impl RoomState {
 #[derive(Debug, Default)]
 pub struct MemoryPresence {
     rooms: Mutex<HashMap<String, RoomState>>,
+    /// Open rooms with a lobby: topic -> (lobby, info).
+    open: Mutex<HashMap<String, (String, Value)>>,
 }
 
 impl MemoryPresence {
     fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<String, RoomState>> {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn open_rooms(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Value)>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -255,6 +280,37 @@ impl PresenceStore for MemoryPresence {
             })
             .unwrap_or_default();
         Box::pin(async move { roster })
+    }
+
+    fn open_room(&self, lobby: &str, topic: &str, info: &Value) -> StoreFuture<'_, ()> {
+        self.open_rooms()
+            .insert(topic.to_owned(), (lobby.to_owned(), info.clone()));
+        Box::pin(async {})
+    }
+
+    fn close_room(&self, _lobby: &str, topic: &str) -> StoreFuture<'_, ()> {
+        self.open_rooms().remove(topic);
+        Box::pin(async {})
+    }
+
+    fn room_info(&self, topic: &str) -> StoreFuture<'_, Option<(String, Value)>> {
+        let info = self.open_rooms().get(topic).cloned();
+        Box::pin(async move { info })
+    }
+
+    fn rooms(&self, lobby: &str) -> StoreFuture<'_, Vec<(String, Value, Count)>> {
+        let open = self.open_rooms();
+        let rooms = self.rooms();
+        let mut list: Vec<(String, Value, Count)> = open
+            .iter()
+            .filter(|(_, (l, _))| l == lobby)
+            .filter_map(|(topic, (_, info))| {
+                let count = rooms.get(topic)?.count();
+                Some((topic.clone(), info.clone(), count))
+            })
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        Box::pin(async move { list })
     }
 }
 

@@ -434,6 +434,26 @@ impl Live {
         &self.inner.presence
     }
 
+    /// A cluster transition (a reap, a re-assertion) changed room `topic`'s count: its lobby,
+    /// if it has one, publishes the change.
+    pub(crate) fn lobby_count(&self, topic: &str, count: crate::presence_store::Count) {
+        let topic: Arc<str> = topic.into();
+        let local = self
+            .inner
+            .rooms
+            .iter()
+            .filter_map(|r| r.lobby())
+            .find(|l| l.knows(&topic))
+            .cloned();
+        let (hub, store) = (self.hub().clone(), self.presence().clone());
+        tokio::spawn(async move {
+            match local {
+                Some(lobby) => lobby.restore(&topic, count).await,
+                None => crate::room::lobby::reaped(&hub, &store, &topic, count).await,
+            }
+        });
+    }
+
     /// Per-connection limits.
     pub fn limits(&self) -> &Limits {
         &self.inner.limits

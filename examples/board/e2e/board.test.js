@@ -112,6 +112,8 @@ describe('board: two users', { timeout: 180_000 }, () => {
     // B's list updates live; the link opens the same board.
     const link = b.locator(`[data-testid="board-link"][data-board-id="${boardId}"]`);
     await link.waitFor();
+    // The list shows who is on each board right now (the room's lobby): A is.
+    await textIs(link.getByTestId('board-here'), '1 here now');
     await link.click();
     await b.getByTestId('board').waitFor();
     await textIs(b.getByTestId('board-name'), BOARD_NAME);

@@ -233,6 +233,8 @@ pub fn board_room(options: &Options) -> Room<BoardArgs, Store> {
             color: user_field(ctx, "color"),
         })
         .awareness::<Editing>()
+        // The board list shows how many people are on each board.
+        .lobby()
         .cursors(liveroom::Cursors::throttle(options.cursor_throttle))
         .cursor_position::<Pointer>()
         .grace(options.grace)
@@ -439,6 +441,7 @@ mod tests {
         assert_eq!(room["key"], "id");
         assert_eq!(room["presence"], true);
         assert_eq!(room["cursors"], true);
+        assert_eq!(room["lobby"], true);
         assert_eq!(
             room["actions"]["moveCard"]["args"],
             json!(["boardId", "cardId", "column", "position"])

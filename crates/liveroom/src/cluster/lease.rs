@@ -221,6 +221,7 @@ impl Cluster {
                         "count",
                         &crate::room::announce::count_data(count),
                     );
+                    live.lobby_count(&topic, count);
                 }
                 Transition::Counted { .. } => {}
             }

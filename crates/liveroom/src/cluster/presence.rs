@@ -28,6 +28,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub const PRESENCE_PREFIX: &str = "__live-presence:";
 /// Prefix of the per-room waiting lines.
 pub const WAIT_PREFIX: &str = "__live-presence-wait:";
+/// Prefix of an open room's lobby record (`{"lobby","info"}`).
+pub const ROOM_PREFIX: &str = "__live-room:";
+/// Prefix of a lobby's set of open room topics.
+pub const LOBBY_PREFIX: &str = "__live-lobby:";
 /// Milliseconds an unused presence or ownership hash lives.
 pub const TTL_MS: u64 = 600_000;
 
@@ -580,6 +584,138 @@ impl PresenceStore for RedisPresence {
                     }
                 }
             }
+        })
+    }
+
+    fn open_room(&self, lobby: &str, topic: &str, info: &Value) -> StoreFuture<'_, ()> {
+        let record = serde_json::json!({ "lobby": lobby, "info": info }).to_string();
+        let (room, set, topic) = (
+            format!("{ROOM_PREFIX}{topic}"),
+            format!("{LOBBY_PREFIX}{lobby}"),
+            topic.to_owned(),
+        );
+        Box::pin(async move {
+            let _ = self
+                .redis
+                .run(|mut c| async move {
+                    redis::pipe()
+                        .set(&room, record)
+                        .ignore()
+                        .sadd(&set, topic)
+                        .ignore()
+                        .query_async::<()>(&mut c)
+                        .await
+                })
+                .await;
+        })
+    }
+
+    fn close_room(&self, lobby: &str, topic: &str) -> StoreFuture<'_, ()> {
+        let (room, set, topic) = (
+            format!("{ROOM_PREFIX}{topic}"),
+            format!("{LOBBY_PREFIX}{lobby}"),
+            topic.to_owned(),
+        );
+        Box::pin(async move {
+            let _ = self
+                .redis
+                .run(|mut c| async move {
+                    redis::pipe()
+                        .del(&room)
+                        .ignore()
+                        .srem(&set, topic)
+                        .ignore()
+                        .query_async::<()>(&mut c)
+                        .await
+                })
+                .await;
+        })
+    }
+
+    fn room_info(&self, topic: &str) -> StoreFuture<'_, Option<(String, Value)>> {
+        let room = format!("{ROOM_PREFIX}{topic}");
+        Box::pin(async move {
+            let record: Option<String> = self
+                .redis
+                .run(|mut c| async move { redis::AsyncCommands::get(&mut c, room).await })
+                .await
+                .ok()?;
+            let mut v: Value = serde_json::from_str(&record?).ok()?;
+            Some((v["lobby"].as_str()?.to_owned(), v["info"].take()))
+        })
+    }
+
+    fn rooms(&self, lobby: &str) -> StoreFuture<'_, Vec<(String, Value, Count)>> {
+        let set = format!("{LOBBY_PREFIX}{lobby}");
+        Box::pin(async move {
+            let Ok(topics) =
+                self.redis
+                    .run(|mut c| {
+                        let set = set.clone();
+                        async move {
+                            redis::AsyncCommands::smembers::<_, Vec<String>>(&mut c, set).await
+                        }
+                    })
+                    .await
+            else {
+                return Vec::new();
+            };
+            if topics.is_empty() {
+                return Vec::new();
+            }
+            // One round trip for every room's record and count.
+            let keys = topics.clone();
+            let Ok(rows) = self
+                .redis
+                .run(|mut c| async move {
+                    let mut p = redis::pipe();
+                    for t in &keys {
+                        p.get(format!("{ROOM_PREFIX}{t}"));
+                        p.cmd("HMGET")
+                            .arg(format!("{PRESENCE_PREFIX}{t}"))
+                            .arg("#n")
+                            .arg("#v");
+                    }
+                    p.query_async::<Vec<(Option<String>, (Option<u64>, Option<u64>))>>(&mut c)
+                        .await
+                })
+                .await
+            else {
+                return Vec::new();
+            };
+            let mut list = Vec::new();
+            let mut stale = Vec::new();
+            for (topic, (record, (n, v))) in topics.into_iter().zip(rows) {
+                let info = record
+                    .and_then(|r| serde_json::from_str::<Value>(&r).ok())
+                    .map(|mut r| r["info"].take());
+                match (info, n.unwrap_or(0)) {
+                    (Some(info), total) if total > 0 => {
+                        let count = Count {
+                            total,
+                            version: v.unwrap_or(0),
+                        };
+                        list.push((topic, info, count));
+                    }
+                    _ => stale.push(topic),
+                }
+            }
+            if !stale.is_empty() {
+                // Rooms nobody closed (every replica in them died at once): forget them.
+                let _ = self
+                    .redis
+                    .run(|mut c| async move {
+                        let mut p = redis::pipe();
+                        for t in &stale {
+                            p.del(format!("{ROOM_PREFIX}{t}")).ignore();
+                            p.srem(&set, t).ignore();
+                        }
+                        p.query_async::<()>(&mut c).await
+                    })
+                    .await;
+            }
+            list.sort_by(|a, b| a.0.cmp(&b.0));
+            list
         })
     }
 }

@@ -2,6 +2,7 @@
 //! cursor table) attached at build time. The session drives a room through this.
 
 use super::cursors::{CursorTable, Cursors};
+use super::lobby::{Lobby, MetaFn};
 use super::presence::{PresenceHook, Tracker};
 use crate::args::{Params, SchemaFn};
 use crate::conn::Conn;
@@ -49,6 +50,13 @@ pub(crate) enum RoomPart {
     Cursor,
     /// `__presence_update`, the fire-and-forget awareness update.
     Update,
+    /// `__lobby`, the stream of the declaration's open rooms.
+    Lobby,
+}
+
+/// A room's lobby, as declared: the metadata function and its schema, if any.
+pub(crate) struct LobbyParts {
+    pub meta: Option<(MetaFn, SchemaFn)>,
 }
 
 /// Everything a room declaration erases into.
@@ -70,11 +78,13 @@ pub(crate) struct Parts {
     pub listed_limit: usize,
     /// Whether clients may set awareness state, and its type check.
     pub awareness: Option<(PositionCheck, SchemaFn)>,
+    pub lobby: Option<LobbyParts>,
 }
 
 struct Runtime {
     tracker: Arc<Tracker>,
     cursors: Option<Arc<CursorTable>>,
+    lobby: Option<Arc<Lobby>>,
 }
 
 /// A type-erased room with its runtime state.
@@ -143,6 +153,9 @@ impl RoomDef {
             parts.push(("__cursors", RoomPart::Cursors));
             parts.push(("__cursor", RoomPart::Cursor));
         }
+        if self.parts.lobby.is_some() {
+            parts.push(("__lobby", RoomPart::Lobby));
+        }
         parts
     }
 
@@ -164,7 +177,19 @@ impl RoomDef {
             .cursors
             .enabled
             .then(|| CursorTable::new(hub.clone(), p.cursors));
+        let lobby = p.lobby.as_ref().map(|l| {
+            let name = format!("{}/{}", p.module, p.name);
+            let meta = l.meta.as_ref().map(|(f, _)| f.clone());
+            Arc::new(Lobby::new(hub.clone(), store.clone(), name, meta))
+        });
         let mut tracker = Tracker::new(hub, store, p.grace);
+        if let Some(l) = &lobby {
+            let l = l.clone();
+            tracker.counted = Some(Arc::new(move |topic, count| {
+                let (l, topic) = (l.clone(), topic.clone());
+                tokio::spawn(async move { l.changed(&topic, count).await });
+            }));
+        }
         tracker.limit = p.listed_limit;
         tracker.on_join = p.on_join.clone();
         tracker.on_leave = p.on_leave.clone();
@@ -173,7 +198,11 @@ impl RoomDef {
             tracker.left = Some(Arc::new(move |topic, key| c.remove(topic, key)));
         }
         let tracker = Arc::new(tracker);
-        let _ = self.runtime.set(Runtime { tracker, cursors });
+        let _ = self.runtime.set(Runtime {
+            tracker,
+            cursors,
+            lobby,
+        });
     }
 
     fn runtime(&self) -> &Runtime {
@@ -183,6 +212,11 @@ impl RoomDef {
     /// The room's presence tracker.
     pub fn tracker(&self) -> &Arc<Tracker> {
         &self.runtime().tracker
+    }
+
+    /// The room's lobby, if it has one.
+    pub fn lobby(&self) -> Option<&Arc<Lobby>> {
+        self.runtime().lobby.as_ref()
     }
 
     /// The room's cursor table, if cursors are on.
@@ -197,11 +231,13 @@ impl RoomDef {
     }
 
     /// A data subscription made `ctx`'s identity a member (once per socket), seen as `data`.
-    pub async fn join(&self, topic: &Arc<str>, ctx: &Ctx, data: Option<Value>) {
-        self.runtime()
-            .tracker
-            .join(topic, &ctx.conn.identity, data)
-            .await;
+    /// `args` are the room args (for the lobby entry of a room this join opens).
+    pub async fn join(&self, topic: &Arc<str>, ctx: &Ctx, data: Option<Value>, args: &[Value]) {
+        let runtime = self.runtime();
+        let count = runtime.tracker.join(topic, &ctx.conn.identity, data).await;
+        if let (Some(count), Some(lobby)) = (count, &runtime.lobby) {
+            lobby.joined(topic, ctx, args, count).await;
+        }
     }
 
     /// A socket's data subscription ended: its identity's leave grace may start.
@@ -360,6 +396,10 @@ impl RoomDef {
             d["awareness"] = schema(generator).to_value();
         }
         d["cursors"] = p.cursors.enabled.into();
+        d["lobby"] = p.lobby.is_some().into();
+        if let Some((_, schema)) = p.lobby.as_ref().and_then(|l| l.meta.as_ref()) {
+            d["lobbyMeta"] = schema(generator).to_value();
+        }
         if let Some((_, schema)) = &p.position {
             d["cursorPosition"] = schema(generator).to_value();
         }

@@ -6,6 +6,7 @@
 //!   (presence, cursors, actions) passes the same gate first.
 //! - `def` is the erased room with its runtime state, what the session talks to.
 //! - `announce` coalesces a room's presence announcements per tick, with its `count`.
+//! - `lobby` keeps a declaration's list of open rooms and their counts ([`Room::lobby`]).
 //! - [`presence`] is the per-process tracker (refcount + leave grace) over the
 //!   [`PresenceStore`](crate::presence_store::PresenceStore).
 //! - [`cursors`] holds the per-room cursor tables and their ticker.
@@ -13,6 +14,7 @@
 pub(crate) mod announce;
 pub mod cursors;
 pub(crate) mod def;
+pub(crate) mod lobby;
 pub mod presence;
 
 pub use cursors::Cursors;
@@ -154,7 +156,11 @@ pub struct Room<A: RoomArgs, S = ()> {
     grace: Duration,
     listed_limit: usize,
     awareness: Option<(PositionCheck, SchemaFn)>,
+    lobby: Option<Option<(TypedMeta<A, S>, SchemaFn)>>,
 }
+
+/// A lobby's metadata function, before the app's state is known.
+type TypedMeta<A, S> = Arc<dyn Fn(Ctx<S>, A) -> BoxFuture<'static, Value> + Send + Sync>;
 
 /// A presence hook, before the app's state is known.
 type TypedHook<S> = Arc<dyn Fn(&S, &PresenceEvent) + Send + Sync>;
@@ -203,7 +209,54 @@ impl<A: RoomArgs, S: Clone + Send + Sync + 'static> Room<A, S> {
             grace: DEFAULT_GRACE,
             listed_limit: presence::DEFAULT_LISTED_LIMIT,
             awareness: None,
+            lobby: None,
         }
+    }
+
+    /// Gives the declaration a lobby: the stream `<module>/<room>/__lobby` (no args) of its
+    /// rooms that have members, each `{room, args, meta, count, version}` with its member
+    /// count across the cluster, kept up to date as members come and go (the first member
+    /// opens a room, the last leave closes it). The JS client's `board.lobby()` reads it. Any
+    /// connected socket may read it: declare it only for rooms whose args are not secret.
+    ///
+    /// ```
+    /// # use liveroom::{Ctx, Room};
+    /// let hall: Room<(String,)> = Room::new(|_: &Ctx, (id,): &(String,)| format!("hall:{id}"))
+    ///     .presence(|ctx| ctx.identity().to_owned())
+    ///     .lobby();
+    /// # let _ = hall;
+    /// ```
+    pub fn lobby(mut self) -> Self {
+        if self.lobby.is_none() {
+            self.lobby = Some(None);
+        }
+        self
+    }
+
+    /// A lobby (see [`Room::lobby`]) whose entries carry `meta(ctx, room_args)`, computed once
+    /// each time a room opens, with the context of the member who opened it (a title from the
+    /// database, say). Its type is the generated clients' `meta`.
+    ///
+    /// ```
+    /// # use liveroom::{Ctx, Room};
+    /// let hall: Room<(String,)> = Room::new(|_: &Ctx, (id,): &(String,)| format!("hall:{id}"))
+    ///     .presence(|ctx| ctx.identity().to_owned())
+    ///     .lobby_meta(|_ctx, (id,)| async move { format!("Hall {id}") });
+    /// # let _ = hall;
+    /// ```
+    pub fn lobby_meta<M, F, Fut>(mut self, meta: F) -> Self
+    where
+        M: Serialize + JsonSchema,
+        F: Fn(Ctx<S>, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = M> + Send + 'static,
+    {
+        let meta = Arc::new(meta);
+        let f: TypedMeta<A, S> = Arc::new(move |ctx, args| {
+            let fut = meta(ctx, args);
+            Box::pin(async move { serde_json::to_value(fut.await).unwrap_or(Value::Null) })
+        });
+        self.lobby = Some(Some((f, schema_of::<M>)));
+        self
     }
 
     /// Loads the data stream's initial value. It gets the room's context (whose `publish` goes
@@ -460,6 +513,19 @@ impl<A: RoomArgs, S: Clone + Send + Sync + 'static> Room<A, S> {
                 Arc::new(move |ctx: &Ctx| f(&ctx.clone().with_state(state.clone())));
             (erased, schema)
         });
+        let lobby = self.lobby.map(|meta| def::LobbyParts {
+            meta: meta.map(|(f, schema)| {
+                let (state, room) = (state.clone(), room_params.clone());
+                let erased: lobby::MetaFn = Arc::new(move |ctx: Ctx, args: Vec<Value>| {
+                    let ctx = ctx.with_state(state.clone());
+                    match room.parse::<A>(args, 0) {
+                        Ok(args) => f(ctx, args),
+                        Err(_) => Box::pin(async { Value::Null }),
+                    }
+                });
+                (erased, schema)
+            }),
+        });
         RoomDef::new(def::Parts {
             module: module.to_owned(),
             name: name.to_owned(),
@@ -473,6 +539,7 @@ impl<A: RoomArgs, S: Clone + Send + Sync + 'static> Room<A, S> {
             grace: self.grace,
             listed_limit: self.listed_limit,
             awareness: self.awareness,
+            lobby,
         })
     }
 }

@@ -19,7 +19,7 @@
 
 use super::announce::{count_data, Announce, Announcer};
 use crate::hub::Hub;
-use crate::presence_store::PresenceStore;
+use crate::presence_store::{Count, PresenceStore};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,6 +40,9 @@ pub(crate) type PresenceHook = Arc<dyn Fn(&PresenceEvent) + Send + Sync>;
 
 /// What happens when an identity really leaves a room (after its grace), besides `leave`.
 pub(crate) type LeaveFn = Arc<dyn Fn(&Arc<str>, &Arc<str>) + Send + Sync>;
+
+/// Told the room's new count after a last leave here (the lobby).
+pub(crate) type CountFn = Arc<dyn Fn(&Arc<str>, Count) + Send + Sync>;
 
 /// The default listed-member limit of a room ([`Room::presence_limit`](crate::Room::presence_limit)).
 pub const DEFAULT_LISTED_LIMIT: usize = 1000;
@@ -85,6 +88,7 @@ pub(crate) struct Tracker {
     pub on_join: Option<PresenceHook>,
     pub on_leave: Option<PresenceHook>,
     pub left: Option<LeaveFn>,
+    pub counted: Option<CountFn>,
     pub announcer: Arc<Announcer>,
     members: Mutex<Members>,
 }
@@ -103,6 +107,7 @@ impl Tracker {
             on_join: None,
             on_leave: None,
             left: None,
+            counted: None,
             members: Mutex::new(HashMap::new()),
         }
     }
@@ -111,8 +116,14 @@ impl Tracker {
         self.members.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A socket of `key` subscribed to the room's data topic, with base data `data`.
-    pub async fn join(&self, topic: &Arc<str>, key: &Arc<str>, data: Option<Value>) {
+    /// A socket of `key` subscribed to the room's data topic, with base data `data`. Returns
+    /// the room's new count when this was the identity's first join anywhere.
+    pub async fn join(
+        &self,
+        topic: &Arc<str>,
+        key: &Arc<str>,
+        data: Option<Value>,
+    ) -> Option<Count> {
         let changed = {
             let mut members = self.members();
             if let Some(m) = members.get_mut(&(topic.clone(), key.clone())) {
@@ -150,7 +161,7 @@ impl Tracker {
             if let Some(shown) = changed {
                 self.show(topic, key, shown).await;
             }
-            return;
+            return None;
         }
         let joined = self.store.join(topic, key, data.as_ref(), self.limit).await;
         let changes = match (&data, joined.listed) {
@@ -168,6 +179,7 @@ impl Tracker {
                 });
             }
         }
+        count
     }
 
     /// Stores `shown` as `key`'s data and announces it if the member is listed.
@@ -295,6 +307,9 @@ impl Tracker {
         self.announcer
             .announce(topic, changes, left.last.then_some(left.count));
         if left.last {
+            if let Some(counted) = &self.counted {
+                counted(topic, left.count);
+            }
             if let Some(left) = &self.left {
                 left(topic, key);
             }

@@ -409,7 +409,10 @@ impl Session {
         let is_stream = matches!(
             entry,
             Entry::Stream(_)
-                | Entry::Room(_, RoomPart::Data | RoomPart::Presence | RoomPart::Cursors)
+                | Entry::Room(
+                    _,
+                    RoomPart::Data | RoomPart::Presence | RoomPart::Cursors | RoomPart::Lobby
+                )
         );
         if stream != is_stream {
             return Err(self.unknown(LiveError::invalid(if is_stream {
@@ -449,6 +452,20 @@ impl Session {
                 self.presence_update(room, args).await?;
                 Ok(Done::now(id, crate::handler::to_raw(())))
             }
+            Entry::Room(room, RoomPart::Lobby) => {
+                // The room's guard needs room args, which a lobby has none of: it is open to
+                // every socket (Room::lobby says so).
+                let lobby = room.lobby().ok_or_else(LiveError::internal)?.clone();
+                let topic = lobby.topic().clone();
+                self.subs.hold_and_subscribe(topic.clone(), max)?;
+                self.recovery()
+                    .record_stream(&topic, &resume::stream_call(path, &args));
+                self.remote_ready(&topic).await;
+                Ok(self
+                    .recovery()
+                    .answer(id, topic, Merge::crud("room"), None, now(lobby.list()))
+                    .await)
+            }
             Entry::Room(room, part) => {
                 let recorded = resume::stream_call(path, &args);
                 self.room_stream(room, *part, ctx, id, args, seq, recorded)
@@ -474,6 +491,12 @@ impl Session {
         let limits = self.live.limits();
         let args = room.room_args(args);
         let key = room_key(room, &args);
+        // The lobby entry of a room this join opens names its args.
+        let room_args = if part == RoomPart::Data && room.lobby().is_some() {
+            args.clone()
+        } else {
+            Vec::new()
+        };
         let prepared = room.data().prepare(ctx.clone(), args).await?;
         let topic = prepared.topic.clone();
         // A member's presence data is checked before anything changes, so a refused join
@@ -498,7 +521,7 @@ impl Session {
                 }
                 if let Some(data) = presence {
                     self.subs.add_member(&topic, room);
-                    room.join(&topic, &ctx, data).await;
+                    room.join(&topic, &ctx, data, &room_args).await;
                 }
                 let merge = room.data().merge.clone();
                 (topic, merge, prepared.into_load(), seq.map(|s| (s, seen)))
@@ -509,8 +532,8 @@ impl Session {
                 let roster = room.roster(topic, self.conn.clone());
                 (t, Merge::Presence, now(roster), None)
             }
-            // `__cursor` and `__presence_update` are not streams: `resolve` answered them.
-            RoomPart::Cursors | RoomPart::Cursor | RoomPart::Update => {
+            // `__cursor`, `__presence_update` and `__lobby` never get here: `resolve` answered.
+            RoomPart::Cursors | RoomPart::Cursor | RoomPart::Update | RoomPart::Lobby => {
                 let t = cursors_topic(&topic);
                 self.subs.hold_and_subscribe(t.clone(), max)?;
                 hub.set_replay(&t, crate::Replay::off());
