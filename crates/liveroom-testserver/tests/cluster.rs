@@ -1029,3 +1029,26 @@ async fn lobby_counts_are_cluster_wide_and_survive_a_crash() {
         assert_eq!(fresh_lobby(r).await.get(room), None);
     }
 }
+
+/// A Redis Cluster node is not supported yet: the replica says so in its log, clearly, instead
+/// of failing commands with MOVED or CROSSSLOT in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_node_is_named_as_unsupported() {
+    let redis = RedisServer::start_with(&["--cluster-enabled", "yes"]);
+    let r1 = Replica::start("r1", Some(&redis.url()), 300);
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline && !r1.log().contains("Redis Cluster node") {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        r1.log().contains("does not support yet"),
+        "no clear error in the log: {}",
+        r1.log()
+    );
+    // A standalone Redis gets no such line.
+    let plain = RedisServer::start();
+    let r2 = Replica::start("r2", Some(&plain.url()), 300);
+    let mut p = Peer::connect(&r2, "alice").await;
+    p.join("plain").await;
+    assert!(!r2.log().contains("Redis Cluster node"));
+}

@@ -49,11 +49,18 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
+    /// Extra `redis-server` arguments.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts one. Panics with a clear message if `redis-server` is not on PATH.
     pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// Starts one with extra `redis-server` arguments.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         if Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -75,6 +82,7 @@ impl RedisServer {
                 child: None,
                 port,
                 dir: dir.clone(),
+                extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             };
             match redis.spawn() {
                 Ok(()) => return redis,
@@ -95,6 +103,7 @@ impl RedisServer {
             .args(["--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

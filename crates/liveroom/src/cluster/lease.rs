@@ -117,6 +117,9 @@ impl Cluster {
             // was dropped.
             let mut announce = false;
             let dirty = self.store.dirty();
+            if !ever_registered && !registered {
+                self.refuse_redis_cluster().await;
+            }
             if !held || !registered || dirty {
                 if registered && !held {
                     tracing::warn!(replica = %self.replica, "lease was lost; re-registering");
@@ -188,6 +191,30 @@ impl Cluster {
             })
             .await
             .is_ok()
+    }
+
+    /// Says so, loudly, when `--redis-url` names a Redis Cluster node: the keys of one room are
+    /// not yet laid out in one hash slot, so commands would fail with MOVED/CROSSSLOT and the
+    /// replica would keep serving only its own connections.
+    async fn refuse_redis_cluster(&self) {
+        let info = self
+            .redis
+            .run(|mut c| async move {
+                redis::cmd("INFO")
+                    .arg("cluster")
+                    .query_async::<String>(&mut c)
+                    .await
+            })
+            .await;
+        if info.is_ok_and(|i| i.contains("cluster_enabled:1")) {
+            tracing::error!(
+                url = %self.config.url,
+                "this Redis is a Redis Cluster node, which liveroom does not support yet: \
+                 use a standalone Redis (or Sentinel); this replica serves its own \
+                 connections only"
+            );
+            metrics::gauge!("liveroom_redis_cluster_unsupported").set(1.0);
+        }
     }
 
     /// Re-asserts this replica's members, publishing the cluster-wide transitions that causes.
