@@ -40,6 +40,15 @@ pub fn owned_key(replica: &str) -> String {
     format!("__live-owned:{replica}")
 }
 
+/// An open room's record key, its lobby's set key, and the topic.
+fn lobby_keys(lobby: &str, topic: &str) -> (String, String, String) {
+    (
+        format!("{ROOM_PREFIX}{topic}"),
+        format!("{LOBBY_PREFIX}{lobby}"),
+        topic.to_owned(),
+    )
+}
+
 fn field(topic: &str, key: &str) -> String {
     format!("{topic}\n{key}")
 }
@@ -589,11 +598,7 @@ impl PresenceStore for RedisPresence {
 
     fn open_room(&self, lobby: &str, topic: &str, info: &Value) -> StoreFuture<'_, ()> {
         let record = serde_json::json!({ "lobby": lobby, "info": info }).to_string();
-        let (room, set, topic) = (
-            format!("{ROOM_PREFIX}{topic}"),
-            format!("{LOBBY_PREFIX}{lobby}"),
-            topic.to_owned(),
-        );
+        let (room, set, topic) = lobby_keys(lobby, topic);
         Box::pin(async move {
             let _ = self
                 .redis
@@ -611,11 +616,7 @@ impl PresenceStore for RedisPresence {
     }
 
     fn close_room(&self, lobby: &str, topic: &str) -> StoreFuture<'_, ()> {
-        let (room, set, topic) = (
-            format!("{ROOM_PREFIX}{topic}"),
-            format!("{LOBBY_PREFIX}{lobby}"),
-            topic.to_owned(),
-        );
+        let (room, set, topic) = lobby_keys(lobby, topic);
         Box::pin(async move {
             let _ = self
                 .redis
