@@ -349,6 +349,12 @@ fn board(options: &Options) -> Room<Board, Arc<State>> {
         .awareness::<Awareness>()
         .cursors(Cursors::throttle(options.cursor_throttle).budget(options.cursor_budget))
         .grace(options.grace)
+        .lobby_guard(|ctx| async move {
+            if ctx.is_guest() {
+                return Err(LiveError::unauthenticated("Sign in first"));
+            }
+            Ok(())
+        })
         .lobby_meta(|ctx, Board { board_id }| async move {
             ctx.state().lobby_opens.fetch_add(1, Ordering::Relaxed);
             json!({ "title": format!("Board {board_id}") })

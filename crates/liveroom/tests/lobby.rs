@@ -129,8 +129,11 @@ async fn rooms_open_count_and_close_with_their_members() {
 }
 
 #[tokio::test]
-async fn rooms_without_a_lobby_have_no_lobby_stream() {
+async fn the_lobby_guard_refuses_and_rooms_without_a_lobby_have_none() {
     let (server, _) = serve_with(GRACE).await;
+    let guest = Peer::guest(&server).await;
+    let r = guest.stream("collab/board/__lobby", json!([])).await;
+    assert_eq!(code_of(r.map(|s| s.data)), "UNAUTHENTICATED");
     let p = Peer::user(&server, "p").await;
     let r = p.stream("collab/pair/__lobby", json!([])).await;
     assert_eq!(code_of(r.map(|s| s.data)), "NOT_FOUND");

@@ -233,8 +233,8 @@ pub fn board_room(options: &Options) -> Room<BoardArgs, Store> {
             color: user_field(ctx, "color"),
         })
         .awareness::<Editing>()
-        // The board list shows how many people are on each board.
-        .lobby()
+        // The board list shows how many people are on each board (to signed-in users).
+        .lobby_guard(|ctx| async move { require_user(&ctx) })
         .cursors(liveroom::Cursors::throttle(options.cursor_throttle))
         .cursor_position::<Pointer>()
         .grace(options.grace)

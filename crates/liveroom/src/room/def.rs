@@ -54,9 +54,14 @@ pub(crate) enum RoomPart {
     Lobby,
 }
 
-/// A room's lobby, as declared: the metadata function and its schema, if any.
+/// Who may read a room declaration's lobby.
+pub(crate) type LobbyGuard =
+    Arc<dyn Fn(Ctx) -> BoxFuture<'static, Result<(), LiveError>> + Send + Sync>;
+
+/// A room's lobby, as declared: the metadata function and its schema, and its guard, if any.
 pub(crate) struct LobbyParts {
     pub meta: Option<(MetaFn, SchemaFn)>,
+    pub guard: Option<LobbyGuard>,
 }
 
 /// Everything a room declaration erases into.
@@ -217,6 +222,14 @@ impl RoomDef {
     /// The room's lobby, if it has one.
     pub fn lobby(&self) -> Option<&Arc<Lobby>> {
         self.runtime().lobby.as_ref()
+    }
+
+    /// Runs the lobby's guard (none: everyone may read it).
+    pub async fn lobby_gate(&self, ctx: Ctx) -> Result<(), LiveError> {
+        match self.parts.lobby.as_ref().and_then(|l| l.guard.as_ref()) {
+            Some(guard) => guard(ctx).await,
+            None => Ok(()),
+        }
     }
 
     /// The room's cursor table, if cursors are on.

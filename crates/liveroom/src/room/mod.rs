@@ -157,7 +157,12 @@ pub struct Room<A: RoomArgs, S = ()> {
     listed_limit: usize,
     awareness: Option<(PositionCheck, SchemaFn)>,
     lobby: Option<Option<(TypedMeta<A, S>, SchemaFn)>>,
+    lobby_guard: Option<TypedLobbyGuard<S>>,
 }
+
+/// Who may read a lobby, before the app's state is known.
+type TypedLobbyGuard<S> =
+    Arc<dyn Fn(Ctx<S>) -> BoxFuture<'static, Result<(), LiveError>> + Send + Sync>;
 
 /// A lobby's metadata function, before the app's state is known.
 type TypedMeta<A, S> = Arc<dyn Fn(Ctx<S>, A) -> BoxFuture<'static, Value> + Send + Sync>;
@@ -210,6 +215,7 @@ impl<A: RoomArgs, S: Clone + Send + Sync + 'static> Room<A, S> {
             listed_limit: presence::DEFAULT_LISTED_LIMIT,
             awareness: None,
             lobby: None,
+            lobby_guard: None,
         }
     }
 
@@ -217,7 +223,7 @@ impl<A: RoomArgs, S: Clone + Send + Sync + 'static> Room<A, S> {
     /// rooms that have members, each `{room, args, meta, count, version}` with its member
     /// count across the cluster, kept up to date as members come and go (the first member
     /// opens a room, the last leave closes it). The JS client's `board.lobby()` reads it. Any
-    /// connected socket may read it: declare it only for rooms whose args are not secret.
+    /// connected socket may read it unless [`Room::lobby_guard`] says otherwise.
     ///
     /// ```
     /// # use liveroom::{Ctx, Room};
@@ -230,6 +236,29 @@ impl<A: RoomArgs, S: Clone + Send + Sync + 'static> Room<A, S> {
         if self.lobby.is_none() {
             self.lobby = Some(None);
         }
+        self
+    }
+
+    /// Who may read the lobby (see [`Room::lobby`]): `guard(ctx)` runs before the lobby stream
+    /// subscribes a socket; an error refuses it (the room's own guard needs room args, which a
+    /// lobby read has none of).
+    ///
+    /// ```
+    /// # use liveroom::{Ctx, LiveError, Room};
+    /// let hall: Room<(String,)> = Room::new(|_: &Ctx, (id,): &(String,)| format!("hall:{id}"))
+    ///     .lobby()
+    ///     .lobby_guard(|ctx| async move {
+    ///         if ctx.is_guest() { Err(LiveError::unauthenticated("sign in")) } else { Ok(()) }
+    ///     });
+    /// # let _ = hall;
+    /// ```
+    pub fn lobby_guard<F, Fut>(mut self, guard: F) -> Self
+    where
+        F: Fn(Ctx<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), LiveError>> + Send + 'static,
+    {
+        self = self.lobby();
+        self.lobby_guard = Some(Arc::new(move |ctx| Box::pin(guard(ctx))));
         self
     }
 
@@ -513,7 +542,14 @@ impl<A: RoomArgs, S: Clone + Send + Sync + 'static> Room<A, S> {
                 Arc::new(move |ctx: &Ctx| f(&ctx.clone().with_state(state.clone())));
             (erased, schema)
         });
+        let lobby_guard = self.lobby_guard.map(|g| {
+            let state = state.clone();
+            let erased: def::LobbyGuard =
+                Arc::new(move |ctx: Ctx| g(ctx.with_state(state.clone())));
+            erased
+        });
         let lobby = self.lobby.map(|meta| def::LobbyParts {
+            guard: lobby_guard,
             meta: meta.map(|(f, schema)| {
                 let (state, room) = (state.clone(), room_params.clone());
                 let erased: lobby::MetaFn = Arc::new(move |ctx: Ctx, args: Vec<Value>| {

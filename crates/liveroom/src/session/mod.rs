@@ -453,8 +453,8 @@ impl Session {
                 Ok(Done::now(id, crate::handler::to_raw(())))
             }
             Entry::Room(room, RoomPart::Lobby) => {
-                // The room's guard needs room args, which a lobby has none of: it is open to
-                // every socket (Room::lobby says so).
+                // The room's guard needs room args, which a lobby has none of: its own runs.
+                room.lobby_gate(ctx).await?;
                 let lobby = room.lobby().ok_or_else(LiveError::internal)?.clone();
                 let topic = lobby.topic().clone();
                 self.subs.hold_and_subscribe(topic.clone(), max)?;
