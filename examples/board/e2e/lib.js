@@ -39,7 +39,7 @@ export async function freePort() {
  * Starts the board binary (`target/debug/board`, or `$BOARD_BIN`) on `port` with a SQLite
  * file in `dir`, and waits for the line with its URL. Builds nothing.
  */
-export async function startBoard({ dir, port, graceMs = 1500 }) {
+export async function startBoard({ dir, port, graceMs = 1500, redisUrl }) {
   const bin = process.env.BOARD_BIN
     ? path.resolve(process.env.BOARD_BIN)
     : path.join(targetDir, 'debug', 'board');
@@ -54,6 +54,7 @@ export async function startBoard({ dir, port, graceMs = 1500 }) {
     '--bind', `127.0.0.1:${port}`,
     '--database-url', `sqlite://${path.join(dir, 'b.db')}`,
     '--grace-ms', String(graceMs),
+    ...(redisUrl ? ['--redis-url', redisUrl] : []),
   ];
   const child = spawn(bin, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
   const log = fs.createWriteStream(serverLog, { flags: 'a' });
@@ -82,6 +83,43 @@ export async function startBoard({ dir, port, graceMs = 1500 }) {
     url,
     child,
     stop: () => stopChild(child),
+  };
+}
+
+/**
+ * A private `redis-server` on `port` with its files in `dir` (never the shared 6379), resolved
+ * once it answers; `stop()` kills it (SIGKILL, as a crash would).
+ */
+export async function startRedis({ dir, port }) {
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout.on('data', (d) => (output += d));
+  child.stderr.on('data', (d) => (output += d));
+  child.on('exit', (code, signal) => {
+    if (signal !== 'SIGKILL') process.stderr.write(`[redis ${port}] exited ${code} ${signal}:\n${output}\n`);
+  });
+  await eventually(
+    () =>
+      new Promise((resolve) => {
+        const s = net.connect(port, '127.0.0.1');
+        s.once('connect', () => {
+          s.end();
+          resolve(true);
+        });
+        s.once('error', () => resolve(false));
+      }),
+    { message: `redis-server on ${port}` },
+  );
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    stop: async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = once(child, 'exit');
+      child.kill('SIGKILL');
+      await exited;
+    },
   };
 }
 

@@ -58,6 +58,15 @@ fn connection_info(url: &str) -> Result<redis::ConnectionInfo, redis::RedisError
     Ok(info.set_tcp_settings(tcp))
 }
 
+/// Whether `e` means Redis could not be reached (as opposed to an error reply from it).
+fn unreachable(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+}
+
 impl Redis {
     pub(crate) fn new(config: &ClusterConfig) -> Result<Self, ClusterError> {
         Ok(Redis {
@@ -125,7 +134,11 @@ impl Redis {
             Err(e) => Err(e),
         };
         match &result {
+            // An error reply (NOSCRIPT before a script is loaded, say) is Redis answering: it
+            // must not keep the breaker open, or the retry that would load the script is
+            // refused by the breaker it re-opened.
             Ok(_) => self.succeeded(),
+            Err(RedisDown::Failed(e)) if !unreachable(e) => self.succeeded(),
             Err(e) => self.failed(e),
         }
         result
@@ -150,6 +163,9 @@ impl Redis {
             tracing::warn!(error = %e, "redis command failed");
         }
         if n >= 3 {
+            // The next probe builds a fresh connection, so a connection whose own reconnects
+            // gave up cannot keep the breaker open once Redis is back.
+            *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
             let delay = Duration::from_millis(250u64 << (n - 3).min(5)).min(self.max_open);
             *self.open_until.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some(Instant::now() + delay);
