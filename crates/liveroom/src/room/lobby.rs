@@ -25,6 +25,10 @@ use std::sync::{Arc, Mutex};
 /// The metadata of a room that opens, from the opening member's context and the room args.
 pub(crate) type MetaFn = Arc<dyn Fn(Ctx, Vec<Value>) -> BoxFuture<'static, Value> + Send + Sync>;
 
+/// At most this many rooms' entries are cached per lobby; beyond, the cache starts over (entries
+/// come back from the store on demand). Rooms closed by another replica leave theirs here.
+const KNOWN_MAX: usize = 10_000;
+
 /// The lobby topic of the room declaration `name` (`<module>/<room>`).
 pub(crate) fn lobby_topic(name: &str) -> Arc<str> {
     format!("lobby:{name}").into()
@@ -68,6 +72,14 @@ impl Lobby {
         self.known.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn remember(&self, topic: &Arc<str>, info: &Value) {
+        let mut known = self.known();
+        if known.len() >= KNOWN_MAX && !known.contains_key(topic) {
+            known.clear();
+        }
+        known.insert(topic.clone(), info.clone());
+    }
+
     /// A join here changed room `topic`'s count: opens the room at 1, else publishes the count.
     pub async fn joined(&self, topic: &Arc<str>, ctx: &Ctx, args: &[Value], count: Count) {
         if count.total == 1 {
@@ -77,7 +89,7 @@ impl Lobby {
             };
             let info = json!({ "args": args, "meta": meta });
             self.store.open_room(&self.name, topic, &info).await;
-            self.known().insert(topic.clone(), info.clone());
+            self.remember(topic, &info);
             self.publish(topic, &info, count);
         } else {
             self.changed(topic, count).await;
@@ -101,7 +113,7 @@ impl Lobby {
             // Opened on another replica: its entry is in the store.
             None => match self.store.room_info(topic).await {
                 Some((_, info)) => {
-                    self.known().insert(topic.clone(), info.clone());
+                    self.remember(topic, &info);
                     info
                 }
                 None => return,
