@@ -438,18 +438,23 @@ impl Live {
     /// if it has one, publishes the change.
     pub(crate) fn lobby_count(&self, topic: &str, count: crate::presence_store::Count) {
         let topic: Arc<str> = topic.into();
-        let local = self
+        let lobbies: Vec<_> = self
             .inner
             .rooms
             .iter()
-            .filter_map(|r| r.lobby())
-            .find(|l| l.knows(&topic))
-            .cloned();
-        let (hub, store) = (self.hub().clone(), self.presence().clone());
+            .filter_map(|r| r.lobby().cloned())
+            .collect();
+        let store = self.presence().clone();
         tokio::spawn(async move {
-            match local {
-                Some(lobby) => lobby.restore(&topic, count).await,
-                None => crate::room::lobby::reaped(&hub, &store, &topic, count).await,
+            if let Some(lobby) = lobbies.iter().find(|l| l.knows(&topic)) {
+                return lobby.restore(&topic, count).await;
+            }
+            // Opened on another replica: the store says which declaration it belongs to.
+            let Some((name, _)) = store.room_info(&topic).await else {
+                return; // not a room with a lobby
+            };
+            if let Some(lobby) = lobbies.iter().find(|l| l.name() == name) {
+                lobby.changed(&topic, count).await;
             }
         });
     }

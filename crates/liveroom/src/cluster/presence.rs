@@ -455,6 +455,15 @@ impl RedisPresence {
         ran.ok()
     }
 
+    /// Runs a pipeline of writes whose outcome nothing waits for (a failed lobby record heals
+    /// on the next read or transition).
+    async fn write(&self, p: redis::Pipeline) {
+        let _ = self
+            .redis
+            .run(|mut c| async move { p.query_async::<()>(&mut c).await })
+            .await;
+    }
+
     /// Refreshes the expiry of the hashes this replica takes part in.
     pub async fn refresh_ttl(&self) {
         let topics = self.topics();
@@ -599,38 +608,16 @@ impl PresenceStore for RedisPresence {
     fn open_room(&self, lobby: &str, topic: &str, info: &Value) -> StoreFuture<'_, ()> {
         let record = serde_json::json!({ "lobby": lobby, "info": info }).to_string();
         let (room, set, topic) = lobby_keys(lobby, topic);
-        Box::pin(async move {
-            let _ = self
-                .redis
-                .run(|mut c| async move {
-                    redis::pipe()
-                        .set(&room, record)
-                        .ignore()
-                        .sadd(&set, topic)
-                        .ignore()
-                        .query_async::<()>(&mut c)
-                        .await
-                })
-                .await;
-        })
+        let mut p = redis::pipe();
+        p.set(&room, record).ignore().sadd(&set, topic).ignore();
+        Box::pin(self.write(p))
     }
 
     fn close_room(&self, lobby: &str, topic: &str) -> StoreFuture<'_, ()> {
         let (room, set, topic) = lobby_keys(lobby, topic);
-        Box::pin(async move {
-            let _ = self
-                .redis
-                .run(|mut c| async move {
-                    redis::pipe()
-                        .del(&room)
-                        .ignore()
-                        .srem(&set, topic)
-                        .ignore()
-                        .query_async::<()>(&mut c)
-                        .await
-                })
-                .await;
-        })
+        let mut p = redis::pipe();
+        p.del(&room).ignore().srem(&set, topic).ignore();
+        Box::pin(self.write(p))
     }
 
     fn room_info(&self, topic: &str) -> StoreFuture<'_, Option<(String, Value)>> {
@@ -703,17 +690,12 @@ impl PresenceStore for RedisPresence {
             }
             if !stale.is_empty() {
                 // Rooms nobody closed (every replica in them died at once): forget them.
-                let _ = self
-                    .redis
-                    .run(|mut c| async move {
-                        let mut p = redis::pipe();
-                        for t in &stale {
-                            p.del(format!("{ROOM_PREFIX}{t}")).ignore();
-                            p.srem(&set, t).ignore();
-                        }
-                        p.query_async::<()>(&mut c).await
-                    })
-                    .await;
+                let mut p = redis::pipe();
+                for t in &stale {
+                    p.del(format!("{ROOM_PREFIX}{t}")).ignore();
+                    p.srem(&set, t).ignore();
+                }
+                self.write(p).await;
             }
             list.sort_by(|a, b| a.0.cmp(&b.0));
             list

@@ -6,7 +6,7 @@
 //! entry in the store and publishes it (`created`). Every later count change publishes the
 //! entry again with the new count (`created` is an upsert in the crud merge), and the replica
 //! whose leave takes the count to 0 closes it (`deleted`). A replica that reaps a dead one's
-//! members publishes the same changes for the rooms they were in. Entries carry the count's
+//! members publishes the same changes for the rooms they were in (`Live::lobby_count`). Entries carry the count's
 //! `version`, so a client can keep the newest of two that crossed on the way.
 //!
 //! Wire: the stream `<module>/<room>/__lobby` (no args), topic `lobby:<module>/<room>`, merge
@@ -66,6 +66,11 @@ impl Lobby {
     /// The lobby's topic.
     pub fn topic(&self) -> &Arc<str> {
         &self.topic
+    }
+
+    /// The declaration's name, `<module>/<room>`.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Value>> {
@@ -169,24 +174,4 @@ fn entry(topic: &str, info: &Value, count: Count) -> Value {
         "count": count.total,
         "version": count.version,
     })
-}
-
-/// A reaping replica changed room `topic`'s count: tells the room's lobby, wherever the room
-/// was opened (the store knows which declaration it belongs to).
-pub(crate) async fn reaped(
-    hub: &Arc<Hub>,
-    store: &Arc<dyn PresenceStore>,
-    topic: &str,
-    count: Count,
-) {
-    let Some((name, info)) = store.room_info(topic).await else {
-        return; // not a room with a lobby
-    };
-    let lobby = lobby_topic(&name);
-    if count.total == 0 {
-        store.close_room(&name, topic).await;
-        let _ = hub.publish_value(&lobby, "deleted", &json!({ "room": topic }));
-    } else {
-        let _ = hub.publish_value(&lobby, "created", &entry(topic, &info, count));
-    }
 }

@@ -446,6 +446,14 @@ mod tests {
         assert_eq!(leaves.load(Ordering::SeqCst), 1);
     }
 
+    /// A tracker over an in-memory store, with its hub (grace 5 s).
+    fn on_hub() -> (Arc<Hub>, Arc<Tracker>) {
+        let hub = Arc::new(Hub::default());
+        let store = Arc::new(MemoryPresence::default());
+        let t = Tracker::new(hub.clone(), store, Duration::from_secs(5));
+        (hub, Arc::new(t))
+    }
+
     /// The events queued for `conn`, as (event, data), and how many drains (frames) it took.
     fn events(conn: &crate::conn::Conn) -> Vec<(String, Value)> {
         let mut d = crate::outbox::Drain::default();
@@ -460,12 +468,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_burst_of_joins_goes_out_as_one_queued_group_with_one_count() {
-        let hub = Arc::new(Hub::default());
-        let t = Arc::new(Tracker::new(
-            hub.clone(),
-            Arc::new(MemoryPresence::default()),
-            Duration::from_secs(5),
-        ));
+        let (hub, t) = on_hub();
         let observer = crate::conn::Conn::new(None, 1 << 20);
         hub.subscribe("r:presence", &observer);
         // A large room: more observers than a small room has.
@@ -504,12 +507,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_small_room_announces_each_members_first_change_at_once() {
-        let hub = Arc::new(Hub::default());
-        let t = Arc::new(Tracker::new(
-            hub.clone(),
-            Arc::new(MemoryPresence::default()),
-            Duration::from_secs(5),
-        ));
+        let (hub, t) = on_hub();
         let observer = crate::conn::Conn::new(None, 1 << 20);
         hub.subscribe("r:presence", &observer);
         let topic: Arc<str> = "r".into();
@@ -540,12 +538,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn awareness_state_merges_under_the_base_and_goes_with_its_socket() {
-        let hub = Arc::new(Hub::default());
-        let t = Arc::new(Tracker::new(
-            hub.clone(),
-            Arc::new(MemoryPresence::default()),
-            Duration::from_secs(5),
-        ));
+        let (hub, t) = on_hub();
         let (topic, key): (Arc<str>, Arc<str>) = ("r".into(), "ann".into());
         t.join(&topic, &key, Some(json!({"name": "Ann"}))).await;
         t.join(&topic, &key, Some(json!({"name": "Ann"}))).await; // a second tab
