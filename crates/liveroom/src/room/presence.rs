@@ -538,7 +538,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn awareness_state_merges_under_the_base_and_goes_with_its_socket() {
-        let (hub, t) = on_hub();
+        let (_, t) = on_hub();
         let (topic, key): (Arc<str>, Arc<str>) = ("r".into(), "ann".into());
         t.join(&topic, &key, Some(json!({"name": "Ann"}))).await;
         t.join(&topic, &key, Some(json!({"name": "Ann"}))).await; // a second tab
