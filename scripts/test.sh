@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: `bash scripts/test.sh`. Works on a fresh Debian machine: it installs
-# what it needs (apt: redis-server, chromium, python3, make; npm packages per package-lock;
+# what it needs (apt: redis-server and redis-tools (7.0+, for Redis Cluster), chromium, python3, make; npm packages per package-lock;
 # cargo-fuzz from crates.io), builds, and runs
 # every suite. Each suite starts its own services (redis-server on free ports, servers on
 # port 0); nothing shared is touched.
@@ -12,6 +12,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v redis-cli >/dev/null || need_apt+=(redis-tools) # redis-cli --cluster create
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v node >/dev/null || need_apt+=(nodejs npm)
 command -v python3 >/dev/null || need_apt+=(python3)

@@ -8,7 +8,8 @@
 mod common;
 
 use common::{
-    eventually, fresh_roster, sorted, wait_fresh_roster, Peer, RedisServer, Replica, ReplicaOpts,
+    eventually, fresh_roster, presence_key, sorted, wait_fresh_roster, Peer, RedisCluster,
+    RedisServer, Replica, ReplicaOpts, TestRedis,
 };
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,9 +23,7 @@ fn counts(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
 
 /// alice on R1 and bob on R2 both see `[alice, bob]`, with their presence data, and a later
 /// join on one replica reaches an observer on the other.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rosters_span_replicas() {
-    let redis = RedisServer::start();
+async fn rosters_span_replicas(redis: &dyn TestRedis) {
     let url = redis.url();
     let r1 = Replica::start("r1", Some(&url), 1000);
     let r2 = Replica::start("r2", Some(&url), 1000);
@@ -59,9 +58,7 @@ async fn rosters_span_replicas() {
 
 /// Data-stream events and cursor moves reach every subscriber on every replica exactly once,
 /// in publish order per publisher; remote cursors show up in `__cursors` snapshots.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_and_cursors_cross_replicas_exactly_once() {
-    let redis = RedisServer::start();
+async fn events_and_cursors_cross_replicas_exactly_once(redis: &dyn TestRedis) {
     let url = redis.url();
     let r1 = Replica::start("r1", Some(&url), 1000);
     let r2 = Replica::start("r2", Some(&url), 1000);
@@ -191,10 +188,8 @@ async fn events_and_cursors_cross_replicas_exactly_once() {
 
 /// The same user on R1 and R2: one join; closing one socket: no leave; closing both: one
 /// leave, after the grace.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn same_user_on_two_replicas_joins_and_leaves_once() {
+async fn same_user_on_two_replicas_joins_and_leaves_once(redis: &dyn TestRedis) {
     let grace = Duration::from_millis(1000);
-    let redis = RedisServer::start();
     let url = redis.url();
     let r1 = Replica::start("r1", Some(&url), grace.as_millis() as u64);
     let r2 = Replica::start("r2", Some(&url), grace.as_millis() as u64);
@@ -254,15 +249,13 @@ async fn same_user_on_two_replicas_joins_and_leaves_once() {
         assert_eq!(o.presence_count(board, "leave", "sam"), 1, "{}", o.user);
         assert!(o.keys().is_empty(), "{}: {:?}", o.user, o.keys());
     }
-    assert!(redis.hgetall("__live-presence:board:same").is_empty());
+    assert!(redis.hgetall(&presence_key("same")).is_empty());
 }
 
 /// A user hopping from R1 to R2 inside the grace (a reload landing on another replica): an
 /// observer sees neither a leave nor a second join.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hop_between_replicas_inside_grace_is_invisible() {
+async fn hop_between_replicas_inside_grace_is_invisible(redis: &dyn TestRedis) {
     let grace = Duration::from_millis(2000);
-    let redis = RedisServer::start();
     let url = redis.url();
     let r1 = Replica::start("r1", Some(&url), grace.as_millis() as u64);
     let r2 = Replica::start("r2", Some(&url), grace.as_millis() as u64);
@@ -302,10 +295,8 @@ async fn hop_between_replicas_inside_grace_is_invisible() {
 /// users on two replicas, some with two tabs on one, some joining and leaving at once). After
 /// things settle, the Redis hash holds exactly the expected counts, every replica's roster is
 /// the expected set, and every observer saw each join and leave exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hundred_concurrent_joins_and_leaves_count_exactly() {
+async fn hundred_concurrent_joins_and_leaves_count_exactly(redis: &dyn TestRedis) {
     let grace = 300;
-    let redis = RedisServer::start();
     let url = redis.url();
     let rs = [
         Replica::start("r1", Some(&url), grace),
@@ -412,7 +403,7 @@ async fn hundred_concurrent_joins_and_leaves_count_exactly() {
         redis.counts(board),
         expected_counts
     );
-    let hash = redis.hgetall("__live-presence:board:h");
+    let hash = redis.hgetall(&presence_key("h"));
     let c_fields = hash.keys().filter(|f| f.starts_with("c:")).count();
     let d_fields = hash.keys().filter(|f| f.starts_with("d:")).count();
     assert_eq!((c_fields, d_fields), (keys.len(), keys.len()), "{hash:?}");
@@ -456,9 +447,7 @@ async fn hundred_concurrent_joins_and_leaves_count_exactly() {
 /// kill -9 of a replica: its users leave on the others within the lease bound (defaults:
 /// lease 3 s, heartbeat 1 s), their cursors are removed, and a user also connected elsewhere
 /// stays.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_replica_leaves_no_ghosts() {
-    let redis = RedisServer::start();
+async fn killed_replica_leaves_no_ghosts(redis: &dyn TestRedis) {
     let url = redis.url();
     let r1 = Replica::start("r1", Some(&url), 5000);
     let mut r2 = Replica::start("r2", Some(&url), 5000);
@@ -493,7 +482,7 @@ async fn killed_replica_leaves_no_ghosts() {
             .await
     );
     // Let R2 hold its lease for a beat, so the crash is not confused with a start-up.
-    assert!(eventually(WAIT, || redis.smembers("__live-replicas").len() == 3).await);
+    assert!(eventually(WAIT, || redis.replicas().len() == 3).await);
 
     let killed = Instant::now();
     r2.kill9();
@@ -534,14 +523,12 @@ async fn killed_replica_leaves_no_ghosts() {
     );
     assert_eq!(fresh_roster(&r1, board).await, left);
     assert_eq!(fresh_roster(&r3, board).await, left);
-    assert_eq!(redis.smembers("__live-replicas").len(), 2);
+    assert_eq!(redis.replicas().len(), 2);
 }
 
 /// SIGTERM: the replica closes its sockets with 1001, releases presence at once (leaves are
 /// published well before the lease or the grace would), and gives up its lease.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_shutdown_leaves_promptly() {
-    let redis = RedisServer::start();
+async fn graceful_shutdown_leaves_promptly(redis: &dyn TestRedis) {
     let url = redis.url();
     let r1 = Replica::start("r1", Some(&url), 5000);
     let mut r2 = Replica::start("r2", Some(&url), 5000);
@@ -556,7 +543,7 @@ async fn graceful_shutdown_leaves_promptly() {
     let mut both2 = Peer::connect(&r2, "both").await;
     both2.join(board).await;
     assert!(alice.wait_roster(&["alice", "bob", "both"], WAIT).await);
-    assert!(eventually(WAIT, || redis.smembers("__live-replicas").len() == 2).await);
+    assert!(eventually(WAIT, || redis.replicas().len() == 2).await);
 
     let term = Instant::now();
     r2.sigterm();
@@ -580,7 +567,7 @@ async fn graceful_shutdown_leaves_promptly() {
     assert_eq!(alice.keys(), sorted(&["alice", "both"]));
     assert_eq!(alice.presence_count(board, "leave", "both"), 0);
     assert_eq!(redis.counts(board), counts(&[("alice", 1), ("both", 1)]));
-    assert_eq!(redis.smembers("__live-replicas").len(), 1);
+    assert_eq!(redis.replicas().len(), 1);
 }
 
 /// Redis dies and comes back empty. During the outage each replica keeps serving its own
@@ -815,9 +802,7 @@ async fn replica_without_redis_is_isolated() {
 
 /// Awareness state set on one replica reaches members on another as a `join` upsert, and a
 /// late joiner there finds it in the roster (read from Redis).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn awareness_crosses_replicas_and_reaches_late_joiners() {
-    let redis = RedisServer::start();
+async fn awareness_crosses_replicas_and_reaches_late_joiners(redis: &dyn TestRedis) {
     let url = redis.url();
     let r1 = Replica::start("r1", Some(&url), 1000);
     let r2 = Replica::start("r2", Some(&url), 1000);
@@ -861,9 +846,7 @@ async fn awareness_crosses_replicas_and_reaches_late_joiners() {
 /// Above the listed limit (2 here) members are counted, not listed, cluster-wide: observers on
 /// two replicas converge to the same count and a roster of 2, and after kill -9 of the replica
 /// holding half the members, to the survivors' count with waiting members promoted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn count_mode_is_cluster_wide_and_survives_a_crash() {
-    let redis = RedisServer::start();
+async fn count_mode_is_cluster_wide_and_survives_a_crash(redis: &dyn TestRedis) {
     let url = redis.url();
     let opts = || {
         let mut o = ReplicaOpts::new(Some(&url), 300);
@@ -969,9 +952,7 @@ async fn fresh_lobby(replica: &Replica) -> BTreeMap<String, u64> {
 /// The lobby's counts are cluster-wide: members on two replicas, a watcher on the third sees
 /// the room open, count up, count down after kill -9 of a replica (the reaper's leaves), and
 /// close with its last member; fresh reads on every replica agree.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lobby_counts_are_cluster_wide_and_survive_a_crash() {
-    let redis = RedisServer::start();
+async fn lobby_counts_are_cluster_wide_and_survive_a_crash(redis: &dyn TestRedis) {
     let url = redis.url();
     let r1 = Replica::start("r1", Some(&url), 300);
     let mut r2 = Replica::start("r2", Some(&url), 300);
@@ -1030,25 +1011,87 @@ async fn lobby_counts_are_cluster_wide_and_survive_a_crash() {
     }
 }
 
-/// A Redis Cluster node is not supported yet: the replica says so in its log, clearly, instead
-/// of failing commands with MOVED or CROSSSLOT in silence.
+/// Given a single node of a Redis Cluster, a replica finds the cluster (`INFO cluster`),
+/// spreads its rooms over the shards and keeps every key of a room in the room's slot: after
+/// joins in many boards, every shard holds some, and each board's keys sit on one shard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_cluster_node_is_named_as_unsupported() {
-    let redis = RedisServer::start_with(&["--cluster-enabled", "yes"]);
-    let r1 = Replica::start("r1", Some(&redis.url()), 300);
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline && !r1.log().contains("Redis Cluster node") {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+async fn one_cluster_node_is_enough_and_rooms_spread_over_the_shards() {
+    let cluster = RedisCluster::start(3, 0);
+    let node = cluster.nodes[0].url();
+    let r1 = Replica::start("r1", Some(&node), 300);
+    let r2 = Replica::start("r2", Some(&cluster.url()), 300);
+    let mut alice = Peer::connect(&r1, "alice").await;
+    let mut bob = Peer::connect(&r2, "bob").await;
+    let boards: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
+    for b in &boards {
+        alice.join(b).await;
+        bob.join(b).await;
+        alice.cursors(b).await;
+        alice.add_card(b, "x").await;
     }
-    assert!(
-        r1.log().contains("does not support yet"),
-        "no clear error in the log: {}",
-        r1.log()
-    );
-    // A standalone Redis gets no such line.
-    let plain = RedisServer::start();
-    let r2 = Replica::start("r2", Some(&plain.url()), 300);
-    let mut p = Peer::connect(&r2, "alice").await;
-    p.join("plain").await;
-    assert!(!r2.log().contains("Redis Cluster node"));
+    for b in &boards {
+        let both = sorted(&["alice", "bob"]);
+        assert_eq!(
+            wait_fresh_roster(&r1, b, &["alice", "bob"], WAIT).await,
+            both,
+            "{b}"
+        );
+        assert_eq!(
+            wait_fresh_roster(&r2, b, &["alice", "bob"], WAIT).await,
+            both,
+            "{b}"
+        );
+        assert_eq!(
+            cluster.counts(b),
+            counts(&[("alice", 1), ("bob", 1)]),
+            "{b}"
+        );
+    }
+    let mut shards = BTreeSet::new();
+    for b in &boards {
+        let tag = format!("{{board:{b}}}");
+        let mut on = BTreeSet::new();
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("*{tag}*"))
+                .query(&mut node.conn())
+                .unwrap();
+            if !keys.is_empty() {
+                on.insert(i);
+            }
+        }
+        assert_eq!(on.len(), 1, "{b}'s keys are on shards {on:?}");
+        shards.extend(on);
+    }
+    assert_eq!(shards.len(), 3, "12 boards on shards {shards:?}");
+    assert!(!r1.log().contains("CROSSSLOT") && !r2.log().contains("CROSSSLOT"));
 }
+
+/// Runs each scenario twice: on a standalone Redis and on a Redis Cluster of three shards.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn standalone() {
+                super::$name(&super::common::RedisServer::start()).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis_cluster() {
+                super::$name(&super::common::RedisCluster::start(3, 0)).await
+            }
+        }
+    )*};
+}
+
+on_both!(
+    rosters_span_replicas,
+    events_and_cursors_cross_replicas_exactly_once,
+    same_user_on_two_replicas_joins_and_leaves_once,
+    hop_between_replicas_inside_grace_is_invisible,
+    hundred_concurrent_joins_and_leaves_count_exactly,
+    killed_replica_leaves_no_ghosts,
+    graceful_shutdown_leaves_promptly,
+    awareness_crosses_replicas_and_reaches_late_joiners,
+    count_mode_is_cluster_wide_and_survives_a_crash,
+    lobby_counts_are_cluster_wide_and_survive_a_crash,
+);

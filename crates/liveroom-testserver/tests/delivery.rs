@@ -26,9 +26,7 @@ fn titles_of(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seqs_are_cluster_wide_and_every_replica_delivers_them_in_order() {
-    let redis = RedisServer::start();
+async fn seqs_are_cluster_wide_and_every_replica_delivers_them_in_order(redis: &dyn TestRedis) {
     let url = redis.url();
     let replicas: Vec<Replica> = ["r1", "r2", "r3"]
         .iter()
@@ -93,9 +91,7 @@ async fn seqs_are_cluster_wide_and_every_replica_delivers_them_in_order() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_resumes_or_replays_on_another_replica() {
-    let redis = RedisServer::start();
+async fn a_client_resumes_or_replays_on_another_replica(redis: &dyn TestRedis) {
     let url = redis.url();
     let r1 = Replica::start("r1", Some(&url), 1000);
     let r2 = Replica::start("r2", Some(&url), 1000);
@@ -212,3 +208,24 @@ async fn events_sent_while_redis_is_down_end_in_a_reload_marker_everywhere() {
             .await
     );
 }
+
+/// Runs each scenario twice: on a standalone Redis and on a Redis Cluster of three shards.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn standalone() {
+                super::$name(&super::common::RedisServer::start()).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis_cluster() {
+                super::$name(&super::common::RedisCluster::start(3, 0)).await
+            }
+        }
+    )*};
+}
+
+on_both!(
+    seqs_are_cluster_wide_and_every_replica_delivers_them_in_order,
+    a_client_resumes_or_replays_on_another_replica,
+);

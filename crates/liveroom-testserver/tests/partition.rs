@@ -11,7 +11,7 @@
 mod common;
 
 use common::proxy::{Link, Proxy};
-use common::{fresh_roster, Peer, RedisServer, Replica};
+use common::{fresh_roster, Peer, RedisServer, Replica, TestRedis};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 

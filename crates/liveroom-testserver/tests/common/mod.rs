@@ -8,10 +8,14 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod proxy;
+pub mod redis_cluster;
+
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use redis_cluster::{presence_key, RedisCluster, TestRedis};
 
 use liveroom_client::Client;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -24,7 +28,7 @@ use std::time::{Duration, Instant};
 pub const ROOM: &str = "collab/board";
 
 /// A port nobody listens on right now.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -153,27 +157,16 @@ impl RedisServer {
         self.spawn().expect("restart redis-server on the same port");
     }
 
+    /// Whether it runs (not stopped).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// A synchronous connection for inspection.
     pub fn conn(&self) -> redis::Connection {
         redis::Client::open(self.url())
             .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
             .expect("connect to the test redis")
-    }
-
-    /// `HGETALL key`.
-    pub fn hgetall(&self, key: &str) -> HashMap<String, String> {
-        redis::cmd("HGETALL")
-            .arg(key)
-            .query(&mut self.conn())
-            .expect("HGETALL")
-    }
-
-    /// The `c:<identity>` counts of a board's presence hash.
-    pub fn counts(&self, board: &str) -> BTreeMap<String, i64> {
-        self.hgetall(&format!("__live-presence:board:{board}"))
-            .into_iter()
-            .filter_map(|(f, v)| Some((f.strip_prefix("c:")?.to_owned(), v.parse().ok()?)))
-            .collect()
     }
 
     /// `SMEMBERS key`.

@@ -1,8 +1,10 @@
 //! [`Redis`]: the connection every cluster command shares, behind a circuit breaker, so an
-//! outage never blocks or hammers anything.
+//! outage never blocks or hammers anything; standalone Redis (or Sentinel) and Redis Cluster
+//! behind one type.
 
 use super::config::ClusterConfig;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +17,57 @@ pub enum ClusterError {
     Url(#[from] redis::RedisError),
 }
 
+/// Which kind of Redis the URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One Redis (or a Sentinel-managed primary): every key on one node.
+    Standalone,
+    /// A Redis Cluster: keys spread over shards by hash slot, sharded pub/sub.
+    Cluster,
+}
+
+/// A connection to either kind of Redis; commands and pipelines work on both, except that in
+/// cluster mode a pipeline must stay within one hash slot (see [`Redis::pipelines`]).
+#[derive(Clone)]
+pub enum Conn {
+    /// Standalone.
+    Single(ConnectionManager),
+    /// Redis Cluster: routes each command to the shard owning its slot, follows `MOVED`/`ASK`
+    /// and refreshes the slot map after a failover.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// The shared Redis connection with a circuit breaker.
 ///
 /// Every command goes through [`Redis::run`]: while the breaker is open it fails at once
@@ -24,8 +77,11 @@ pub enum ClusterError {
 /// one probe per heartbeat does not hammer a Redis that is down.
 #[derive(Clone)]
 pub struct Redis {
-    client: redis::Client,
-    conn: Arc<Mutex<Option<ConnectionManager>>>,
+    /// The URL's nodes: one for standalone, one or more for Redis Cluster.
+    nodes: Arc<[redis::ConnectionInfo]>,
+    /// Known once a node answered (or at once when several nodes are given).
+    mode: Arc<std::sync::OnceLock<Mode>>,
+    conn: Arc<Mutex<Option<Conn>>>,
     failures: Arc<AtomicU32>,
     open_until: Arc<Mutex<Option<Instant>>>,
     timeout: Duration,
@@ -36,7 +92,7 @@ pub struct Redis {
 }
 
 /// A Redis command failed, or was not tried because the breaker is open.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RedisDown {
     /// The breaker is open.
     #[error("redis unavailable (circuit open)")]
@@ -69,8 +125,27 @@ fn unreachable(e: &redis::RedisError) -> bool {
 
 impl Redis {
     pub(crate) fn new(config: &ClusterConfig) -> Result<Self, ClusterError> {
+        let nodes = config
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(connection_info)
+            .collect::<Result<Vec<_>, _>>()?;
+        if nodes.is_empty() {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "no redis url",
+            ))
+            .into());
+        }
+        let mode = std::sync::OnceLock::new();
+        if nodes.len() > 1 {
+            let _ = mode.set(Mode::Cluster); // several nodes: only a cluster makes sense
+        }
         Ok(Redis {
-            client: redis::Client::open(connection_info(&config.url)?)?,
+            nodes: nodes.into(),
+            mode: Arc::new(mode),
             conn: Arc::new(Mutex::new(None)),
             failures: Arc::new(AtomicU32::new(0)),
             open_until: Arc::new(Mutex::new(None)),
@@ -80,9 +155,61 @@ impl Redis {
         })
     }
 
-    /// The client, for dedicated (pub/sub) connections.
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// The kind of Redis, once known (after the first successful connection).
+    pub fn mode(&self) -> Option<Mode> {
+        self.mode.get().copied()
+    }
+
+    /// The kind of Redis: asks the first node (`INFO cluster`) the first time.
+    pub async fn detect(&self) -> Result<Mode, RedisDown> {
+        if let Some(m) = self.mode() {
+            return Ok(m);
+        }
+        let client = redis::Client::open(self.nodes[0].clone())?;
+        let probe = async {
+            let mut c = client.get_multiplexed_async_connection().await?;
+            redis::cmd("INFO")
+                .arg("cluster")
+                .query_async::<String>(&mut c)
+                .await
+        };
+        let info = tokio::time::timeout(self.timeout, probe)
+            .await
+            .map_err(|_| RedisDown::Timeout)??;
+        let mode = if info.contains("cluster_enabled:1") {
+            Mode::Cluster
+        } else {
+            Mode::Standalone
+        };
+        Ok(*self.mode.get_or_init(|| mode))
+    }
+
+    /// A client for a dedicated standalone (pub/sub) connection.
+    pub fn client(&self) -> Result<redis::Client, RedisDown> {
+        Ok(redis::Client::open(self.nodes[0].clone())?)
+    }
+
+    /// A cluster client; with `push`, a RESP3 one whose pushes (sharded messages, disconnections)
+    /// go to `push`, for the sharded subscriber.
+    pub fn cluster_client(
+        &self,
+        push: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
+    ) -> Result<redis::cluster::ClusterClient, RedisDown> {
+        let mut b = redis::cluster::ClusterClientBuilder::new(self.nodes.iter().cloned())
+            .connection_timeout(self.timeout)
+            .response_timeout(self.timeout)
+            // A failover takes a node timeout or two: the breaker, not long retries inside
+            // one command, decides what waits.
+            .retries(2)
+            .min_retry_wait(10)
+            .max_retry_wait(200)
+            .tcp_settings(self.nodes[0].tcp_settings().clone());
+        if let Some(tx) = push {
+            b = b
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(tx);
+        }
+        Ok(b.build()?)
     }
 
     /// Whether Redis is given up on for now, as a watch: `true` from the moment the breaker
@@ -99,27 +226,123 @@ impl Redis {
         }
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, RedisDown> {
+    async fn connection(&self) -> Result<Conn, RedisDown> {
         if let Some(c) = self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return Ok(c);
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let fut = ConnectionManager::new_with_config(self.client.clone(), config);
-        let c = tokio::time::timeout(self.timeout * 2, fut)
-            .await
-            .map_err(|_| RedisDown::Timeout)??;
+        let c = match self.detect().await? {
+            Mode::Standalone => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(self.timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(500));
+                let fut = ConnectionManager::new_with_config(self.client()?, config);
+                Conn::Single(
+                    tokio::time::timeout(self.timeout * 2, fut)
+                        .await
+                        .map_err(|_| RedisDown::Timeout)??,
+                )
+            }
+            Mode::Cluster => {
+                let client = self.cluster_client(None)?;
+                let fut = client.get_async_connection();
+                Conn::Cluster(
+                    tokio::time::timeout(self.timeout * 2, fut)
+                        .await
+                        .map_err(|_| RedisDown::Timeout)??,
+                )
+            }
+        };
         *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
         Ok(c)
+    }
+
+    /// Runs `cmds` (each with the key that routes it) as pipelines: one in all on a standalone
+    /// Redis; one per hash slot on a Redis Cluster, concurrently (a cluster pipeline must stay
+    /// within one slot). The order of the commands of one slot is kept. Each command's reply
+    /// comes back in the order of `cmds`; a pipeline that fails fails each of its commands
+    /// (and only those). `Err` only when nothing was tried (the breaker is open).
+    pub async fn pipelines(
+        &self,
+        cmds: Vec<(String, redis::Cmd)>,
+    ) -> Result<Vec<Result<redis::Value, RedisDown>>, RedisDown> {
+        use redis::cluster_routing::Slot;
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !self.available() {
+            return Err(RedisDown::Open);
+        }
+        let conn = match self.connection().await {
+            Ok(c) => c,
+            Err(e) => {
+                self.failed(&e);
+                return Err(e);
+            }
+        };
+        let cluster = matches!(conn, Conn::Cluster(_));
+        let total = cmds.len();
+        let mut groups: Vec<(Option<Slot>, Vec<usize>, redis::Pipeline)> = Vec::new();
+        for (i, (key, cmd)) in cmds.into_iter().enumerate() {
+            let slot = cluster.then(|| Slot::for_key(&key));
+            let g = match groups.iter().position(|(s, ..)| *s == slot) {
+                Some(g) => g,
+                None => {
+                    groups.push((slot, Vec::new(), redis::pipe()));
+                    groups.len() - 1
+                }
+            };
+            groups[g].1.push(i);
+            groups[g].2.add_command(cmd);
+        }
+        let replies = futures_util::future::join_all(groups.iter().map(|(_, _, p)| {
+            let mut c = conn.clone();
+            async move {
+                match tokio::time::timeout(self.timeout, p.query_async::<Vec<redis::Value>>(&mut c))
+                    .await
+                {
+                    Ok(Ok(v)) => Ok(v),
+                    Ok(Err(e)) => Err(RedisDown::Failed(e)),
+                    Err(_) => Err(RedisDown::Timeout),
+                }
+            }
+        }))
+        .await;
+        let mut out: Vec<Option<Result<redis::Value, RedisDown>>> =
+            (0..total).map(|_| None).collect();
+        let mut failure = None;
+        for ((_, idx, _), reply) in groups.iter().zip(replies) {
+            match reply {
+                Ok(values) => {
+                    for (i, v) in idx.iter().zip(values) {
+                        out[*i] = Some(Ok(v));
+                    }
+                }
+                Err(e) => {
+                    if !matches!(&e, RedisDown::Failed(r) if !unreachable(r)) {
+                        failure.get_or_insert_with(|| e.clone());
+                    }
+                    for i in idx {
+                        out[*i] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        match &failure {
+            None => self.succeeded(),
+            Some(e) => self.failed(e),
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(RedisDown::Timeout)))
+            .collect())
     }
 
     /// Runs `f` on the shared connection, through the breaker and with a timeout.
     pub async fn run<T, F, Fut>(&self, f: F) -> Result<T, RedisDown>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         if !self.available() {

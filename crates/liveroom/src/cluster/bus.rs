@@ -1,8 +1,10 @@
 //! Events across replicas over Redis pub/sub.
 //!
-//! One channel per topic, `__live-bus:<topic>`, and each replica subscribes only to the topics
-//! it has local subscribers for: traffic scales with interest, not with the number of
-//! replicas (a pattern subscription would send every event to every replica).
+//! One channel per topic, `__live-bus:{<room>}<suffix>` (see [`super::keys`]), and each replica
+//! subscribes only to the topics it has local subscribers for: traffic scales with interest,
+//! not with the number of replicas (a pattern subscription would send every event to every
+//! replica). On a Redis Cluster the channels are sharded (`SSUBSCRIBE`/`SPUBLISH`): a message
+//! goes only to the shard that owns the room, and from there to the replicas subscribed to it.
 //!
 //! Events with a seq (the default) go through the script of [`super::sequence`], which
 //! numbers, buffers and publishes them; every replica, this one included, delivers them from
@@ -15,9 +17,9 @@
 //! once Redis is back, each topic that had such events gets a reload marker (a sequenced event
 //! every replica delivers), so no client anywhere silently misses them.
 
-use super::breaker::Redis;
+use super::breaker::{Mode, Redis, RedisDown};
 use super::config::ClusterConfig;
-use super::sequence;
+use super::{keys, sequence};
 use crate::hub::Bus;
 use crate::registry::Live;
 use crate::replay::{Coverage, Replay};
@@ -30,14 +32,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-/// Channel prefix.
-pub const CHANNEL_PREFIX: &str = "__live-bus:";
 /// The control channel every replica subscribes to: a replica that may have lost presence
 /// events publishes its id here once Redis is back, and every other replica then corrects its
 /// local rosters from Redis (docs/clustering.md, "Convergence").
-pub const RESYNC_CHANNEL: &str = "__live-ctl:resync";
-/// Prefix of the per-room cursor position hashes (`<identity>` -> position JSON).
-pub const CURSORS_PREFIX: &str = "__live-cursors:";
+pub const RESYNC_CHANNEL: &str = keys::RESYNC_CHANNEL;
 /// Cursor hashes expire after a minute without moves.
 const CURSORS_TTL_MS: i64 = 60_000;
 const QUEUE: usize = 65_536;
@@ -177,27 +175,44 @@ impl RedisBus {
         let _ = tokio::time::timeout(within, wait).await;
     }
 
+    /// The publish command of this Redis (`SPUBLISH` on a Redis Cluster), once it answered.
+    async fn publish_command(&self) -> Result<&'static str, RedisDown> {
+        if !self.redis.available() {
+            return Err(RedisDown::Open);
+        }
+        Ok(match self.redis.detect().await? {
+            Mode::Cluster => "SPUBLISH",
+            Mode::Standalone => "PUBLISH",
+        })
+    }
+
     async fn publisher(self: Arc<Self>, mut rx: mpsc::Receiver<(String, Bytes)>) {
         let mut batch = Vec::with_capacity(PIPELINE);
         while rx.recv_many(&mut batch, PIPELINE).await > 0 {
             let n = batch.len() as u64;
-            let items = std::mem::take(&mut batch);
-            let sent = self
-                .redis
-                .run(|mut c| async move {
-                    let mut p = redis::pipe();
-                    for (channel, payload) in &items {
-                        p.publish(channel, payload.as_ref()).ignore();
-                    }
-                    p.query_async::<()>(&mut c).await
-                })
-                .await;
-            match sent {
-                Ok(()) => metrics::counter!("liveroom_redis_published_total").increment(n),
-                Err(_) => {
-                    self.lost.store(true, Ordering::Relaxed);
-                    metrics::counter!("liveroom_redis_publish_dropped_total").increment(n)
+            let sent = match self.publish_command().await {
+                Ok(publish) => {
+                    let cmds = batch
+                        .drain(..)
+                        .map(|(channel, payload)| {
+                            let mut cmd = redis::cmd(publish);
+                            cmd.arg(&channel).arg(payload.as_ref());
+                            (channel, cmd)
+                        })
+                        .collect();
+                    self.redis
+                        .pipelines(cmds)
+                        .await
+                        .map(|replies| replies.iter().filter(|r| r.is_err()).count() as u64)
                 }
+                Err(e) => Err(e),
+            };
+            batch.clear();
+            let dropped = sent.unwrap_or(n);
+            metrics::counter!("liveroom_redis_published_total").increment(n - dropped);
+            if dropped > 0 {
+                self.lost.store(true, Ordering::Relaxed);
+                metrics::counter!("liveroom_redis_publish_dropped_total").increment(dropped);
             }
             if rx.is_empty() {
                 self.idle.notify_waiters();
@@ -238,8 +253,13 @@ impl RedisBus {
                 }
                 bodies.push(body);
             }
-            let mut sent = self.send_sequenced(&topics).await;
-            if matches!(&sent, Err(super::RedisDown::Failed(e)) if sequence::is_noscript(e)) {
+            let mut failed = self.send_sequenced(&live, &topics).await;
+            if failed
+                .iter()
+                .any(|(_, e)| matches!(e, RedisDown::Failed(e) if sequence::is_noscript(e)))
+            {
+                // A Redis (or, on a cluster, a shard) that restarted or failed over: load the
+                // script everywhere and send again what it refused, and only that.
                 let _ = self
                     .redis
                     .run(|mut c| async move {
@@ -249,23 +269,28 @@ impl RedisBus {
                             .await
                     })
                     .await;
-                sent = self.send_sequenced(&topics).await;
+                let retry: Vec<Group> = failed.iter().map(|(i, _)| topics[*i].clone()).collect();
+                failed = self
+                    .send_sequenced(&live, &retry)
+                    .await
+                    .into_iter()
+                    .map(|(i, e)| (failed[i].0, e))
+                    .collect();
             }
-            match sent {
-                Ok(()) => {
-                    metrics::counter!("liveroom_redis_published_total").increment(n);
-                    self.send_markers();
-                }
-                Err(_) => {
-                    // Whether Redis ran them is unknown: this replica's subscribers get them
-                    // now, without a seq, and every replica's a reload marker later.
-                    metrics::counter!("liveroom_redis_publish_dropped_total").increment(n);
-                    for (topic, _, _, local) in &topics {
-                        for body in local {
-                            live.hub().deliver(topic, &crate::hub::sealed(body));
-                        }
-                        self.note_unsequenced(topic);
+            let dropped: u64 = failed.iter().map(|(i, _)| topics[*i].2.len() as u64).sum();
+            metrics::counter!("liveroom_redis_published_total").increment(n - dropped);
+            if failed.is_empty() {
+                self.send_markers();
+            } else {
+                // Whether Redis ran them is unknown: this replica's subscribers get them now,
+                // without a seq, and every replica's a reload marker later.
+                metrics::counter!("liveroom_redis_publish_dropped_total").increment(dropped);
+                for (i, _) in &failed {
+                    let (topic, _, _, local) = &topics[*i];
+                    for body in local {
+                        live.hub().deliver(topic, &crate::hub::sealed(body));
                     }
+                    self.note_unsequenced(topic);
                 }
             }
             if rx.is_empty() {
@@ -274,18 +299,29 @@ impl RedisBus {
         }
     }
 
-    async fn send_sequenced(&self, topics: &[Group]) -> Result<(), super::RedisDown> {
-        self.redis
-            .run(|mut c| async move {
-                let mut p = redis::pipe();
-                for (topic, policy, bodies, _) in topics {
-                    let channel = format!("{CHANNEL_PREFIX}{topic}");
-                    sequence::publish(&mut p, &channel, topic, bodies, policy);
-                    p.ignore();
-                }
-                p.query_async::<()>(&mut c).await
+    /// Sends one script call per topic (one pipeline per slot); returns the topics (by index)
+    /// whose call failed, with the error.
+    async fn send_sequenced(&self, live: &Live, topics: &[Group]) -> Vec<(usize, RedisDown)> {
+        let publish = match self.publish_command().await {
+            Ok(p) => p,
+            Err(e) => return (0..topics.len()).map(|i| (i, e.clone())).collect(),
+        };
+        let cmds = topics
+            .iter()
+            .map(|(topic, policy, bodies, _)| {
+                let floor = live.hub().head(topic);
+                let cmd = sequence::publish(publish, topic, bodies, policy, floor);
+                (keys::seq(topic), cmd)
             })
-            .await
+            .collect();
+        match self.redis.pipelines(cmds).await {
+            Ok(replies) => replies
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, r)| r.err().map(|e| (i, e)))
+                .collect(),
+            Err(e) => (0..topics.len()).map(|i| (i, e.clone())).collect(),
+        }
     }
 
     /// Queues `body` for the sequencer; hands it back (and notes the topic) if Redis is down or
@@ -376,63 +412,99 @@ impl RedisBus {
         }
     }
 
+    /// Waits `self.reconnect` while keeping track of interest (nothing is subscribed meanwhile).
+    /// `false`: the bus is gone.
+    async fn wait_disconnected(
+        &self,
+        cmds: &mut mpsc::UnboundedReceiver<Cmd>,
+        interests: &mut HashSet<String>,
+    ) -> bool {
+        self.connected.store(false, Ordering::Relaxed);
+        self.release_waiters(None); // never hold a subscription up on a dead Redis
+        let sleep = tokio::time::sleep(self.reconnect);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => return true,
+                cmd = cmds.recv() => match cmd {
+                    Some(Cmd::Subscribe(t)) => { interests.insert(t.clone()); self.release_waiters(Some(&t)); }
+                    Some(Cmd::Unsubscribe(t)) => { interests.remove(&t); }
+                    None => return false,
+                },
+            }
+        }
+    }
+
+    /// Marks the subscriber up on `interests`; after the first time, events may have been
+    /// missed meanwhile: local rosters need a correction and the topics a repair.
+    async fn connected_again(&self, live: &Live, interests: &HashSet<String>) {
+        *self.subscribed.lock().unwrap() = interests.clone();
+        self.connected.store(true, Ordering::Relaxed);
+        self.release_waiters(None);
+        if self.connections.fetch_add(1, Ordering::Relaxed) > 0 {
+            self.reconnected.notify_one(); // kept as a permit if nobody waits yet
+            for topic in interests {
+                self.repair(live, topic).await;
+            }
+        }
+    }
+
     async fn subscriber(self: Arc<Self>, mut cmds: mpsc::UnboundedReceiver<Cmd>, live: Live) {
         let mut interests: HashSet<String> = HashSet::new();
+        let mode = loop {
+            if self.redis.available() {
+                if let Ok(mode) = self.redis.detect().await {
+                    break mode;
+                }
+            }
+            if !self.wait_disconnected(&mut cmds, &mut interests).await {
+                return;
+            }
+        };
+        match mode {
+            Mode::Standalone => self.subscribe_standalone(cmds, interests, live).await,
+            Mode::Cluster => self.subscribe_sharded(cmds, interests, live).await,
+        }
+    }
+
+    async fn subscribe_standalone(
+        self: Arc<Self>,
+        mut cmds: mpsc::UnboundedReceiver<Cmd>,
+        mut interests: HashSet<String>,
+        live: Live,
+    ) {
         loop {
-            let pubsub = if self.redis.available() {
-                tokio::time::timeout(
-                    Duration::from_secs(2),
-                    self.redis.client().get_async_pubsub(),
-                )
-                .await
-            } else {
-                Ok(Err(redis::RedisError::from((
-                    redis::ErrorKind::Io,
-                    "circuit open",
-                ))))
+            let pubsub = match self.redis.client() {
+                Ok(client) if self.redis.available() => {
+                    tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                }
+                _ => None,
             };
-            let Ok(Ok(pubsub)) = pubsub else {
-                self.connected.store(false, Ordering::Relaxed);
-                self.release_waiters(None); // never hold a subscription up on a dead Redis
-                let sleep = tokio::time::sleep(self.reconnect);
-                tokio::pin!(sleep);
-                loop {
-                    tokio::select! {
-                        _ = &mut sleep => break,
-                        cmd = cmds.recv() => match cmd {
-                            Some(Cmd::Subscribe(t)) => { interests.insert(t.clone()); self.release_waiters(Some(&t)); }
-                            Some(Cmd::Unsubscribe(t)) => { interests.remove(&t); }
-                            None => return,
-                        },
-                    }
+            let Some(pubsub) = pubsub else {
+                if !self.wait_disconnected(&mut cmds, &mut interests).await {
+                    return;
                 }
                 continue;
             };
             let (mut sink, mut stream) = pubsub.split();
             let channels: Vec<String> = interests
                 .iter()
-                .map(|t| format!("{CHANNEL_PREFIX}{t}"))
+                .map(|t| keys::channel(t))
                 .chain([RESYNC_CHANNEL.to_owned()])
                 .collect();
             if sink.subscribe(&channels).await.is_err() {
                 continue;
             }
-            *self.subscribed.lock().unwrap() = interests.clone();
-            self.connected.store(true, Ordering::Relaxed);
-            self.release_waiters(None);
-            if self.connections.fetch_add(1, Ordering::Relaxed) > 0 {
-                self.reconnected.notify_one(); // kept as a permit if nobody waits yet
-                                               // Events published while the subscriber was away: from the buffers.
-                for topic in &interests {
-                    self.repair(&live, topic).await;
-                }
-            }
+            self.connected_again(&live, &interests).await;
             loop {
                 tokio::select! {
                     cmd = cmds.recv() => match cmd {
                         Some(Cmd::Subscribe(t)) => {
                             interests.insert(t.clone());
-                            if sink.subscribe(format!("{CHANNEL_PREFIX}{t}")).await.is_err() {
+                            if sink.subscribe(keys::channel(&t)).await.is_err() {
                                 break;
                             }
                             self.subscribed.lock().unwrap().insert(t.clone());
@@ -441,7 +513,7 @@ impl RedisBus {
                         Some(Cmd::Unsubscribe(t)) => {
                             interests.remove(&t);
                             self.subscribed.lock().unwrap().remove(&t);
-                            if sink.unsubscribe(format!("{CHANNEL_PREFIX}{t}")).await.is_err() {
+                            if sink.unsubscribe(keys::channel(&t)).await.is_err() {
                                 break;
                             }
                         }
@@ -460,6 +532,143 @@ impl RedisBus {
         }
     }
 
+    /// The subscriber on a Redis Cluster: sharded subscriptions on one RESP3 cluster
+    /// connection, which sends each `SSUBSCRIBE` to the shard owning the channel's slot and
+    /// moves the subscriptions after a failover or a slot migration.
+    ///
+    /// A node's connection dropping shows up as a `Disconnection` push. Until every subscribed
+    /// slot answers again (a failover takes about two node timeouts), a keyed probe per slot
+    /// runs every `reconnect`; each probe that hits a moved slot makes the connection refresh
+    /// its slot map, and with it the subscriptions. Then the topics are repaired from their
+    /// buffers, twice (the second pass covers a subscription that moved late), and local
+    /// rosters corrected.
+    async fn subscribe_sharded(
+        self: Arc<Self>,
+        mut cmds: mpsc::UnboundedReceiver<Cmd>,
+        mut interests: HashSet<String>,
+        live: Live,
+    ) {
+        loop {
+            let (tx, mut pushes) = mpsc::unbounded_channel();
+            let conn = match self.redis.cluster_client(Some(tx)) {
+                Ok(client) if self.redis.available() => {
+                    tokio::time::timeout(Duration::from_secs(2), client.get_async_connection())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                }
+                _ => None,
+            };
+            let Some(mut conn) = conn else {
+                if !self.wait_disconnected(&mut cmds, &mut interests).await {
+                    return;
+                }
+                continue;
+            };
+            let channels: Vec<String> = interests
+                .iter()
+                .map(|t| keys::channel(t))
+                .chain([RESYNC_CHANNEL.to_owned()])
+                .collect();
+            let subscribed = futures_util::future::join_all(channels.iter().map(|ch| {
+                let mut c = conn.clone();
+                async move { c.ssubscribe(ch).await }
+            }))
+            .await;
+            if subscribed.iter().any(Result::is_err) {
+                if !self.wait_disconnected(&mut cmds, &mut interests).await {
+                    return;
+                }
+                continue;
+            }
+            self.connected_again(&live, &interests).await;
+            // Repairs still due after a node dropped (0: none), and when the next is.
+            let mut repairs = 0u8;
+            let probe = tokio::time::sleep(Duration::from_secs(3600));
+            tokio::pin!(probe);
+            loop {
+                tokio::select! {
+                    cmd = cmds.recv() => match cmd {
+                        Some(Cmd::Subscribe(t)) => {
+                            interests.insert(t.clone());
+                            // A failure here is a node away: the connection re-subscribes
+                            // the tracked channel once it is back.
+                            let _ = conn.ssubscribe(keys::channel(&t)).await;
+                            self.subscribed.lock().unwrap().insert(t.clone());
+                            self.release_waiters(Some(&t));
+                        }
+                        Some(Cmd::Unsubscribe(t)) => {
+                            interests.remove(&t);
+                            self.subscribed.lock().unwrap().remove(&t);
+                            let _ = conn.sunsubscribe(keys::channel(&t)).await;
+                        }
+                        None => return,
+                    },
+                    push = pushes.recv() => match push {
+                        Some(push) if push.kind == redis::PushKind::Disconnection => {
+                            tracing::warn!("a redis cluster node's connection dropped; re-routing subscriptions");
+                            repairs = 2;
+                            probe.as_mut().reset(tokio::time::Instant::now() + self.reconnect);
+                        }
+                        Some(push) if push.kind == redis::PushKind::SMessage => {
+                            if let [channel, payload, ..] = push.data.as_slice() {
+                                if let (Some(channel), Some(payload)) = (bytes_of(channel), bytes_of(payload)) {
+                                    if let Ok(channel) = std::str::from_utf8(channel) {
+                                        self.receive(&live, channel, payload).await;
+                                    }
+                                }
+                            }
+                        }
+                        Some(_) => {}
+                        None => break, // the connection is gone
+                    },
+                    _ = &mut probe, if repairs > 0 => {
+                        if self.probe_slots(&conn, &interests).await {
+                            repairs -= 1;
+                            self.reconnected.notify_one();
+                            for topic in &interests {
+                                self.repair(&live, topic).await;
+                            }
+                        }
+                        let next = if repairs > 0 { self.reconnect * 2 } else { Duration::from_secs(3600) };
+                        probe.as_mut().reset(tokio::time::Instant::now() + next);
+                    }
+                }
+            }
+            tracing::warn!("redis cluster subscriber connection lost; reconnecting");
+            self.connected.store(false, Ordering::Relaxed);
+            self.subscribed.lock().unwrap().clear();
+            tokio::time::sleep(self.reconnect).await;
+        }
+    }
+
+    /// Whether every slot of `interests` answers on `conn` (one keyed `EXISTS` per slot).
+    async fn probe_slots(
+        &self,
+        conn: &redis::cluster_async::ClusterConnection,
+        interests: &HashSet<String>,
+    ) -> bool {
+        use redis::cluster_routing::Slot;
+        let mut slots = HashSet::new();
+        let probes: Vec<String> = interests
+            .iter()
+            .map(|t| keys::seq(t))
+            .filter(|k| slots.insert(Slot::for_key(k)))
+            .collect();
+        let answered = futures_util::future::join_all(probes.iter().map(|k| {
+            let mut c = conn.clone();
+            async move {
+                tokio::time::timeout(
+                    Duration::from_secs(1),
+                    redis::cmd("EXISTS").arg(k).query_async::<i64>(&mut c),
+                )
+                .await
+            }
+        }))
+        .await;
+        answered.iter().all(|r| matches!(r, Ok(Ok(_))))
+    }
+
     async fn receive(&self, live: &Live, channel: &str, payload: &[u8]) {
         if channel == RESYNC_CHANNEL {
             if payload != self.replica.as_bytes() {
@@ -467,9 +676,10 @@ impl RedisBus {
             }
             return;
         }
-        let Some(topic) = channel.strip_prefix(CHANNEL_PREFIX) else {
+        let Some(topic) = keys::channel_topic(channel) else {
             return;
         };
+        let topic = topic.as_str();
         if let Some(events) = sequence::parse(payload) {
             metrics::counter!("liveroom_redis_received_total").increment(events.len() as u64);
             let hub = live.hub();
@@ -532,7 +742,7 @@ impl Bus for RedisBus {
         if !self.redis.available() {
             return;
         }
-        let (redis, key) = (self.redis.clone(), sequence::session_key(session));
+        let (redis, key) = (self.redis.clone(), keys::session(session));
         let (topic, call) = (topic.to_owned(), call.to_string());
         tokio::spawn(async move {
             let _ = redis
@@ -553,7 +763,7 @@ impl Bus for RedisBus {
         &self,
         session: &str,
     ) -> BoxFuture<'static, Option<HashMap<String, serde_json::Value>>> {
-        let (redis, key) = (self.redis.clone(), sequence::session_key(session));
+        let (redis, key) = (self.redis.clone(), keys::session(session));
         Box::pin(async move {
             let all: HashMap<String, String> = redis
                 .run(|mut c| async move { redis::AsyncCommands::hgetall(&mut c, key).await })
@@ -574,7 +784,7 @@ impl Bus for RedisBus {
         payload.extend_from_slice(frame);
         if self
             .publish_tx
-            .try_send((format!("{CHANNEL_PREFIX}{topic}"), payload.into()))
+            .try_send((keys::channel(topic), payload.into()))
             .is_err()
         {
             self.lost.store(true, Ordering::Relaxed);
@@ -595,7 +805,7 @@ impl Bus for RedisBus {
         if changes.is_empty() || !self.redis.available() {
             return;
         }
-        let hash = format!("{CURSORS_PREFIX}{cursor_topic}");
+        let hash = keys::cursors(cursor_topic);
         let changes: Vec<(String, Option<String>)> = changes
             .iter()
             .map(|(k, v)| (k.to_string(), v.as_ref().map(|v| v.to_string())))
@@ -622,7 +832,7 @@ impl Bus for RedisBus {
         &self,
         cursor_topic: &str,
     ) -> BoxFuture<'static, Option<Vec<serde_json::Value>>> {
-        let hash = format!("{CURSORS_PREFIX}{cursor_topic}");
+        let hash = keys::cursors(cursor_topic);
         let redis = self.redis.clone();
         Box::pin(async move {
             let all: HashMap<String, String> = redis
@@ -652,5 +862,13 @@ impl Bus for RedisBus {
         Box::pin(async move {
             let _ = rx.await;
         })
+    }
+}
+
+/// The bytes of a push's bulk string.
+fn bytes_of(v: &redis::Value) -> Option<&[u8]> {
+    match v {
+        redis::Value::BulkString(b) => Some(b),
+        _ => None,
     }
 }

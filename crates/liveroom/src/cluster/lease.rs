@@ -1,23 +1,26 @@
 //! The replica's lease, the reaper of dead replicas, and re-assertion after an outage.
 //!
-//! - `__live-replica:<id>`: the lease, a key with a TTL of `lease`, refreshed every
+//! - `__live-replica:{<id>}`: the lease, a key with a TTL of `lease`, refreshed every
 //!   `heartbeat` with `SET .. XX` (so a lost lease is noticed).
-//! - `__live-replicas`: SET of replica ids, so survivors know whom to check.
+//! - `__live-replica-epochs`: HASH of replica id -> epoch of its registration, so survivors
+//!   know whom to check.
 //!
 //! Every heartbeat a replica refreshes its lease and checks the others' leases. A missing lease
-//! means a dead (or cut-off) replica: one survivor's atomic script removes its contributions
-//! and returns the identities that left the cluster, for which that survivor publishes
-//! `leave` (and cursor `remove`). A replica that finds its own lease lost, or comes back from a
-//! Redis outage, re-asserts its in-memory truth and corrects its clients' rosters.
+//! means a dead (or cut-off) replica: survivors remove its contributions room by room (one
+//! script per room, on the room's shard; running it twice is harmless) and publish `leave`
+//! (and cursor `remove`) for the identities that left the cluster. A replica that finds its own
+//! lease lost, or comes back from a Redis outage, registers again under a new epoch, re-asserts
+//! its in-memory truth room by room and corrects its clients' rosters; a reaper still working
+//! with the old epoch skips the rooms it re-asserted.
 
 use super::breaker::Redis;
 use super::bus::RedisBus;
 use super::config::ClusterConfig;
-use super::presence::{
-    owned_key, scripts, transitions, RedisPresence, Transition, PRESENCE_PREFIX, WAIT_PREFIX,
-};
+use super::keys::{self, REPLICAS};
+use super::presence::{RedisPresence, Transition};
 use crate::registry::Live;
 use serde_json::json;
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,14 +28,6 @@ use tokio::sync::Notify;
 
 /// How many times a roster correction is sent (see the heartbeat).
 const CORRECTIONS: u8 = 2;
-
-/// The set of live replica ids.
-pub const REPLICAS: &str = "__live-replicas";
-
-/// The lease key of a replica.
-pub fn lease_key(replica: &str) -> String {
-    format!("__live-replica:{replica}")
-}
 
 /// A fresh random replica id (16 hex digits).
 pub fn replica_id() -> Arc<str> {
@@ -118,7 +113,7 @@ impl Cluster {
             let mut announce = false;
             let dirty = self.store.dirty();
             if !ever_registered && !registered {
-                self.refuse_redis_cluster().await;
+                self.report_mode();
             }
             if !held || !registered || dirty {
                 if registered && !held {
@@ -148,83 +143,81 @@ impl Cluster {
         }
     }
 
-    /// Refreshes the lease. `Ok(false)`: the lease had expired (or never existed).
+    /// Refreshes the lease (and the replica's entry, in case a reaper removed it while the
+    /// lease was briefly lost). `Ok(false)`: the lease had expired (or never existed).
     async fn renew(&self, registered: bool) -> Result<bool, super::breaker::RedisDown> {
-        let key = lease_key(&self.replica);
-        let ms = self.config.lease.as_millis() as u64;
         if !registered {
             return Ok(false);
         }
-        let set: Option<String> = self
+        let key = keys::lease(&self.replica);
+        let mut set = redis::cmd("SET");
+        set.arg(&key)
+            .arg(self.store.epoch())
+            .arg("PX")
+            .arg(self.config.lease.as_millis() as u64)
+            .arg("XX");
+        let mut entry = redis::cmd("HSET");
+        entry
+            .arg(REPLICAS)
+            .arg(&*self.replica)
+            .arg(self.store.epoch());
+        let mut replies = self
             .redis
-            .run(|mut c| async move {
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg(1)
-                    .arg("PX")
-                    .arg(ms)
-                    .arg("XX")
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        Ok(set.is_some())
+            .pipelines(vec![(key, set), (REPLICAS.to_owned(), entry)])
+            .await?
+            .into_iter();
+        let set = replies.next().unwrap_or(Err(super::RedisDown::Timeout))?;
+        Ok(set != redis::Value::Nil)
     }
 
+    /// Registers under a new epoch: the lease, then the entry.
     async fn register(&self) -> bool {
-        let key = lease_key(&self.replica);
-        let ms = self.config.lease.as_millis() as u64;
-        let id = self.replica.to_string();
-        self.redis
-            .run(|mut c| async move {
-                redis::pipe()
-                    .cmd("SET")
-                    .arg(key)
-                    .arg(1)
-                    .arg("PX")
-                    .arg(ms)
-                    .ignore()
-                    .sadd(REPLICAS, id)
-                    .ignore()
-                    .query_async::<()>(&mut c)
-                    .await
-            })
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        let epoch = now.max(self.store.epoch() + 1);
+        let key = keys::lease(&self.replica);
+        let mut set = redis::cmd("SET");
+        set.arg(&key)
+            .arg(epoch)
+            .arg("PX")
+            .arg(self.config.lease.as_millis() as u64);
+        let mut entry = redis::cmd("HSET");
+        entry.arg(REPLICAS).arg(&*self.replica).arg(epoch);
+        let ok = self
+            .redis
+            .pipelines(vec![(key, set), (REPLICAS.to_owned(), entry)])
             .await
-            .is_ok()
+            .is_ok_and(|r| r.iter().all(Result::is_ok));
+        if ok {
+            self.store.set_epoch(epoch);
+        }
+        ok
     }
 
-    /// Says so, loudly, when `--redis-url` names a Redis Cluster node: the keys of one room are
-    /// not yet laid out in one hash slot, so commands would fail with MOVED/CROSSSLOT and the
-    /// replica would keep serving only its own connections.
-    async fn refuse_redis_cluster(&self) {
-        let info = self
-            .redis
-            .run(|mut c| async move {
-                redis::cmd("INFO")
-                    .arg("cluster")
-                    .query_async::<String>(&mut c)
-                    .await
-            })
-            .await;
-        if info.is_ok_and(|i| i.contains("cluster_enabled:1")) {
-            tracing::error!(
-                url = %self.config.url,
-                "this Redis is a Redis Cluster node, which liveroom does not support yet: \
-                 use a standalone Redis (or Sentinel); this replica serves its own \
-                 connections only"
-            );
-            metrics::gauge!("liveroom_redis_cluster_unsupported").set(1.0);
+    /// Says which kind of Redis this replica works with, once.
+    fn report_mode(&self) {
+        let cluster = self.redis.mode() == Some(super::breaker::Mode::Cluster);
+        metrics::gauge!("liveroom_redis_cluster_mode").set(if cluster { 1.0 } else { 0.0 });
+        if cluster {
+            tracing::info!(url = %self.config.url, "redis cluster mode: rooms spread over the shards by hash slot, sharded pub/sub");
         }
     }
 
     /// Re-asserts this replica's members, publishing the cluster-wide transitions that causes.
-    /// `false` if Redis failed.
+    /// `false` if Redis failed (what did change is published all the same).
     async fn reassert(&self, live: &Live) -> bool {
-        let Ok(changes) = self.store.reassert().await else {
-            return false;
-        };
-        self.announce(live, changes);
-        true
+        match self.store.reassert().await {
+            Ok(changes) => {
+                self.announce(live, changes);
+                true
+            }
+            Err((_, changes)) => {
+                self.announce(live, changes);
+                false
+            }
+        }
     }
 
     /// Publishes what a script changed: `join` for the listed, `leave` (and the cursor's
@@ -305,51 +298,48 @@ impl Cluster {
 
     /// Removes the contributions of replicas whose lease expired.
     async fn reap(&self, live: &Live) {
-        let Ok(ids) = self
+        let Ok(replicas) = self
             .redis
             .run(|mut c| async move {
-                redis::AsyncCommands::smembers::<_, Vec<String>>(&mut c, REPLICAS).await
+                redis::AsyncCommands::hgetall::<_, HashMap<String, u64>>(&mut c, REPLICAS).await
             })
             .await
         else {
             return;
         };
-        let others: Vec<String> = ids.into_iter().filter(|id| **id != *self.replica).collect();
+        let others: Vec<(String, u64)> = replicas
+            .into_iter()
+            .filter(|(id, _)| **id != *self.replica)
+            .collect();
         if others.is_empty() {
             return;
         }
-        let keys: Vec<String> = others.iter().map(|id| lease_key(id)).collect();
-        let Ok(alive) = self
-            .redis
-            .run(|mut c| async move {
-                let mut p = redis::pipe();
-                for k in &keys {
-                    p.exists(k);
-                }
-                p.query_async::<Vec<bool>>(&mut c).await
+        let cmds = others
+            .iter()
+            .map(|(id, _)| {
+                let key = keys::lease(id);
+                let mut exists = redis::cmd("EXISTS");
+                exists.arg(&key);
+                (key, exists)
             })
-            .await
-        else {
+            .collect();
+        let Ok(alive) = self.redis.pipelines(cmds).await else {
             return;
         };
-        for (id, alive) in others.iter().zip(alive) {
-            if alive {
-                continue;
+        for ((id, epoch), alive) in others.iter().zip(alive) {
+            if !matches!(alive, Ok(redis::Value::Int(0))) {
+                continue; // alive, or not known dead
             }
-            let mut inv = scripts().reap.key(owned_key(id));
-            inv.key(lease_key(id))
-                .key(REPLICAS)
-                .arg(id)
-                .arg(PRESENCE_PREFIX)
-                .arg(WAIT_PREFIX);
-            let Ok(out) = self
-                .redis
-                .run(|mut c| async move { inv.invoke_async::<Vec<String>>(&mut c).await })
-                .await
-            else {
-                continue;
-            };
-            let changes = transitions(out);
+            let (changes, forgotten) = self.store.reap(id, *epoch).await;
+            if forgotten {
+                let id = id.clone();
+                let _ = self
+                    .redis
+                    .run(|mut c| async move {
+                        redis::AsyncCommands::hdel::<_, _, ()>(&mut c, REPLICAS, id).await
+                    })
+                    .await;
+            }
             let gone = changes
                 .iter()
                 .filter(|c| matches!(c, Transition::Gone { .. }))
@@ -368,24 +358,14 @@ impl Cluster {
         self.stopped.store(true, Ordering::Relaxed);
         self.stop.notify_waiters();
         self.bus.flush(std::time::Duration::from_secs(2)).await;
-        let (lease, owned, id) = (
-            lease_key(&self.replica),
-            owned_key(&self.replica),
-            self.replica.to_string(),
-        );
+        let (lease, index) = (keys::lease(&self.replica), keys::rooms_of(&self.replica));
+        let mut del = redis::cmd("DEL");
+        del.arg(&lease).arg(&index); // one slot: both carry the replica's tag
+        let mut entry = redis::cmd("HDEL");
+        entry.arg(REPLICAS).arg(&*self.replica);
         let _ = self
             .redis
-            .run(|mut c| async move {
-                redis::pipe()
-                    .del(lease)
-                    .ignore()
-                    .del(owned)
-                    .ignore()
-                    .srem(REPLICAS, id)
-                    .ignore()
-                    .query_async::<()>(&mut c)
-                    .await
-            })
+            .pipelines(vec![(lease, del), (REPLICAS.to_owned(), entry)])
             .await;
     }
 }

@@ -16,6 +16,7 @@
 pub mod breaker;
 pub mod bus;
 pub mod config;
+pub mod keys;
 pub mod lease;
 pub mod presence;
 pub mod sequence;

@@ -1,56 +1,45 @@
 //! The cluster-wide roster (protocol.md section 6) and its atomic transitions.
 //!
-//! Key layout (standalone Redis; the scripts touch keys derived from their arguments, so Redis
-//! Cluster is not supported):
-//! - `__live-presence:<topic>`: HASH, `c:<identity>` = cluster-wide count, `d:<identity>` =
+//! Key layout (every key of a room in the room's hash slot, see [`super::keys`]):
+//! - `__live-presence:{<topic>}`: HASH, `c:<identity>` = cluster-wide count, `d:<identity>` =
 //!   JSON presence data (written before the count is raised), `l:<identity>` = listed; `#n` =
 //!   present identities, `#l` = listed ones, `#v` = the count's version (microseconds, bumped
 //!   by every arrival and departure), `#o` = the waiting line's last place. Expires after 10
 //!   minutes unused; replicas refresh the rooms they are in.
-//! - `__live-presence-wait:<topic>`: ZSET, members with data beyond the listed limit, by join
+//! - `__live-presence-wait:{<topic>}`: ZSET, members with data beyond the listed limit, by join
 //!   order (the first is promoted when a listed member leaves).
-//! - `__live-owned:<replica>`: HASH, `<topic>\n<identity>` = what this replica added, so its
-//!   contributions can be removed exactly when it dies.
+//! - `__live-owned:{<topic>}`: HASH, `<replica>\n<identity>` = what that replica added, and
+//!   `#e:<replica>` = the registration (epoch) under which it last wrote here, so a replica's
+//!   contributions can be removed exactly when it dies, room by room.
+//! - `__live-rooms-of:{<replica>}`: SET, the rooms a replica may have contributions in (written
+//!   before its first join in a room), for the reaper.
 //!
-//! Every script that makes an identity arrive or depart goes through the same Lua helpers
-//! (`LIB`), so the counters, the listing and the waiting line stay consistent whichever replica
-//! (or reaper) does it. Promotions happen once a script's departures are all done, so a member
-//! that leaves in the same script is never promoted on the way.
+//! Every script touches one room's keys only, so it runs on the shard that owns the room. Every
+//! script that makes an identity arrive or depart goes through the same Lua helpers (`LIB`), so
+//! the counters, the listing and the waiting line stay consistent whichever replica (or reaper)
+//! does it. Promotions happen once a script's departures are all done, so a member that leaves
+//! in the same script is never promoted on the way.
 
 use super::breaker::{Redis, RedisDown};
+use super::keys;
 use crate::presence_store::{Count, Joined, Left, PresenceStore, Roster, StoreFuture};
+use futures_util::StreamExt;
 use serde_json::Value;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// Prefix of the per-room presence hashes.
-pub const PRESENCE_PREFIX: &str = "__live-presence:";
-/// Prefix of the per-room waiting lines.
-pub const WAIT_PREFIX: &str = "__live-presence-wait:";
-/// Prefix of an open room's lobby record (`{"lobby","info"}`).
-pub const ROOM_PREFIX: &str = "__live-room:";
-/// Prefix of a lobby's set of open room topics.
-pub const LOBBY_PREFIX: &str = "__live-lobby:";
 /// Milliseconds an unused presence or ownership hash lives.
 pub const TTL_MS: u64 = 600_000;
+/// Rooms re-asserted or reaped at once.
+const CONCURRENT_ROOMS: usize = 32;
 
-/// The key of a replica's ownership record.
-pub fn owned_key(replica: &str) -> String {
-    format!("__live-owned:{replica}")
+fn field(replica: &str, key: &str) -> String {
+    format!("{replica}\n{key}")
 }
 
-/// An open room's record key, its lobby's set key, and the topic.
-fn lobby_keys(lobby: &str, topic: &str) -> (String, String, String) {
-    (
-        format!("{ROOM_PREFIX}{topic}"),
-        format!("{LOBBY_PREFIX}{lobby}"),
-        topic.to_owned(),
-    )
-}
-
-fn field(topic: &str, key: &str) -> String {
-    format!("{topic}\n{key}")
+fn epoch_field(replica: &str) -> String {
+    format!("#e:{replica}")
 }
 
 /// Lua helpers shared by the scripts: `h` a room's hash, `w` its waiting line.
@@ -129,14 +118,15 @@ fn script(body: &str) -> redis::Script {
 pub(crate) fn scripts() -> &'static Scripts {
     static S: OnceLock<Scripts> = OnceLock::new();
     S.get_or_init(|| Scripts {
-        // KEYS: hash, owned, wait. ARGV: key, data, owned field, ttl, limit.
-        // Returns {first, listed, n, v}.
+        // KEYS: hash, owned, wait. ARGV: key, data, owned field, ttl, limit, epoch field,
+        // epoch. Returns {first, listed, n, v}.
         join: script(
             r"
             local h, w, key, limit = KEYS[1], KEYS[3], ARGV[1], tonumber(ARGV[5])
             if ARGV[2] ~= '' then redis.call('HSET', h, 'd:' .. key, ARGV[2]) end
             local c = redis.call('HINCRBY', h, 'c:' .. key, 1)
             redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+            redis.call('HSET', KEYS[2], ARGV[6], ARGV[7])
             local listed = 0
             if c == 1 then
               listed = arrive(h, w, key, limit)
@@ -150,7 +140,7 @@ pub(crate) fn scripts() -> &'static Scripts {
             local n, v = counted(h)
             return {c == 1 and 1 or 0, listed, n, v}",
         ),
-        // KEYS: hash, owned, wait. ARGV: key, owned field.
+        // KEYS: hash, owned, wait. ARGV: key, owned field, topic.
         // Returns transitions (kind, topic, key, data) with the room's count, or {} if it was
         // not the last leave.
         leave: script(
@@ -176,82 +166,95 @@ pub(crate) fn scripts() -> &'static Scripts {
             if redis.call('ZSCORE', w, key) then return 0 end
             return place(h, w, key, tonumber(ARGV[3]))",
         ),
-        // KEYS: owned, lease, replicas. ARGV: replica id, hash prefix, wait prefix.
+        // One room of a dead replica. KEYS: hash, owned, wait. ARGV: replica, its last known
+        // epoch, topic. A replica that came back and wrote here since (a newer epoch) is left
+        // alone: what it wrote is its truth.
         reap: script(
             r"
-            if redis.call('EXISTS', KEYS[2]) == 1 then return {} end
-            local owned = redis.call('HGETALL', KEYS[1])
-            local out, topics = {}, {}
+            local h, o, w, topic = KEYS[1], KEYS[2], KEYS[3], ARGV[3]
+            local e = tonumber(redis.call('HGET', o, '#e:' .. ARGV[1]) or '0')
+            if e > tonumber(ARGV[2]) then return {} end
+            local mine = ARGV[1] .. '\n'
+            local owned = redis.call('HGETALL', o)
+            local out, any = {}, false
             for i = 1, #owned, 2 do
-              local f, n = owned[i], tonumber(owned[i + 1])
-              local sep = string.find(f, '\n', 1, true)
-              local topic, key = string.sub(f, 1, sep - 1), string.sub(f, sep + 1)
-              local h, w = ARGV[2] .. topic, ARGV[3] .. topic
-              local c = redis.call('HINCRBY', h, 'c:' .. key, -n)
-              if c <= 0 then
-                departed(out, h, w, topic, key)
-                topics[topic] = true
+              local f = owned[i]
+              if string.sub(f, 1, #mine) == mine then
+                local key = string.sub(f, #mine + 1)
+                redis.call('HDEL', o, f)
+                local c = redis.call('HINCRBY', h, 'c:' .. key, -tonumber(owned[i + 1]))
+                if c <= 0 then
+                  departed(out, h, w, topic, key)
+                  any = true
+                end
               end
             end
-            for topic in pairs(topics) do settle(out, ARGV[2] .. topic, ARGV[3] .. topic, topic) end
-            redis.call('DEL', KEYS[1])
-            redis.call('SREM', KEYS[3], ARGV[1])
+            redis.call('HDEL', o, '#e:' .. ARGV[1])
+            if any then settle(out, h, w, topic) end
             return out",
         ),
-        // KEYS: owned. ARGV: hash prefix, wait prefix, ttl, then (topic, key, n, data, limit)
+        // One room of this replica: replaces what it owns there with its in-memory truth.
+        // KEYS: hash, owned, wait. ARGV: replica, epoch, ttl, topic, then (key, n, data, limit)
         // per member.
         reassert: script(
             r"
-            local prefix, wprefix, ttl = ARGV[1], ARGV[2], ARGV[3]
-            local before, order, limits = {}, {}, {}
-            local function touch(topic, key)
-              local k = topic .. '\n' .. key
-              if before[k] == nil then
-                before[k] = tonumber(redis.call('HGET', prefix .. topic, 'c:' .. key) or '0')
-                table.insert(order, {topic, key})
+            local h, o, w, topic = KEYS[1], KEYS[2], KEYS[3], ARGV[4]
+            local mine, ttl = ARGV[1] .. '\n', ARGV[3]
+            local before, order, limit = {}, {}, 1000
+            local function touch(key)
+              if before[key] == nil then
+                before[key] = tonumber(redis.call('HGET', h, 'c:' .. key) or '0')
+                table.insert(order, key)
               end
             end
-            local owned = redis.call('HGETALL', KEYS[1])
+            local owned = redis.call('HGETALL', o)
             for i = 1, #owned, 2 do
-              local f, n = owned[i], tonumber(owned[i + 1])
-              local sep = string.find(f, '\n', 1, true)
-              local topic, key = string.sub(f, 1, sep - 1), string.sub(f, sep + 1)
-              touch(topic, key)
-              redis.call('HINCRBY', prefix .. topic, 'c:' .. key, -n)
+              local f = owned[i]
+              if string.sub(f, 1, #mine) == mine then
+                local key = string.sub(f, #mine + 1)
+                touch(key)
+                redis.call('HINCRBY', h, 'c:' .. key, -tonumber(owned[i + 1]))
+                redis.call('HDEL', o, f)
+              end
             end
-            redis.call('DEL', KEYS[1])
-            for i = 4, #ARGV, 5 do
-              local topic, key, n, data = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
-              limits[topic] = tonumber(ARGV[i + 4])
-              touch(topic, key)
-              local h = prefix .. topic
+            for i = 5, #ARGV, 4 do
+              local key, n, data = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+              limit = tonumber(ARGV[i + 3])
+              touch(key)
               if data ~= '' then redis.call('HSET', h, 'd:' .. key, data) end
               redis.call('HINCRBY', h, 'c:' .. key, n)
-              redis.call('HSET', KEYS[1], topic .. '\n' .. key, n)
-              redis.call('PEXPIRE', h, ttl)
-              redis.call('PEXPIRE', wprefix .. topic, ttl)
+              redis.call('HSET', o, mine .. key, n)
             end
-            redis.call('PEXPIRE', KEYS[1], ttl)
-            local out, topics = {}, {}
-            for _, tk in ipairs(order) do
-              local topic, key = tk[1], tk[2]
-              local h, w = prefix .. topic, wprefix .. topic
-              local b = before[topic .. '\n' .. key]
+            redis.call('HSET', o, '#e:' .. ARGV[1], ARGV[2])
+            redis.call('PEXPIRE', h, ttl)
+            redis.call('PEXPIRE', w, ttl)
+            redis.call('PEXPIRE', o, ttl)
+            local out, changed = {}, false
+            for _, key in ipairs(order) do
+              local b = before[key]
               local a = tonumber(redis.call('HGET', h, 'c:' .. key) or '0')
               if b <= 0 and a > 0 then
-                local listed = arrive(h, w, key, limits[topic] or 1000)
+                local listed = arrive(h, w, key, limit)
                 table.insert(out, listed == 1 and 'join' or 'arrive'); table.insert(out, topic)
                 table.insert(out, key); table.insert(out, redis.call('HGET', h, 'd:' .. key) or '')
-                topics[topic] = true
+                changed = true
               elseif b > 0 and a <= 0 then
                 departed(out, h, w, topic, key)
-                topics[topic] = true
+                changed = true
               elseif a <= 0 then
                 redis.call('HDEL', h, 'c:' .. key, 'd:' .. key)
               end
             end
-            for topic in pairs(topics) do settle(out, prefix .. topic, wprefix .. topic, topic) end
+            if changed then settle(out, h, w, topic) end
             return out",
+        ),
+        // A dead replica's index, once its rooms are reaped. KEYS: lease, index. Returns 1 if
+        // it was removed (0: the replica is back).
+        forget: redis::Script::new(
+            r"
+            if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+            redis.call('DEL', KEYS[2])
+            return 1",
         ),
     })
 }
@@ -333,6 +336,7 @@ pub(crate) struct Scripts {
     pub update: redis::Script,
     pub reap: redis::Script,
     pub reassert: redis::Script,
+    pub forget: redis::Script,
 }
 
 /// One of this replica's contributions: how many of its processes' transitions (0 or 1 today),
@@ -353,7 +357,13 @@ type Contributions = HashMap<(String, String), Contribution>;
 pub struct RedisPresence {
     redis: Redis,
     replica: Arc<str>,
+    /// The current registration (unix ms when it was made): written with every join and
+    /// re-assertion, so a reaper that found an older registration dead leaves newer writes be.
+    epoch: AtomicU64,
     local: Mutex<Contributions>,
+    /// The rooms known to be in this replica's index. The lock is held across the `SADD` of a
+    /// first join and across a trim, so neither can undo the other.
+    indexed: tokio::sync::Mutex<HashSet<String>>,
     dirty: AtomicBool,
 }
 
@@ -362,7 +372,9 @@ impl RedisPresence {
         RedisPresence {
             redis,
             replica,
+            epoch: AtomicU64::new(0),
             local: Mutex::new(HashMap::new()),
+            indexed: tokio::sync::Mutex::new(HashSet::new()),
             dirty: AtomicBool::new(false),
         }
     }
@@ -376,6 +388,17 @@ impl RedisPresence {
         self.dirty.load(Ordering::Relaxed)
     }
 
+    /// The current registration epoch (see [`RedisPresence::set_epoch`]).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// Starts a new registration: what this replica writes from now on wins over a reaper
+    /// that found an older one dead.
+    pub fn set_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::Relaxed);
+    }
+
     /// Topics this replica has members in.
     pub fn topics(&self) -> Vec<String> {
         let mut t: Vec<String> = self.local().keys().map(|(t, _)| t.clone()).collect();
@@ -384,38 +407,158 @@ impl RedisPresence {
         t
     }
 
-    /// Replaces this replica's contributions in Redis with its in-memory truth, atomically.
-    /// Returns the resulting cluster-wide transitions.
-    pub async fn reassert(&self) -> Result<Vec<Transition>, RedisDown> {
-        let entries: Vec<((String, String), Contribution)> = self
-            .local()
-            .iter()
-            .map(|(k, c)| (k.clone(), c.clone()))
-            .collect();
-        let mut inv = scripts().reassert.key(owned_key(&self.replica));
-        inv.arg(PRESENCE_PREFIX).arg(WAIT_PREFIX).arg(TTL_MS);
-        for ((t, k), c) in &entries {
-            let data = c.data.as_ref().map(Value::to_string).unwrap_or_default();
-            inv.arg(t).arg(k).arg(c.n).arg(data).arg(c.limit);
+    /// Adds `topics` to this replica's index (before it writes there), unless known to be in it.
+    async fn index(&self, topics: &[String]) -> Result<(), RedisDown> {
+        let mut indexed = self.indexed.lock().await;
+        let new: Vec<&String> = topics.iter().filter(|t| !indexed.contains(*t)).collect();
+        if new.is_empty() {
+            return Ok(());
         }
+        let key = keys::rooms_of(&self.replica);
+        let members = new.clone();
+        self.redis
+            .run(|mut c| async move {
+                redis::pipe()
+                    .sadd(&key, members)
+                    .ignore()
+                    .pexpire(&key, TTL_MS as i64)
+                    .ignore()
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await?;
+        indexed.extend(new.into_iter().cloned());
+        Ok(())
+    }
+
+    /// Replaces this replica's contributions in Redis with its in-memory truth, room by room
+    /// (every room of its index, and every room it has members in). Returns the resulting
+    /// cluster-wide transitions; on an error, what the rooms that did answer changed, and the
+    /// replica stays dirty (it tries again).
+    pub async fn reassert(&self) -> Result<Vec<Transition>, (RedisDown, Vec<Transition>)> {
         self.dirty.store(false, Ordering::Relaxed);
-        match self
+        let mut by_room: HashMap<String, Vec<(String, Contribution)>> = HashMap::new();
+        for ((t, k), c) in self.local().iter() {
+            by_room
+                .entry(t.clone())
+                .or_default()
+                .push((k.clone(), c.clone()));
+        }
+        let mut topics: Vec<String> = by_room.keys().cloned().collect();
+        let failed = |e| {
+            self.dirty.store(true, Ordering::Relaxed);
+            Err((e, Vec::new()))
+        };
+        if let Err(e) = self.index(&topics).await {
+            return failed(e);
+        }
+        let key = keys::rooms_of(&self.replica);
+        let listed = self
             .redis
-            .run(|mut c| async move { inv.invoke_async::<Vec<String>>(&mut c).await })
-            .await
-        {
-            Ok(out) => Ok(transitions(out)),
-            Err(e) => {
-                self.dirty.store(true, Ordering::Relaxed);
-                Err(e)
+            .run(|mut c| async move {
+                redis::AsyncCommands::smembers::<_, Vec<String>>(&mut c, key).await
+            })
+            .await;
+        match listed {
+            Ok(listed) => topics.extend(listed.into_iter().filter(|t| !by_room.contains_key(t))),
+            Err(e) => return failed(e),
+        }
+        let epoch = self.epoch();
+        let runs = futures_util::stream::iter(topics)
+            .map(|topic| {
+                let members = by_room.remove(&topic).unwrap_or_default();
+                let mut inv = scripts().reassert.key(keys::presence(&topic));
+                inv.key(keys::owned(&topic))
+                    .key(keys::wait(&topic))
+                    .arg(&*self.replica)
+                    .arg(epoch)
+                    .arg(TTL_MS)
+                    .arg(&topic);
+                for (k, c) in &members {
+                    let data = c.data.as_ref().map(Value::to_string).unwrap_or_default();
+                    inv.arg(k).arg(c.n).arg(data).arg(c.limit);
+                }
+                async move {
+                    self.redis
+                        .run(|mut c| async move { inv.invoke_async::<Vec<String>>(&mut c).await })
+                        .await
+                }
+            })
+            .buffer_unordered(CONCURRENT_ROOMS)
+            .collect::<Vec<_>>()
+            .await;
+        let mut changes = Vec::new();
+        let mut error = None;
+        for run in runs {
+            match run {
+                Ok(out) => changes.extend(transitions(out)),
+                Err(e) => error = Some(e),
             }
         }
+        match error {
+            None => Ok(changes),
+            Some(e) => {
+                self.dirty.store(true, Ordering::Relaxed);
+                Err((e, changes))
+            }
+        }
+    }
+
+    /// Removes the contributions of `replica` (found dead, last registered at `epoch`), room
+    /// by room, then its index. Returns what changed cluster-wide, and whether the replica is
+    /// forgotten (`false`: it is back, or Redis failed: try again later).
+    pub async fn reap(&self, replica: &str, epoch: u64) -> (Vec<Transition>, bool) {
+        let index = keys::rooms_of(replica);
+        let Ok(rooms) = self
+            .redis
+            .run(|mut c| async move {
+                redis::AsyncCommands::smembers::<_, Vec<String>>(&mut c, index).await
+            })
+            .await
+        else {
+            return (Vec::new(), false);
+        };
+        let runs = futures_util::stream::iter(rooms)
+            .map(|topic| {
+                let mut inv = scripts().reap.key(keys::presence(&topic));
+                inv.key(keys::owned(&topic))
+                    .key(keys::wait(&topic))
+                    .arg(replica)
+                    .arg(epoch)
+                    .arg(&topic);
+                async move {
+                    self.redis
+                        .run(|mut c| async move { inv.invoke_async::<Vec<String>>(&mut c).await })
+                        .await
+                }
+            })
+            .buffer_unordered(CONCURRENT_ROOMS)
+            .collect::<Vec<_>>()
+            .await;
+        let mut changes = Vec::new();
+        let mut complete = true;
+        for run in runs {
+            match run {
+                Ok(out) => changes.extend(transitions(out)),
+                Err(_) => complete = false,
+            }
+        }
+        if !complete {
+            return (changes, false);
+        }
+        let mut inv = scripts().forget.key(keys::lease(replica));
+        inv.key(keys::rooms_of(replica));
+        let forgot = self
+            .redis
+            .run(|mut c| async move { inv.invoke_async::<u8>(&mut c).await })
+            .await;
+        (changes, forgot.is_ok_and(|f| f == 1))
     }
 
     /// The cluster-wide roster of `topic`, from Redis only (no fallback to this replica's own
     /// members: a correction must never shrink a roster to the local view).
     pub async fn cluster_roster(&self, topic: &str) -> Result<Roster, RedisDown> {
-        let hash = format!("{PRESENCE_PREFIX}{topic}");
+        let hash = keys::presence(topic);
         let all: HashMap<String, String> = self
             .redis
             .run(|mut c| async move { redis::AsyncCommands::hgetall(&mut c, hash).await })
@@ -455,31 +598,56 @@ impl RedisPresence {
         ran.ok()
     }
 
-    /// Runs a pipeline of writes whose outcome nothing waits for (a failed lobby record heals
-    /// on the next read or transition).
-    async fn write(&self, p: redis::Pipeline) {
-        let _ = self
-            .redis
-            .run(|mut c| async move { p.query_async::<()>(&mut c).await })
-            .await;
+    /// Runs writes (each with its key) whose outcome nothing waits for (a failed lobby record
+    /// heals on the next read or transition).
+    async fn write(&self, cmds: Vec<(String, redis::Cmd)>) {
+        let _ = self.redis.pipelines(cmds).await;
     }
 
-    /// Refreshes the expiry of the hashes this replica takes part in.
+    /// Refreshes the expiry of the keys of the rooms this replica takes part in and of its
+    /// index, and takes the rooms it left out of the index.
     pub async fn refresh_ttl(&self) {
         let topics = self.topics();
-        let owned = owned_key(&self.replica);
-        let _ = self
+        let ttl = TTL_MS as i64;
+        let mut cmds = Vec::new();
+        for t in &topics {
+            for key in [keys::presence(t), keys::owned(t), keys::wait(t)] {
+                let mut cmd = redis::cmd("PEXPIRE");
+                cmd.arg(&key).arg(ttl);
+                cmds.push((key, cmd));
+            }
+        }
+        let _ = self.redis.pipelines(cmds).await;
+        let mut indexed = self.indexed.lock().await;
+        let stale: Vec<String> = {
+            let local = self.local();
+            let present: HashSet<&String> = local.keys().map(|(t, _)| t).collect();
+            indexed
+                .iter()
+                .filter(|t| !present.contains(t))
+                .cloned()
+                .collect()
+        };
+        let key = keys::rooms_of(&self.replica);
+        let trimmed = self
             .redis
-            .run(|mut c| async move {
-                let mut p = redis::pipe();
-                for t in &topics {
-                    p.pexpire(format!("{PRESENCE_PREFIX}{t}"), TTL_MS as i64)
-                        .ignore();
+            .run(|mut c| {
+                let stale = stale.clone();
+                async move {
+                    let mut p = redis::pipe();
+                    if !stale.is_empty() {
+                        p.srem(&key, stale).ignore();
+                    }
+                    p.pexpire(&key, ttl).ignore();
+                    p.query_async::<()>(&mut c).await
                 }
-                p.pexpire(owned, TTL_MS as i64).ignore();
-                p.query_async::<()>(&mut c).await
             })
             .await;
+        if trimmed.is_ok() {
+            for t in &stale {
+                indexed.remove(t);
+            }
+        }
     }
 }
 
@@ -503,17 +671,29 @@ impl PresenceStore for RedisPresence {
             e.n += 1;
             e.data = data.cloned();
         }
-        let mut inv = scripts().join.key(format!("{PRESENCE_PREFIX}{topic}"));
-        inv.key(owned_key(&self.replica))
-            .key(format!("{WAIT_PREFIX}{topic}"))
+        let mut inv = scripts().join.key(keys::presence(topic));
+        inv.key(keys::owned(topic))
+            .key(keys::wait(topic))
             .arg(key)
             .arg(data.map(Value::to_string).unwrap_or_default())
-            .arg(field(topic, key))
+            .arg(field(&self.replica, key))
             .arg(TTL_MS)
-            .arg(limit);
+            .arg(limit)
+            .arg(epoch_field(&self.replica))
+            .arg(self.epoch());
         let has_data = data.is_some();
+        let topic = [topic.to_owned()];
         Box::pin(async move {
-            match self.run::<(u8, u8, u64, u64)>(inv).await {
+            // The index first: a crash right after the join must find the room in it.
+            let indexed = self.index(&topic).await;
+            if indexed.is_err() {
+                self.dirty.store(true, Ordering::Relaxed);
+            }
+            let joined = match indexed {
+                Ok(()) => self.run::<(u8, u8, u64, u64)>(inv).await,
+                Err(_) => None,
+            };
+            match joined {
                 Some((first, listed, total, version)) => Joined {
                     first: first == 1,
                     listed: listed == 1,
@@ -540,11 +720,11 @@ impl PresenceStore for RedisPresence {
                 }
             }
         }
-        let mut inv = scripts().leave.key(format!("{PRESENCE_PREFIX}{topic}"));
-        inv.key(owned_key(&self.replica))
-            .key(format!("{WAIT_PREFIX}{topic}"))
+        let mut inv = scripts().leave.key(keys::presence(topic));
+        inv.key(keys::owned(topic))
+            .key(keys::wait(topic))
             .arg(key)
-            .arg(field(topic, key))
+            .arg(field(&self.replica, key))
             .arg(topic);
         Box::pin(async move {
             let Some(out) = self.run::<Vec<String>>(inv).await else {
@@ -574,8 +754,8 @@ impl PresenceStore for RedisPresence {
         if let Some(e) = self.local().get_mut(&(topic.to_owned(), key.to_owned())) {
             e.data = Some(data.clone());
         }
-        let mut inv = scripts().update.key(format!("{PRESENCE_PREFIX}{topic}"));
-        inv.key(format!("{WAIT_PREFIX}{topic}"))
+        let mut inv = scripts().update.key(keys::presence(topic));
+        inv.key(keys::wait(topic))
             .arg(key)
             .arg(data.to_string())
             .arg(limit);
@@ -607,21 +787,25 @@ impl PresenceStore for RedisPresence {
 
     fn open_room(&self, lobby: &str, topic: &str, info: &Value) -> StoreFuture<'_, ()> {
         let record = serde_json::json!({ "lobby": lobby, "info": info }).to_string();
-        let (room, set, topic) = lobby_keys(lobby, topic);
-        let mut p = redis::pipe();
-        p.set(&room, record).ignore().sadd(&set, topic).ignore();
-        Box::pin(self.write(p))
+        let (room, set) = (keys::room(topic), keys::lobby(lobby));
+        let mut put = redis::cmd("SET");
+        put.arg(&room).arg(record);
+        let mut add = redis::cmd("SADD");
+        add.arg(&set).arg(topic);
+        Box::pin(self.write(vec![(room, put), (set, add)]))
     }
 
     fn close_room(&self, lobby: &str, topic: &str) -> StoreFuture<'_, ()> {
-        let (room, set, topic) = lobby_keys(lobby, topic);
-        let mut p = redis::pipe();
-        p.del(&room).ignore().srem(&set, topic).ignore();
-        Box::pin(self.write(p))
+        let (room, set) = (keys::room(topic), keys::lobby(lobby));
+        let mut del = redis::cmd("DEL");
+        del.arg(&room);
+        let mut rem = redis::cmd("SREM");
+        rem.arg(&set).arg(topic);
+        Box::pin(self.write(vec![(room, del), (set, rem)]))
     }
 
     fn room_info(&self, topic: &str) -> StoreFuture<'_, Option<(String, Value)>> {
-        let room = format!("{ROOM_PREFIX}{topic}");
+        let room = keys::room(topic);
         Box::pin(async move {
             let record: Option<String> = self
                 .redis
@@ -634,46 +818,43 @@ impl PresenceStore for RedisPresence {
     }
 
     fn rooms(&self, lobby: &str) -> StoreFuture<'_, Vec<(String, Value, Count)>> {
-        let set = format!("{LOBBY_PREFIX}{lobby}");
+        let set = keys::lobby(lobby);
         Box::pin(async move {
-            let Ok(topics) =
-                self.redis
-                    .run(|mut c| {
-                        let set = set.clone();
-                        async move {
-                            redis::AsyncCommands::smembers::<_, Vec<String>>(&mut c, set).await
-                        }
-                    })
-                    .await
-            else {
-                return Vec::new();
-            };
-            if topics.is_empty() {
-                return Vec::new();
-            }
-            // One round trip for every room's record and count.
-            let keys = topics.clone();
-            let Ok(rows) = self
+            let members = set.clone();
+            let Ok(topics) = self
                 .redis
                 .run(|mut c| async move {
-                    let mut p = redis::pipe();
-                    for t in &keys {
-                        p.get(format!("{ROOM_PREFIX}{t}"));
-                        p.cmd("HMGET")
-                            .arg(format!("{PRESENCE_PREFIX}{t}"))
-                            .arg("#n")
-                            .arg("#v");
-                    }
-                    p.query_async::<Vec<(Option<String>, (Option<u64>, Option<u64>))>>(&mut c)
-                        .await
+                    redis::AsyncCommands::smembers::<_, Vec<String>>(&mut c, members).await
                 })
                 .await
             else {
                 return Vec::new();
             };
+            // One round trip (per shard) for every room's record and count.
+            let mut cmds = Vec::with_capacity(topics.len() * 2);
+            for t in &topics {
+                let room = keys::room(t);
+                let mut get = redis::cmd("GET");
+                get.arg(&room);
+                cmds.push((room, get));
+                let hash = keys::presence(t);
+                let mut counts = redis::cmd("HMGET");
+                counts.arg(&hash).arg("#n").arg("#v");
+                cmds.push((hash, counts));
+            }
+            let Ok(replies) = self.redis.pipelines(cmds).await else {
+                return Vec::new();
+            };
+            let mut replies = replies.into_iter();
             let mut list = Vec::new();
             let mut stale = Vec::new();
-            for (topic, (record, (n, v))) in topics.into_iter().zip(rows) {
+            for topic in topics {
+                let (Some(Ok(record)), Some(Ok(counts))) = (replies.next(), replies.next()) else {
+                    continue; // that shard did not answer: the room is not known stale
+                };
+                let record: Option<String> = redis::from_redis_value(record).unwrap_or_default();
+                let (n, v): (Option<u64>, Option<u64>) =
+                    redis::from_redis_value(counts).unwrap_or_default();
                 let info = record
                     .and_then(|r| serde_json::from_str::<Value>(&r).ok())
                     .map(|mut r| r["info"].take());
@@ -690,12 +871,17 @@ impl PresenceStore for RedisPresence {
             }
             if !stale.is_empty() {
                 // Rooms nobody closed (every replica in them died at once): forget them.
-                let mut p = redis::pipe();
+                let mut cmds = Vec::new();
                 for t in &stale {
-                    p.del(format!("{ROOM_PREFIX}{t}")).ignore();
-                    p.srem(&set, t).ignore();
+                    let room = keys::room(t);
+                    let mut del = redis::cmd("DEL");
+                    del.arg(&room);
+                    cmds.push((room, del));
+                    let mut rem = redis::cmd("SREM");
+                    rem.arg(&set).arg(t);
+                    cmds.push((set.clone(), rem));
                 }
-                self.write(p).await;
+                self.write(cmds).await;
             }
             list.sort_by(|a, b| a.0.cmp(&b.0));
             list

@@ -1,6 +1,6 @@
 //! Cluster-wide sequence numbers and replay buffers in Redis (docs/clustering.md, "Delivery").
 //!
-//! Per topic `T`, in one hash slot:
+//! Per topic `T`, in its room's hash slot (see [`super::keys`]):
 //! - `__live-seq:{T}`: the newest seq, a string; created at [`seq_base`] so a topic whose keys
 //!   expired starts far above the seqs it handed out before;
 //! - `__live-buf:{T}`: a LIST of `<seq>|<unix ms>|<envelope>`, oldest first, trimmed to the
@@ -10,50 +10,43 @@
 //! a topic's events: every replica receives them on the topic's channel in seq order, its own
 //! included. The message is `#` and then, per event, `<seq>|<length>|<envelope>`.
 
+use super::keys;
 use crate::replay::{seq_base, Coverage, Replay};
 use bytes::Bytes;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// Key of a topic's newest seq.
-pub fn seq_key(topic: &str) -> String {
-    format!("__live-seq:{{{topic}}}")
-}
-
-/// Key of a topic's replay buffer.
-pub fn buffer_key(topic: &str) -> String {
-    format!("__live-buf:{{{topic}}}")
-}
-
-/// Key of a session's stream calls (topic -> call), for `resume` on any replica.
-pub fn session_key(session: &str) -> String {
-    format!("__live-session:{session}")
-}
-
 /// How long a session's stream calls are kept after the last stream call.
 pub const SESSION_TTL_MS: i64 = 3_600_000;
 
-/// The publish script. KEYS: seq, buffer. ARGV: channel, base, events kept, age ms, now ms,
-/// then the envelope bodies (each without its closing brace). Returns the newest seq.
+/// The publish script. KEYS: seq, buffer. ARGV: channel, publish command (`PUBLISH`, or
+/// `SPUBLISH` on a Redis Cluster), base, events kept, age ms, now ms, floor, then the envelope
+/// bodies (each without its closing brace). Returns the newest seq.
+///
+/// The floor is the newest seq the publishing replica has delivered: after a failover whose new
+/// primary had not yet received the last writes (replication is asynchronous), the counter goes
+/// on from there instead of handing out seqs its subscribers already had.
 const PUBLISH: &str = r#"
 local n = redis.call('GET', KEYS[1])
-if n then n = tonumber(n) else n = tonumber(ARGV[2]) end
-local keep = tonumber(ARGV[3])
+if n then n = tonumber(n) else n = tonumber(ARGV[3]) end
+local floor = tonumber(ARGV[7])
+if n < floor then n = floor end
+local keep = tonumber(ARGV[4])
 local out, buf = {}, {}
-for i = 6, #ARGV do
+for i = 8, #ARGV do
   n = n + 1
   local s = string.format('%.0f', n)
   local frame = ARGV[i] .. ',"seq":' .. s .. '}'
   out[#out + 1] = s .. '|' .. #frame .. '|' .. frame
-  buf[#buf + 1] = s .. '|' .. ARGV[5] .. '|' .. frame
+  buf[#buf + 1] = s .. '|' .. ARGV[6] .. '|' .. frame
 end
-redis.call('SET', KEYS[1], string.format('%.0f', n), 'PX', ARGV[4])
+redis.call('SET', KEYS[1], string.format('%.0f', n), 'PX', ARGV[5])
 if keep > 0 then
   redis.call('RPUSH', KEYS[2], unpack(buf))
   redis.call('LTRIM', KEYS[2], -keep, -1)
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
 end
-redis.call('PUBLISH', ARGV[1], '#' .. table.concat(out))
+redis.call(ARGV[2], ARGV[1], '#' .. table.concat(out))
 return string.format('%.0f', n)
 "#;
 
@@ -93,7 +86,7 @@ fn head_script() -> &'static redis::Script {
 
 /// The newest seq of `topic`, started now if it has none.
 pub async fn head(redis: &super::Redis, topic: &str, age: Duration) -> Option<u64> {
-    let key = seq_key(topic);
+    let key = keys::seq(topic);
     let seq: String = redis
         .run(|mut c| async move {
             head_script()
@@ -113,32 +106,35 @@ fn read_script() -> &'static redis::Script {
     script(&S, READ)
 }
 
-/// Adds to `pipe` the publish of `bodies` on `topic` (channel `channel`) under `policy`.
+/// The publish of `bodies` on `topic` under `policy`, with `publish` the publish command
+/// (`PUBLISH` or `SPUBLISH`) and `floor` the newest seq this replica delivered on it.
 pub fn publish(
-    pipe: &mut redis::Pipeline,
-    channel: &str,
+    publish: &str,
     topic: &str,
     bodies: &[Bytes],
     policy: &Replay,
-) {
+    floor: u64,
+) -> redis::Cmd {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default();
-    let cmd = pipe
-        .cmd("EVALSHA")
-        .arg(publish_script().get_hash())
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(publish_script().get_hash())
         .arg(2)
-        .arg(seq_key(topic))
-        .arg(buffer_key(topic))
-        .arg(channel)
+        .arg(keys::seq(topic))
+        .arg(keys::buffer(topic))
+        .arg(keys::channel(topic))
+        .arg(publish)
         .arg(seq_base())
         .arg(policy.events)
         .arg(policy.age.as_millis().max(1) as u64)
-        .arg(now);
+        .arg(now)
+        .arg(floor);
     for b in bodies {
         cmd.arg(b.as_ref());
     }
+    cmd
 }
 
 /// Whether `e` says the scripts are not loaded (a Redis that restarted).
@@ -174,7 +170,7 @@ pub async fn read(
     after: u64,
     age: Duration,
 ) -> Option<(Coverage, u64)> {
-    let (seq, buf) = (seq_key(topic), buffer_key(topic));
+    let (seq, buf) = (keys::seq(topic), keys::buffer(topic));
     let (head, entries): (String, Vec<Vec<u8>>) = redis
         .run(|mut c| async move {
             let mut inv = read_script().key(seq);
