@@ -1067,22 +1067,6 @@ async fn one_cluster_node_is_enough_and_rooms_spread_over_the_shards() {
     assert!(!r1.log().contains("CROSSSLOT") && !r2.log().contains("CROSSSLOT"));
 }
 
-/// Runs each scenario twice: on a standalone Redis and on a Redis Cluster of three shards.
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn standalone() {
-                super::$name(&super::common::RedisServer::start()).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis_cluster() {
-                super::$name(&super::common::RedisCluster::start(3, 0)).await
-            }
-        }
-    )*};
-}
-
 on_both!(
     rosters_span_replicas,
     events_and_cursors_cross_replicas_exactly_once,

@@ -209,22 +209,6 @@ async fn events_sent_while_redis_is_down_end_in_a_reload_marker_everywhere() {
     );
 }
 
-/// Runs each scenario twice: on a standalone Redis and on a Redis Cluster of three shards.
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn standalone() {
-                super::$name(&super::common::RedisServer::start()).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis_cluster() {
-                super::$name(&super::common::RedisCluster::start(3, 0)).await
-            }
-        }
-    )*};
-}
-
 on_both!(
     seqs_are_cluster_wide_and_every_replica_delivers_them_in_order,
     a_client_resumes_or_replays_on_another_replica,

@@ -24,6 +24,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Runs each named scenario (`async fn name(redis: &dyn TestRedis)`) twice: on a standalone
+/// Redis and on a Redis Cluster of three shards.
+#[macro_export]
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn standalone() {
+                super::$name(&super::common::RedisServer::start()).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis_cluster() {
+                super::$name(&super::common::RedisCluster::start(3, 0)).await
+            }
+        }
+    )*};
+}
+
 /// The room every test uses.
 pub const ROOM: &str = "collab/board";
 

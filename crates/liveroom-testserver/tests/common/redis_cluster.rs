@@ -190,6 +190,82 @@ impl RedisCluster {
         None
     }
 
+    /// How many connections subscribe `channel` on the primary that owns it
+    /// (`PUBSUB SHARDNUMSUB`).
+    pub fn shard_subscribers(&self, channel: &str) -> i64 {
+        let node = &self.nodes[self.master_of(channel)];
+        let reply: (String, i64) = redis::cmd("PUBSUB")
+            .arg("SHARDNUMSUB")
+            .arg(channel)
+            .query(&mut node.conn())
+            .expect("PUBSUB SHARDNUMSUB");
+        reply.1
+    }
+
+    /// Moves `key`'s slot, with its keys, to node `to` (a primary), the way `redis-cli
+    /// --cluster reshard` does: IMPORTING/MIGRATING, `MIGRATE` in batches, then the new owner
+    /// announced to every node.
+    pub fn migrate(&self, key: &str, to: usize) {
+        let from = self.master_of(key);
+        let (src, dst) = (&self.nodes[from], &self.nodes[to]);
+        let id = |n: &RedisServer| -> String {
+            redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query(&mut n.conn())
+                .expect("CLUSTER MYID")
+        };
+        let (src_id, dst_id) = (id(src), id(dst));
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut src.conn())
+            .expect("KEYSLOT");
+        let setslot = |n: &RedisServer, how: &str, node: &str| {
+            redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(how)
+                .arg(node)
+                .query::<()>(&mut n.conn())
+                .expect("CLUSTER SETSLOT");
+        };
+        setslot(dst, "IMPORTING", &src_id);
+        setslot(src, "MIGRATING", &dst_id);
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100)
+                .query(&mut src.conn())
+                .expect("GETKEYSINSLOT");
+            if keys.is_empty() {
+                break;
+            }
+            redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(dst.port)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("REPLACE")
+                .arg("KEYS")
+                .arg(&keys)
+                .query::<()>(&mut src.conn())
+                .expect("MIGRATE");
+        }
+        for n in [dst, src] {
+            setslot(n, "NODE", &dst_id);
+        }
+        for n in self.live() {
+            let _ = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("NODE")
+                .arg(&dst_id)
+                .query::<()>(&mut n.conn());
+        }
+    }
+
     /// Kills node `i` (SIGKILL).
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].stop();

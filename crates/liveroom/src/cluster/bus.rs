@@ -538,10 +538,10 @@ impl RedisBus {
     ///
     /// A node's connection dropping shows up as a `Disconnection` push. Until every subscribed
     /// slot answers again (a failover takes about two node timeouts), a keyed probe per slot
-    /// runs every `reconnect`; each probe that hits a moved slot makes the connection refresh
-    /// its slot map, and with it the subscriptions. Then the topics are repaired from their
-    /// buffers, twice (the second pass covers a subscription that moved late), and local
-    /// rosters corrected.
+    /// runs every other `reconnect`; a probe that hits a moved slot makes the connection
+    /// refresh its slot map. Then every channel is subscribed again, on its slot's current
+    /// primary, the topics are repaired from their buffers, and local rosters corrected; all of
+    /// it twice, the second pass a little later for a slot that moved late.
     async fn subscribe_sharded(
         self: Arc<Self>,
         mut cmds: mpsc::UnboundedReceiver<Cmd>,
@@ -565,17 +565,7 @@ impl RedisBus {
                 }
                 continue;
             };
-            let channels: Vec<String> = interests
-                .iter()
-                .map(|t| keys::channel(t))
-                .chain([RESYNC_CHANNEL.to_owned()])
-                .collect();
-            let subscribed = futures_util::future::join_all(channels.iter().map(|ch| {
-                let mut c = conn.clone();
-                async move { c.ssubscribe(ch).await }
-            }))
-            .await;
-            if subscribed.iter().any(Result::is_err) {
+            if !Self::ssubscribe_all(&conn, &interests).await {
                 if !self.wait_disconnected(&mut cmds, &mut interests).await {
                     return;
                 }
@@ -610,6 +600,15 @@ impl RedisBus {
                             repairs = 2;
                             probe.as_mut().reset(tokio::time::Instant::now() + self.reconnect);
                         }
+                        // A slot moved to another shard (a migration): that shard's node
+                        // drops its subscribers of the slot's channels.
+                        Some(push) if push.kind == redis::PushKind::SUnsubscribe
+                            && push.data.first().and_then(bytes_of).and_then(|c| std::str::from_utf8(c).ok()).and_then(keys::channel_topic).is_some_and(|t| interests.contains(&t)) =>
+                        {
+                            tracing::info!("a redis cluster slot moved; subscribing again where it went");
+                            repairs = 2;
+                            probe.as_mut().reset(tokio::time::Instant::now());
+                        }
                         Some(push) if push.kind == redis::PushKind::SMessage => {
                             if let [channel, payload, ..] = push.data.as_slice() {
                                 if let (Some(channel), Some(payload)) = (bytes_of(channel), bytes_of(payload)) {
@@ -623,7 +622,9 @@ impl RedisBus {
                         None => break, // the connection is gone
                     },
                     _ = &mut probe, if repairs > 0 => {
-                        if self.probe_slots(&conn, &interests).await {
+                        if self.probe_slots(&conn, &interests).await
+                            && Self::ssubscribe_all(&conn, &interests).await
+                        {
                             repairs -= 1;
                             self.reconnected.notify_one();
                             for topic in &interests {
@@ -640,6 +641,27 @@ impl RedisBus {
             self.subscribed.lock().unwrap().clear();
             tokio::time::sleep(self.reconnect).await;
         }
+    }
+
+    /// Subscribes `conn` to the channels of `interests` and the control channel, each on the
+    /// shard that owns it now. Subscribing again to a channel is harmless, and it is what moves
+    /// a subscription after a failover: the connection's own re-subscription does not always
+    /// follow a slot to its new primary.
+    async fn ssubscribe_all(
+        conn: &redis::cluster_async::ClusterConnection,
+        interests: &HashSet<String>,
+    ) -> bool {
+        let channels: Vec<String> = interests
+            .iter()
+            .map(|t| keys::channel(t))
+            .chain([RESYNC_CHANNEL.to_owned()])
+            .collect();
+        let subscribed = futures_util::future::join_all(channels.iter().map(|ch| {
+            let mut c = conn.clone();
+            async move { c.ssubscribe(ch).await }
+        }))
+        .await;
+        subscribed.iter().all(Result::is_ok)
     }
 
     /// Whether every slot of `interests` answers on `conn` (one keyed `EXISTS` per slot).
