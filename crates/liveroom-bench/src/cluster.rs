@@ -1,7 +1,8 @@
 //! `cluster`: three liveroom replicas sharing a private redis-server (started here on a free
-//! port with a temp dir, never the shared 6379). Reports cross-replica fan-out, presence
-//! convergence across replicas, and the ghost lifetime after `kill -9` of a replica (time until
-//! the survivors publish `leave` for the dead replica's members).
+//! port with a temp dir, never the shared 6379), or a private Redis Cluster (`--shards`).
+//! Reports cross-replica fan-out, presence convergence across replicas, and the ghost lifetime
+//! after `kill -9` of a replica (time until the survivors publish `leave` for the dead
+//! replica's members). `shards` runs it on Redis Clusters of several sizes in one run.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde_json::json;
 
-use crate::servers::{self, Kind, Redis, ServerProc, Target};
+use crate::servers::{self, Kind, Redis, RedisCluster, ServerProc, Target};
 use crate::stats::{now_us, Hist, Metrics};
 use crate::ws::{self, lr};
 use crate::{fanout, presence};
@@ -42,6 +43,41 @@ pub struct Opts {
     /// extra arguments for every replica
     #[arg(long, allow_hyphen_values = true)]
     pub replica_arg: Vec<String>,
+    /// 0: one standalone redis-server; n: a Redis Cluster of n primaries
+    #[arg(long, default_value_t = 0)]
+    pub shards: usize,
+    /// rooms the fan-out's subscribers are spread over (and so, on a cluster, the shards)
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+}
+
+/// The Redis a run uses.
+enum Backend {
+    Single(Redis),
+    Cluster(RedisCluster),
+}
+
+impl Backend {
+    fn url(&self) -> String {
+        match self {
+            Backend::Single(r) => r.url(),
+            Backend::Cluster(c) => c.url(),
+        }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Backend::Single(r) => r.pid().into_iter().collect(),
+            Backend::Cluster(c) => c.nodes.iter().filter_map(Redis::pid).collect(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Backend::Single(r) => format!("redis :{}", r.port),
+            Backend::Cluster(c) => format!("redis cluster of {} shard(s)", c.nodes.len()),
+        }
+    }
 }
 
 /// (identity, observer) -> µs when seen.
@@ -76,7 +112,12 @@ pub async fn run(bin: &Path, pin: Option<&str>, o: &Opts) -> Result<Metrics> {
             "liveroom-testserver has no --redis-url option yet",
         ));
     }
-    let redis = match Redis::start().await {
+    let started = if o.shards == 0 {
+        Redis::start().await.map(Backend::Single)
+    } else {
+        RedisCluster::start(o.shards).await.map(Backend::Cluster)
+    };
+    let redis = match started {
         Ok(r) => r,
         Err(e) => return Ok(Metrics::skipped(format!("redis-server: {e:#}"))),
     };
@@ -95,8 +136,11 @@ pub async fn run(bin: &Path, pin: Option<&str>, o: &Opts) -> Result<Metrics> {
     }
     let t: Vec<Target> = reps.iter().map(|r| r.target).collect();
     eprintln!(
-        "  cluster: 3 replicas {} {} {}, redis :{}",
-        t[0].addr, t[1].addr, t[2].addr, redis.port
+        "  cluster: 3 replicas {} {} {}, {}",
+        t[0].addr,
+        t[1].addr,
+        t[2].addr,
+        redis.describe()
     );
 
     // Does an event published on replica 1 reach a subscriber on replica 2?
@@ -116,11 +160,16 @@ pub async fn run(bin: &Path, pin: Option<&str>, o: &Opts) -> Result<Metrics> {
         window: o.window,
         via: fanout::Via::Action,
         sources: 1,
+        rooms: o.rooms,
+        watch: redis.pids(),
     };
     match fanout::run(&[t[1], t[2]], &[t[0]], &fo).await {
         Ok(f) => {
             for key in [
                 "delivered_per_s",
+                "publishes_per_s",
+                "watched_cpu",
+                "delivered_per_watched_core_s",
                 "latency_p50",
                 "latency_p99",
                 "latency_max",
@@ -137,6 +186,16 @@ pub async fn run(bin: &Path, pin: Option<&str>, o: &Opts) -> Result<Metrics> {
             }
         }
         Err(e) => m.note(format!("cross-replica fan-out failed: {e:#}")),
+    }
+    if let (Some(cpu), Some(publishes)) = (m.get("x_watched_cpu"), m.get("x_publishes_per_s")) {
+        if publishes > 0.0 {
+            m.set(
+                "redis_us_per_publish",
+                "redis CPU per publication (all nodes)",
+                cpu / 100.0 / publishes * 1e6,
+                "µs",
+            );
+        }
     }
 
     // 2. Presence convergence and 3. ghosts share observers: two per replica.
@@ -285,8 +344,11 @@ pub async fn run(bin: &Path, pin: Option<&str>, o: &Opts) -> Result<Metrics> {
         ws::close(w).await;
     }
     m.note(format!(
-        "3 replicas + private redis-server; fan-out {} subs on replicas 2-3, {} publishers on replica 1",
-        o.subs, o.pubs
+        "3 replicas + {}; fan-out {} subs in {} room(s) on replicas 2-3, {} publishers on replica 1",
+        redis.describe(),
+        o.subs,
+        o.rooms,
+        o.pubs
     ));
     for t in obs_tasks {
         t.abort();
@@ -322,4 +384,44 @@ async fn bus_check(a: Target, b: Target) -> Result<()> {
     ws::close(sub).await;
     ws::close(p).await;
     Ok(())
+}
+
+/// `shards`: [`run`] on a Redis Cluster of each size in `sizes`, one after another in one run,
+/// with the fan-out's rooms spread over the shards; figures keyed `s<n>_<key>`, and the ratio
+/// of each size's delivery rate to the first's.
+pub async fn shards(bin: &Path, pin: Option<&str>, o: &Opts, sizes: &[usize]) -> Result<Metrics> {
+    let mut all = Metrics::default();
+    let mut first: Option<f64> = None;
+    for &n in sizes {
+        let run_o = Opts {
+            shards: n.max(1),
+            ..o.clone()
+        };
+        eprintln!("  shards: {n} shard(s)");
+        let m = run(bin, pin, &run_o).await?;
+        if let Some(reason) = &m.skipped {
+            return Ok(Metrics::skipped(reason.clone()));
+        }
+        for it in &m.items {
+            all.push(
+                format!("s{n}_{}", it.key),
+                format!("{n} shard(s): {}", it.label),
+                it.value,
+                it.unit,
+            );
+        }
+        if let Some(rate) = m.get("x_delivered_per_s") {
+            match first {
+                None => first = Some(rate),
+                Some(base) => all.set(
+                    &format!("s{n}_vs_first"),
+                    &format!("{n} shard(s): delivery rate vs {} shard(s)", sizes[0]),
+                    rate / base,
+                    "x",
+                ),
+            }
+        }
+        all.notes.extend(m.notes);
+    }
+    Ok(all)
 }

@@ -52,6 +52,13 @@ pub struct Opts {
     /// number of 127.0.0.x source addresses to spread connections over
     #[arg(long, default_value_t = 1)]
     pub sources: usize,
+    /// rooms the subscribers are spread over (round robin); each publication goes to one
+    /// room, in turn (liveroom only)
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+    /// other processes whose CPU is measured over the window (a cluster's Redis nodes)
+    #[arg(skip)]
+    pub watch: Vec<u32>,
 }
 
 pub const MARK: &[u8] = b"lrb@";
@@ -78,6 +85,11 @@ struct Shared {
     errors: Counter,
     /// Deliveries that will never happen (refused publishes).
     forgiven: Counter,
+    /// Deliveries due for what was sent (each publication: its room's subscribers).
+    expected: Counter,
+    /// Subscribers per room.
+    per_room: Vec<u64>,
+    /// The most subscribers a room has: one publication's worth in the window.
     n_subs: u64,
     /// publications allowed in flight (lowered to 1 for the low-load phase)
     window: AtomicU64,
@@ -92,7 +104,9 @@ struct Shared {
 
 impl Shared {
     fn outstanding(&self) -> u64 {
-        (self.sent.get() * self.n_subs).saturating_sub(self.delivered.get() + self.forgiven.get())
+        self.expected
+            .get()
+            .saturating_sub(self.delivered.get() + self.forgiven.get())
     }
 
     /// Whether one more publication would exceed the window.
@@ -141,18 +155,17 @@ impl Shared {
 
 /// Topic / channel names of one run.
 struct Names {
-    room: String,
+    rooms: Vec<String>,
 }
 
 async fn subscriber(t: Target, i: usize, o: &Opts, names: &Names) -> Result<Ws> {
     let src = Some(ws::source_ip(i, o.sources));
+    let room = &names.rooms[i % names.rooms.len()];
     match t.kind {
         Kind::Liveroom => {
             let mut w = lr::connect(t.addr, Some(&format!("s{i}")), src, false).await?;
             match o.via {
-                Via::Action => {
-                    lr::stream(&mut w, "collab/board/__data", json!([names.room])).await?
-                }
+                Via::Action => lr::stream(&mut w, "collab/board/__data", json!([room])).await?,
                 Via::Publish => lr::stream(&mut w, "test/feed", json!([])).await?,
             };
             Ok(w)
@@ -160,8 +173,8 @@ async fn subscriber(t: Target, i: usize, o: &Opts, names: &Names) -> Result<Ws> 
         Kind::Raw => ws::connect(t.addr, "/?role=sub", src, false).await,
         Kind::Sockudo => {
             let (mut w, _) = pusher::connect(t.addr, src, false).await?;
-            ws::send_text(&mut w, pusher::subscribe_public(&names.room)).await?;
-            pusher::wait_subscribed(&mut w, &names.room, |_| {}).await?;
+            ws::send_text(&mut w, pusher::subscribe_public(room)).await?;
+            pusher::wait_subscribed(&mut w, room, |_| {}).await?;
             Ok(w)
         }
     }
@@ -260,9 +273,25 @@ async fn publish_once(
 /// each for a single server; several replicas for the cluster run).
 pub async fn run(subs_on: &[Target], pubs_on: &[Target], o: &Opts) -> Result<Metrics> {
     let kind = pubs_on[0].kind;
+    let rooms = o.rooms.max(1);
+    if rooms > 1 && (kind != Kind::Liveroom || o.via != Via::Action) {
+        anyhow::bail!("--rooms > 1 needs liveroom and --via action");
+    }
+    let tag = ws::run_tag();
     let names = Arc::new(Names {
-        room: format!("bench-{}", ws::run_tag()),
+        rooms: (0..rooms)
+            .map(|r| {
+                if rooms == 1 {
+                    format!("bench-{tag}")
+                } else {
+                    format!("bench-{tag}-{r}")
+                }
+            })
+            .collect(),
     });
+    let per_room: Vec<u64> = (0..rooms)
+        .map(|r| (0..o.subs).filter(|i| i % rooms == r).count() as u64)
+        .collect();
     let oa = Arc::new(o.clone());
     eprintln!(
         "  fanout[{}]: connecting {} subscribers, {} publishers",
@@ -297,7 +326,9 @@ pub async fn run(subs_on: &[Target], pubs_on: &[Target], o: &Opts) -> Result<Met
         acked: Counter::default(),
         errors: Counter::default(),
         forgiven: Counter::default(),
-        n_subs: o.subs as u64,
+        expected: Counter::default(),
+        n_subs: per_room.iter().copied().max().unwrap_or(0),
+        per_room,
         window: AtomicU64::new(o.window.max(1)),
         phase: AtomicU8::new(0),
         stop: AtomicBool::new(false),
@@ -327,18 +358,21 @@ pub async fn run(subs_on: &[Target], pubs_on: &[Target], o: &Opts) -> Result<Met
                     break;
                 }
                 seq += 1;
+                let r = (seq as usize + i) % names.rooms.len();
+                let due = sh.per_room[r];
                 sh.sent.add(1);
-                match publish_once(kind, &mut p, via, &names.room, seq, i).await {
+                sh.expected.add(due);
+                match publish_once(kind, &mut p, via, &names.rooms[r], seq, i).await {
                     Ok(true) => sh.acked.add(1),
                     Ok(false) => {
                         // Refused: nothing will be delivered for it.
                         sh.errors.add(1);
-                        sh.forgiven.add(sh.n_subs);
+                        sh.forgiven.add(due);
                     }
                     Err(e) => {
                         eprintln!("  publisher {i}: {e:#}");
                         sh.errors.add(1);
-                        sh.forgiven.add(sh.n_subs);
+                        sh.forgiven.add(due);
                         break;
                     }
                 }
@@ -349,6 +383,11 @@ pub async fn run(subs_on: &[Target], pubs_on: &[Target], o: &Opts) -> Result<Met
 
     tokio::time::sleep(Duration::from_secs_f64(o.warmup)).await;
     let win = Window::start(subs_on[0].pid.filter(|_| subs_on.len() == 1));
+    let watched0: Vec<_> = o
+        .watch
+        .iter()
+        .filter_map(|p| crate::procstat::sample(*p).ok())
+        .collect();
     let (d0, a0, t0) = (
         sh.delivered.get(),
         sh.acked.get(),
@@ -376,6 +415,29 @@ pub async fn run(subs_on: &[Target], pubs_on: &[Target], o: &Opts) -> Result<Met
         &format!("publish→receive latency ({} in flight)", o.window),
     );
     win.finish(&mut m);
+    if !o.watch.is_empty() {
+        let watched1: Vec<_> = o
+            .watch
+            .iter()
+            .filter_map(|p| crate::procstat::sample(*p).ok())
+            .collect();
+        if watched1.len() == watched0.len() {
+            let cpu: f64 = watched0
+                .iter()
+                .zip(&watched1)
+                .map(|(a, b)| crate::procstat::cpu_percent(a, b))
+                .sum();
+            m.set("watched_cpu", "redis CPU (all nodes)", cpu, "% core");
+            if cpu > 1.0 {
+                m.set(
+                    "delivered_per_watched_core_s",
+                    "delivered events per redis-core-second",
+                    rate / (cpu / 100.0),
+                    "/s",
+                );
+            }
+        }
+    }
     if let Some(cpu) = m.get("server_cpu").filter(|c| *c > 1.0) {
         m.set(
             "delivered_per_core_s",
@@ -423,8 +485,8 @@ pub async fn run(subs_on: &[Target], pubs_on: &[Target], o: &Opts) -> Result<Met
         "",
     );
     m.note(format!(
-        "{} subscribers, {} publishers, window {} publications, {:.1} s measured",
-        o.subs, o.pubs, o.window, o.duration
+        "{} subscribers in {} room(s), {} publishers, window {} publications, {:.1} s measured",
+        o.subs, rooms, o.pubs, o.window, o.duration
     ));
     if kind == Kind::Sockudo {
         m.note("REST publishes; Sockudo answers `connection: close`, so one TCP connection each");

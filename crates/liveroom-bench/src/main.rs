@@ -129,6 +129,14 @@ enum Cmd {
         #[command(flatten)]
         o: cluster::Opts,
     },
+    /// the cluster run on Redis Clusters of several sizes (rooms spread over the shards)
+    Shards {
+        #[command(flatten)]
+        o: cluster::Opts,
+        /// cluster sizes, in primaries
+        #[arg(long, value_delimiter = ',', default_value = "1,3")]
+        sizes: Vec<usize>,
+    },
     /// a reconnect storm after a replica restart, with and without replay
     Storm {
         #[command(flatten)]
@@ -218,6 +226,11 @@ fn main() -> Result<()> {
             Cmd::Cluster { o } => cluster::run(&env.liveroom_bin, env.server_pin.as_deref(), &o)
                 .await?
                 .render("cluster"),
+            Cmd::Shards { o, sizes } => {
+                cluster::shards(&env.liveroom_bin, env.server_pin.as_deref(), &o, &sizes)
+                    .await?
+                    .render("redis cluster shards")
+            }
             Cmd::Storm { o } => storm::run(&env.liveroom_bin, env.server_pin.as_deref(), &o)
                 .await?
                 .render("reconnect storm"),

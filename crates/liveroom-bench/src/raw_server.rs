@@ -217,6 +217,8 @@ mod tests {
             window: 8,
             via: crate::fanout::Via::Action,
             sources: 2,
+            rooms: 1,
+            watch: Vec::new(),
         };
         let m = crate::fanout::run(&[t], &[t], &o).await.unwrap();
         assert!(m.get("delivered_per_s").unwrap() > 0.0);
@@ -252,6 +254,8 @@ mod tests {
             conns: 1,
             batch: 1,
             sources: 1,
+            rooms: 1,
+            watch: Vec::new(),
             settle: 0.0,
             subscribed: false,
         }

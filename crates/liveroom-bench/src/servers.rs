@@ -319,6 +319,11 @@ pub struct Redis {
 
 impl Redis {
     pub async fn start() -> Result<Redis> {
+        Self::start_with(&[]).await
+    }
+
+    /// A private redis-server with extra arguments.
+    pub async fn start_with(extra: &[String]) -> Result<Redis> {
         let dir = TempDir::new("redis")?;
         let mut port = free_port()?;
         while port == 6379 {
@@ -328,6 +333,7 @@ impl Redis {
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(&dir.0)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.0.join("redis.log"))?)
             .stderr(Stdio::null())
@@ -365,6 +371,108 @@ impl Redis {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Runs `redis-cli -p <port> args...`; its output.
+    async fn cli(&self, args: &[String]) -> Result<String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .await
+            .context("redis-cli (is redis-tools installed?)")?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// A private Redis Cluster of `n` primaries (no replicas): the 16384 slots split evenly, the
+/// nodes introduced with `CLUSTER MEET` (which, unlike `redis-cli --cluster create`, also
+/// makes a one-shard cluster).
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub async fn start(n: usize) -> Result<RedisCluster> {
+        let mut nodes = Vec::new();
+        let mut buses = Vec::new();
+        for _ in 0..n.max(1) {
+            let bus = free_port()?;
+            buses.push(bus);
+            let args: Vec<String> = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+                "--cluster-port",
+                &bus.to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            nodes.push(Redis::start_with(&args).await?);
+        }
+        let per = 16384 / nodes.len();
+        for (i, node) in nodes.iter().enumerate() {
+            let (from, to) = (
+                i * per,
+                if i + 1 == nodes.len() {
+                    16383
+                } else {
+                    (i + 1) * per - 1
+                },
+            );
+            node.cli(&[
+                "CLUSTER".into(),
+                "ADDSLOTSRANGE".into(),
+                from.to_string(),
+                to.to_string(),
+            ])
+            .await?;
+            if i > 0 {
+                nodes[0]
+                    .cli(&[
+                        "CLUSTER".into(),
+                        "MEET".into(),
+                        "127.0.0.1".into(),
+                        node.port.to_string(),
+                        buses[i].to_string(),
+                    ])
+                    .await?;
+            }
+        }
+        let start = Instant::now();
+        loop {
+            let mut ready = true;
+            for node in &nodes {
+                let info = node.cli(&["CLUSTER".into(), "INFO".into()]).await?;
+                ready &= info.contains("cluster_state:ok")
+                    && info.contains(&format!("cluster_known_nodes:{}", nodes.len()));
+            }
+            if ready {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                bail!("the redis cluster did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(RedisCluster { nodes })
+    }
+
+    /// Every node, comma-separated (the form `--redis-url` takes for a cluster).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(Redis::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 

@@ -159,6 +159,8 @@ fn presets(size: Size) -> Presets {
             window: 64,
             via: fanout::Via::Action,
             sources: 1,
+            rooms: 1,
+            watch: Vec::new(),
         },
         rpc: rpc::Opts {
             concurrency: r.0,
@@ -206,6 +208,8 @@ fn presets(size: Size) -> Presets {
             ghosts: cl.2,
             ghost_timeout: cl.3,
             replica_arg: Vec::new(),
+            shards: 0,
+            rooms: 1,
         },
         limit: Duration::from_secs(limit),
     }
