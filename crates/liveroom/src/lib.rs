@@ -74,7 +74,8 @@
 //!    the upgrade, one reader and one writer per socket, graceful shutdown. [`metrics`]: the
 //!    Prometheus exporter.
 //! 6. **Cluster.** [`cluster`]: Redis-backed event bus (with cluster-wide seqs and replay
-//!    buffers) and presence for several replicas, plugged into the seams of layer 2.
+//!    buffers) and presence for several replicas, plugged into the seams of layer 2; on a
+//!    standalone Redis or a Redis Cluster (one room per hash slot, sharded pub/sub).
 
 #![warn(missing_docs)]
 

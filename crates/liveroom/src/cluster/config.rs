@@ -5,7 +5,8 @@ use std::time::Duration;
 /// Cluster settings.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// `redis://host:port/db`.
+    /// `redis://host:port/db`, or several `redis://host:port` nodes of a Redis Cluster separated
+    /// by commas.
     pub url: String,
     /// How long a replica's lease lives without a heartbeat: the bound on ghost lifetime after
     /// a crash is about `lease + heartbeat`.

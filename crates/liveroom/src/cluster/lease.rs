@@ -94,7 +94,12 @@ impl Cluster {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = self.bus.reconnected() => corrections = CORRECTIONS,
+                // Events were missed meanwhile, and after a Redis Cluster failover the new
+                // primary may lack this replica's last writes: correct both.
+                _ = self.bus.reconnected() => {
+                    corrections = CORRECTIONS;
+                    self.store.mark_dirty();
+                }
                 _ = self.bus.resync_requested() => corrections = CORRECTIONS,
                 _ = self.stop.notified() => return,
             }

@@ -1,15 +1,18 @@
 //! Cluster mode: several replicas behind a load balancer behave as one server, through Redis.
 //!
-//! - [`bus`]: events. Every publish goes to Redis pub/sub on channel `__live-bus:<topic>`,
-//!   pipelined; a replica subscribes only to the topics it has local subscribers for.
+//! - [`keys`]: every key and channel name; a room's all carry its hash tag, so on a Redis
+//!   Cluster a room lives in one slot.
+//! - [`bus`]: events. Every publish goes to Redis pub/sub on the topic's channel (sharded on a
+//!   Redis Cluster), pipelined; a replica subscribes only to the topics it has local
+//!   subscribers for.
 //! - [`sequence`]: the cluster-wide seq and replay buffer of each topic, assigned and appended
 //!   by the same script that publishes, so every replica sees a topic's events in one order.
 //! - [`presence`]: the cluster-wide roster in one HASH per room (protocol.md section 6), with
-//!   atomic Lua transitions and a per-replica record of what each replica added.
+//!   atomic Lua transitions and a per-room record of what each replica added.
 //! - [`lease`]: the replica's lease and heartbeat, the reaper that removes a dead replica's
 //!   contributions (publishing `leave`), and re-assertion after an outage.
-//! - [`breaker`]: the shared Redis connection with a circuit breaker, so an outage never blocks or
-//!   hammers anything; [`config`]: the settings.
+//! - [`breaker`]: the shared Redis connection (standalone or cluster) with a circuit breaker, so
+//!   an outage never blocks or hammers anything; [`config`]: the settings.
 //!
 //! See docs/clustering.md for the key layout, guarantees and settings.
 
@@ -28,7 +31,8 @@ use crate::registry::App;
 use std::sync::Arc;
 
 /// Switches `app` to cluster mode with the Redis at `url` (settings from the environment,
-/// see [`ClusterConfig::from_env`]). Only an invalid URL fails: if Redis is down, the replica
+/// see [`ClusterConfig::from_env`]). `url` may name a standalone Redis, any node of a Redis
+/// Cluster, or several cluster nodes separated by commas. Only an invalid URL fails: if Redis is down, the replica
 /// starts anyway, serves its own connections, and joins the cluster when Redis appears.
 ///
 /// ```no_run

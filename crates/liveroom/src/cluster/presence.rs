@@ -388,6 +388,12 @@ impl RedisPresence {
         self.dirty.load(Ordering::Relaxed)
     }
 
+    /// Asks for a re-assertion at the next heartbeat: Redis may have lost writes (a Redis
+    /// Cluster failover promotes a replica that had not received the last ones).
+    pub fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
     /// The current registration epoch (see [`RedisPresence::set_epoch`]).
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Relaxed)
