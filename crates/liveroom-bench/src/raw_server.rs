@@ -254,8 +254,6 @@ mod tests {
             conns: 1,
             batch: 1,
             sources: 1,
-            rooms: 1,
-            watch: Vec::new(),
             settle: 0.0,
             subscribed: false,
         }

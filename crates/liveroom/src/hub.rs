@@ -3,7 +3,7 @@
 //!
 //! The table is sharded by topic hash, so topics never contend with each other; each topic has
 //! its own lock, under which a publish takes the next seq, appends the envelope to the topic's
-//! [`Log`] and pushes it to every subscriber. One lock per topic is what makes every subscriber
+//! `Log` and pushes it to every subscriber. One lock per topic is what makes every subscriber
 //! see a topic's events in seq order, and what lets a subscription and a read of the buffer be
 //! exact. An event is serialized once into a `Bytes` envelope that every subscriber's
 //! [`Outbox`](crate::outbox::Outbox) and the buffer share.

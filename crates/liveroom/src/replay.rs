@@ -4,7 +4,7 @@
 //! envelopes, bounded by count, age and bytes ([`Replay`]), so a client that lost its
 //! connection gets exactly the events it missed instead of a full reload.
 //!
-//! A topic's first seq is derived from the clock ([`seq_base`]): a topic that was dropped (idle,
+//! A topic's first seq is derived from the clock (`seq_base`): a topic that was dropped (idle,
 //! or a restarted server) starts again far above any seq it handed out before, so a client's old
 //! seq is never mistaken for a recent one; it is simply older than the buffer, and the client
 //! reloads.
