@@ -113,9 +113,11 @@ pub async fn run(bin: &Path, pin: Option<&str>, o: &Opts) -> Result<Metrics> {
         ));
     }
     let started = if o.shards == 0 {
-        Redis::start().await.map(Backend::Single)
+        Redis::start(pin).await.map(Backend::Single)
     } else {
-        RedisCluster::start(o.shards).await.map(Backend::Cluster)
+        RedisCluster::start(o.shards, pin)
+            .await
+            .map(Backend::Cluster)
     };
     let redis = match started {
         Ok(r) => r,
@@ -162,12 +164,14 @@ pub async fn run(bin: &Path, pin: Option<&str>, o: &Opts) -> Result<Metrics> {
         sources: 1,
         rooms: o.rooms,
         watch: redis.pids(),
+        watch_servers: t.iter().filter_map(|t| t.pid).collect(),
     };
     match fanout::run(&[t[1], t[2]], &[t[0]], &fo).await {
         Ok(f) => {
             for key in [
                 "delivered_per_s",
                 "publishes_per_s",
+                "servers_cpu",
                 "watched_cpu",
                 "delivered_per_watched_core_s",
                 "latency_p50",
@@ -186,6 +190,16 @@ pub async fn run(bin: &Path, pin: Option<&str>, o: &Opts) -> Result<Metrics> {
             }
         }
         Err(e) => m.note(format!("cross-replica fan-out failed: {e:#}")),
+    }
+    if let (Some(cpu), Some(publishes)) = (m.get("x_servers_cpu"), m.get("x_publishes_per_s")) {
+        if publishes > 0.0 {
+            m.set(
+                "servers_us_per_publish",
+                "replicas' CPU per publication (all three)",
+                cpu / 100.0 / publishes * 1e6,
+                "µs",
+            );
+        }
     }
     if let (Some(cpu), Some(publishes)) = (m.get("x_watched_cpu"), m.get("x_publishes_per_s")) {
         if publishes > 0.0 {

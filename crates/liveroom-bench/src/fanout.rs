@@ -56,9 +56,12 @@ pub struct Opts {
     /// room, in turn (liveroom only)
     #[arg(long, default_value_t = 1)]
     pub rooms: usize,
-    /// other processes whose CPU is measured over the window (a cluster's Redis nodes)
+    /// other processes whose CPU is measured over the window: the Redis nodes of a cluster run
     #[arg(skip)]
     pub watch: Vec<u32>,
+    /// more processes measured the same way, reported apart (a cluster run's replicas)
+    #[arg(skip)]
+    pub watch_servers: Vec<u32>,
 }
 
 pub const MARK: &[u8] = b"lrb@";
@@ -388,6 +391,11 @@ pub async fn run(subs_on: &[Target], pubs_on: &[Target], o: &Opts) -> Result<Met
         .iter()
         .filter_map(|p| crate::procstat::sample(*p).ok())
         .collect();
+    let servers0: Vec<_> = o
+        .watch_servers
+        .iter()
+        .filter_map(|p| crate::procstat::sample(*p).ok())
+        .collect();
     let (d0, a0, t0) = (
         sh.delivered.get(),
         sh.acked.get(),
@@ -415,6 +423,21 @@ pub async fn run(subs_on: &[Target], pubs_on: &[Target], o: &Opts) -> Result<Met
         &format!("publish→receive latency ({} in flight)", o.window),
     );
     win.finish(&mut m);
+    if !o.watch_servers.is_empty() {
+        let servers1: Vec<_> = o
+            .watch_servers
+            .iter()
+            .filter_map(|p| crate::procstat::sample(*p).ok())
+            .collect();
+        if servers1.len() == servers0.len() {
+            let cpu: f64 = servers0
+                .iter()
+                .zip(&servers1)
+                .map(|(a, b)| crate::procstat::cpu_percent(a, b))
+                .sum();
+            m.set("servers_cpu", "liveroom replicas' CPU (all)", cpu, "% core");
+        }
+    }
     if !o.watch.is_empty() {
         let watched1: Vec<_> = o
             .watch

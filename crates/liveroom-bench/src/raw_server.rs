@@ -219,6 +219,7 @@ mod tests {
             sources: 2,
             rooms: 1,
             watch: Vec::new(),
+            watch_servers: Vec::new(),
         };
         let m = crate::fanout::run(&[t], &[t], &o).await.unwrap();
         assert!(m.get("delivered_per_s").unwrap() > 0.0);

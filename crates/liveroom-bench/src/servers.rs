@@ -318,18 +318,20 @@ pub struct Redis {
 }
 
 impl Redis {
-    pub async fn start() -> Result<Redis> {
-        Self::start_with(&[]).await
+    /// A private redis-server on `pin`'s CPUs (with the servers: it is part of the system under
+    /// test, and must not take the generator's core).
+    pub async fn start(pin: Option<&str>) -> Result<Redis> {
+        Self::start_with(&[], pin).await
     }
 
     /// A private redis-server with extra arguments.
-    pub async fn start_with(extra: &[String]) -> Result<Redis> {
+    pub async fn start_with(extra: &[String], pin: Option<&str>) -> Result<Redis> {
         let dir = TempDir::new("redis")?;
         let mut port = free_port()?;
         while port == 6379 {
             port = free_port()?;
         }
-        let mut child = Command::new("redis-server")
+        let mut child = command(Path::new("redis-server"), pin)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(&dir.0)
@@ -397,7 +399,7 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
-    pub async fn start(n: usize) -> Result<RedisCluster> {
+    pub async fn start(n: usize, pin: Option<&str>) -> Result<RedisCluster> {
         let mut nodes = Vec::new();
         let mut buses = Vec::new();
         for _ in 0..n.max(1) {
@@ -416,7 +418,7 @@ impl RedisCluster {
             .iter()
             .map(|s| s.to_string())
             .collect();
-            nodes.push(Redis::start_with(&args).await?);
+            nodes.push(Redis::start_with(&args, pin).await?);
         }
         let per = 16384 / nodes.len();
         for (i, node) in nodes.iter().enumerate() {

@@ -156,7 +156,7 @@ async fn replica(
 }
 
 async fn storm(bin: &Path, pin: Option<&str>, o: &Opts, extra: &[String]) -> Result<Outcome> {
-    let redis = Redis::start().await?;
+    let redis = Redis::start(pin).await?;
     let port = servers::free_port()?;
     let mut a = replica(bin, port, &redis.url(), extra, pin).await?;
     let b = replica(bin, servers::free_port()?, &redis.url(), extra, pin).await?;

@@ -161,6 +161,7 @@ fn presets(size: Size) -> Presets {
             sources: 1,
             rooms: 1,
             watch: Vec::new(),
+            watch_servers: Vec::new(),
         },
         rpc: rpc::Opts {
             concurrency: r.0,
