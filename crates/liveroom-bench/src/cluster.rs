@@ -191,24 +191,22 @@ pub async fn run(bin: &Path, pin: Option<&str>, o: &Opts) -> Result<Metrics> {
         }
         Err(e) => m.note(format!("cross-replica fan-out failed: {e:#}")),
     }
-    if let (Some(cpu), Some(publishes)) = (m.get("x_servers_cpu"), m.get("x_publishes_per_s")) {
-        if publishes > 0.0 {
-            m.set(
-                "servers_us_per_publish",
-                "replicas' CPU per publication (all three)",
-                cpu / 100.0 / publishes * 1e6,
-                "µs",
-            );
-        }
-    }
-    if let (Some(cpu), Some(publishes)) = (m.get("x_watched_cpu"), m.get("x_publishes_per_s")) {
-        if publishes > 0.0 {
-            m.set(
-                "redis_us_per_publish",
-                "redis CPU per publication (all nodes)",
-                cpu / 100.0 / publishes * 1e6,
-                "µs",
-            );
+    for (cpu, key, label) in [
+        (
+            "x_servers_cpu",
+            "servers_us_per_publish",
+            "replicas' CPU per publication (all three)",
+        ),
+        (
+            "x_watched_cpu",
+            "redis_us_per_publish",
+            "redis CPU per publication (all nodes)",
+        ),
+    ] {
+        if let (Some(cpu), Some(publishes)) = (m.get(cpu), m.get("x_publishes_per_s")) {
+            if publishes > 0.0 {
+                m.set(key, label, cpu / 100.0 / publishes * 1e6, "µs");
+            }
         }
     }
 

@@ -386,16 +386,8 @@ pub async fn run(subs_on: &[Target], pubs_on: &[Target], o: &Opts) -> Result<Met
 
     tokio::time::sleep(Duration::from_secs_f64(o.warmup)).await;
     let win = Window::start(subs_on[0].pid.filter(|_| subs_on.len() == 1));
-    let watched0: Vec<_> = o
-        .watch
-        .iter()
-        .filter_map(|p| crate::procstat::sample(*p).ok())
-        .collect();
-    let servers0: Vec<_> = o
-        .watch_servers
-        .iter()
-        .filter_map(|p| crate::procstat::sample(*p).ok())
-        .collect();
+    let watched = crate::procstat::Group::start(&o.watch);
+    let servers = crate::procstat::Group::start(&o.watch_servers);
     let (d0, a0, t0) = (
         sh.delivered.get(),
         sh.acked.get(),
@@ -423,42 +415,18 @@ pub async fn run(subs_on: &[Target], pubs_on: &[Target], o: &Opts) -> Result<Met
         &format!("publish→receive latency ({} in flight)", o.window),
     );
     win.finish(&mut m);
-    if !o.watch_servers.is_empty() {
-        let servers1: Vec<_> = o
-            .watch_servers
-            .iter()
-            .filter_map(|p| crate::procstat::sample(*p).ok())
-            .collect();
-        if servers1.len() == servers0.len() {
-            let cpu: f64 = servers0
-                .iter()
-                .zip(&servers1)
-                .map(|(a, b)| crate::procstat::cpu_percent(a, b))
-                .sum();
-            m.set("servers_cpu", "liveroom replicas' CPU (all)", cpu, "% core");
-        }
+    if let Some(cpu) = servers.finish() {
+        m.set("servers_cpu", "liveroom replicas' CPU (all)", cpu, "% core");
     }
-    if !o.watch.is_empty() {
-        let watched1: Vec<_> = o
-            .watch
-            .iter()
-            .filter_map(|p| crate::procstat::sample(*p).ok())
-            .collect();
-        if watched1.len() == watched0.len() {
-            let cpu: f64 = watched0
-                .iter()
-                .zip(&watched1)
-                .map(|(a, b)| crate::procstat::cpu_percent(a, b))
-                .sum();
-            m.set("watched_cpu", "redis CPU (all nodes)", cpu, "% core");
-            if cpu > 1.0 {
-                m.set(
-                    "delivered_per_watched_core_s",
-                    "delivered events per redis-core-second",
-                    rate / (cpu / 100.0),
-                    "/s",
-                );
-            }
+    if let Some(cpu) = watched.finish() {
+        m.set("watched_cpu", "redis CPU (all nodes)", cpu, "% core");
+        if cpu > 1.0 {
+            m.set(
+                "delivered_per_watched_core_s",
+                "delivered events per redis-core-second",
+                rate / (cpu / 100.0),
+                "/s",
+            );
         }
     }
     if let Some(cpu) = m.get("server_cpu").filter(|c| *c > 1.0) {

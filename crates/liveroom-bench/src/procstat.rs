@@ -140,6 +140,36 @@ impl Window {
     }
 }
 
+/// The summed CPU of a few processes over a window (`None` if one of them went away).
+pub struct Group {
+    pids: Vec<u32>,
+    start: Vec<Sample>,
+}
+
+impl Group {
+    pub fn start(pids: &[u32]) -> Self {
+        Group {
+            pids: pids.to_vec(),
+            start: pids.iter().filter_map(|p| sample(*p).ok()).collect(),
+        }
+    }
+
+    /// Their CPU since [`Group::start`], in % of one core; `None` for no processes.
+    pub fn finish(&self) -> Option<f64> {
+        let end: Vec<Sample> = self.pids.iter().filter_map(|p| sample(*p).ok()).collect();
+        if self.pids.is_empty() || end.len() != self.start.len() {
+            return None;
+        }
+        Some(
+            self.start
+                .iter()
+                .zip(&end)
+                .map(|(a, b)| cpu_percent(a, b))
+                .sum(),
+        )
+    }
+}
+
 /// Pins the calling thread (and so every thread it creates afterwards, e.g. the tokio workers)
 /// to `cpus` (a `taskset -c` list). Call before building the runtime.
 pub fn pin_self(cpus: &str) -> Result<()> {

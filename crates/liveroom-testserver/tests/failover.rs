@@ -20,6 +20,18 @@ fn titles(p: &Peer, topic: &str) -> Vec<String> {
         .collect()
 }
 
+/// Waits until `p` got the card `title` on `topic`, with a seq.
+async fn assert_sequenced(p: &mut Peer, topic: &str, title: &str) {
+    let got = p
+        .pump_until(Instant::now() + WAIT, |p| {
+            p.events(topic, "created", None)
+                .iter()
+                .any(|e| e["data"]["title"] == title && e["seq"].is_u64())
+        })
+        .await;
+    assert!(got, "{} got no sequenced {title}: {:?}", p.user, p.log);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_failover_is_survived() {
     let mut cluster = RedisCluster::start(3, 1);
@@ -121,16 +133,7 @@ async fn a_master_failover_is_survived() {
     );
     // Events flow again, with seqs, across the new primary.
     bob.add_card(board, "after").await;
-    assert!(
-        alice
-            .pump_until(Instant::now() + WAIT, |p| p
-                .events(topic, "created", None)
-                .iter()
-                .any(|e| e["data"]["title"] == "after" && e["seq"].is_u64()))
-            .await,
-        "{:?}",
-        alice.log
-    );
+    assert_sequenced(&mut alice, topic, "after").await;
     // The subscriptions followed the slot to its new primary (r3's went with carol).
     assert!(
         eventually(WAIT, || cluster.shard_subscribers(&channel) == 2).await,
@@ -206,16 +209,7 @@ async fn a_slot_migration_is_followed() {
     carol.join(board).await;
     assert!(alice.wait_roster(&["alice", "bob", "carol"], WAIT).await);
     bob.add_card(board, "after").await;
-    assert!(
-        alice
-            .pump_until(Instant::now() + WAIT, |p| p
-                .events(topic, "created", None)
-                .iter()
-                .any(|e| e["data"]["title"] == "after" && e["seq"].is_u64()))
-            .await,
-        "{:?}",
-        alice.log
-    );
+    assert_sequenced(&mut alice, topic, "after").await;
     assert_eq!(cluster.counts(board).len(), 3);
     let live = titles(&alice, topic)
         .iter()

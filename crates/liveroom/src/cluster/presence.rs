@@ -23,7 +23,6 @@
 use super::breaker::{Redis, RedisDown};
 use super::keys;
 use crate::presence_store::{Count, Joined, Left, PresenceStore, Roster, StoreFuture};
-use futures_util::StreamExt;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,6 +35,13 @@ const CONCURRENT_ROOMS: usize = 32;
 
 fn field(replica: &str, key: &str) -> String {
     format!("{replica}\n{key}")
+}
+
+/// `script` on a room's keys (hash, owned, wait), arguments to follow.
+fn room_script(script: &'static redis::Script, topic: &str) -> redis::ScriptInvocation<'static> {
+    let mut inv = script.key(keys::presence(topic));
+    inv.key(keys::owned(topic)).key(keys::wait(topic));
+    inv
 }
 
 fn epoch_field(replica: &str) -> String {
@@ -470,44 +476,49 @@ impl RedisPresence {
             Err(e) => return failed(e),
         }
         let epoch = self.epoch();
-        let runs = futures_util::stream::iter(topics)
+        let invocations = topics
+            .into_iter()
             .map(|topic| {
-                let members = by_room.remove(&topic).unwrap_or_default();
-                let mut inv = scripts().reassert.key(keys::presence(&topic));
-                inv.key(keys::owned(&topic))
-                    .key(keys::wait(&topic))
-                    .arg(&*self.replica)
-                    .arg(epoch)
-                    .arg(TTL_MS)
-                    .arg(&topic);
-                for (k, c) in &members {
+                let mut inv = room_script(&scripts().reassert, &topic);
+                inv.arg(&*self.replica).arg(epoch).arg(TTL_MS).arg(&topic);
+                for (k, c) in by_room.remove(&topic).unwrap_or_default() {
                     let data = c.data.as_ref().map(Value::to_string).unwrap_or_default();
                     inv.arg(k).arg(c.n).arg(data).arg(c.limit);
                 }
-                async move {
-                    self.redis
-                        .run(|mut c| async move { inv.invoke_async::<Vec<String>>(&mut c).await })
-                        .await
-                }
+                inv
             })
-            .buffer_unordered(CONCURRENT_ROOMS)
-            .collect::<Vec<_>>()
-            .await;
-        let mut changes = Vec::new();
-        let mut error = None;
-        for run in runs {
-            match run {
-                Ok(out) => changes.extend(transitions(out)),
-                Err(e) => error = Some(e),
-            }
-        }
-        match error {
-            None => Ok(changes),
-            Some(e) => {
+            .collect();
+        match self.per_room(invocations).await {
+            (changes, None) => Ok(changes),
+            (changes, Some(e)) => {
                 self.dirty.store(true, Ordering::Relaxed);
                 Err((e, changes))
             }
         }
+    }
+
+    /// Runs room scripts, a few rooms at a time; what they changed, and an error if any failed.
+    async fn per_room(
+        &self,
+        mut invocations: Vec<redis::ScriptInvocation<'static>>,
+    ) -> (Vec<Transition>, Option<RedisDown>) {
+        let mut changes = Vec::new();
+        let mut error = None;
+        while !invocations.is_empty() {
+            let n = invocations.len().min(CONCURRENT_ROOMS);
+            let runs = futures_util::future::join_all(invocations.drain(..n).map(|inv| {
+                self.redis
+                    .run(|mut c| async move { inv.invoke_async::<Vec<String>>(&mut c).await })
+            }))
+            .await;
+            for run in runs {
+                match run {
+                    Ok(out) => changes.extend(transitions(out)),
+                    Err(e) => error = Some(e),
+                }
+            }
+        }
+        (changes, error)
     }
 
     /// Removes the contributions of `replica` (found dead, last registered at `epoch`), room
@@ -524,32 +535,16 @@ impl RedisPresence {
         else {
             return (Vec::new(), false);
         };
-        let runs = futures_util::stream::iter(rooms)
+        let invocations = rooms
+            .into_iter()
             .map(|topic| {
-                let mut inv = scripts().reap.key(keys::presence(&topic));
-                inv.key(keys::owned(&topic))
-                    .key(keys::wait(&topic))
-                    .arg(replica)
-                    .arg(epoch)
-                    .arg(&topic);
-                async move {
-                    self.redis
-                        .run(|mut c| async move { inv.invoke_async::<Vec<String>>(&mut c).await })
-                        .await
-                }
+                let mut inv = room_script(&scripts().reap, &topic);
+                inv.arg(replica).arg(epoch).arg(&topic);
+                inv
             })
-            .buffer_unordered(CONCURRENT_ROOMS)
-            .collect::<Vec<_>>()
-            .await;
-        let mut changes = Vec::new();
-        let mut complete = true;
-        for run in runs {
-            match run {
-                Ok(out) => changes.extend(transitions(out)),
-                Err(_) => complete = false,
-            }
-        }
-        if !complete {
+            .collect();
+        let (changes, error) = self.per_room(invocations).await;
+        if error.is_some() {
             return (changes, false);
         }
         let mut inv = scripts().forget.key(keys::lease(replica));
@@ -677,10 +672,8 @@ impl PresenceStore for RedisPresence {
             e.n += 1;
             e.data = data.cloned();
         }
-        let mut inv = scripts().join.key(keys::presence(topic));
-        inv.key(keys::owned(topic))
-            .key(keys::wait(topic))
-            .arg(key)
+        let mut inv = room_script(&scripts().join, topic);
+        inv.arg(key)
             .arg(data.map(Value::to_string).unwrap_or_default())
             .arg(field(&self.replica, key))
             .arg(TTL_MS)
@@ -726,12 +719,8 @@ impl PresenceStore for RedisPresence {
                 }
             }
         }
-        let mut inv = scripts().leave.key(keys::presence(topic));
-        inv.key(keys::owned(topic))
-            .key(keys::wait(topic))
-            .arg(key)
-            .arg(field(&self.replica, key))
-            .arg(topic);
+        let mut inv = room_script(&scripts().leave, topic);
+        inv.arg(key).arg(field(&self.replica, key)).arg(topic);
         Box::pin(async move {
             let Some(out) = self.run::<Vec<String>>(inv).await else {
                 return Left {
