@@ -2,9 +2,11 @@
 //!
 //! Loopback only; every run is bounded in connections and time. See BENCHMARKS.md.
 
+mod chart;
 mod cluster;
 mod crowd;
 mod cursors;
+mod curves;
 mod fanout;
 mod http;
 mod idle;
@@ -129,6 +131,11 @@ enum Cmd {
         #[command(flatten)]
         o: cluster::Opts,
     },
+    /// fan-out as the room grows, liveroom against the raw limit, with SVG charts
+    Curves {
+        #[command(flatten)]
+        o: curves::Opts,
+    },
     /// the cluster run on Redis Clusters of several sizes (rooms spread over the shards)
     Shards {
         #[command(flatten)]
@@ -226,6 +233,7 @@ fn main() -> Result<()> {
             Cmd::Cluster { o } => cluster::run(&env.liveroom_bin, env.server_pin.as_deref(), &o)
                 .await?
                 .render("cluster"),
+            Cmd::Curves { o } => curves::run(&env, &o).await?,
             Cmd::Shards { o, sizes } => {
                 cluster::shards(&env.liveroom_bin, env.server_pin.as_deref(), &o, &sizes)
                     .await?
