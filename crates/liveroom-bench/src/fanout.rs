@@ -83,7 +83,6 @@ fn ts_at(frame: &[u8], pos: usize) -> Option<u64> {
 
 struct Shared {
     delivered: Counter,
-    sent: Counter,
     acked: Counter,
     errors: Counter,
     /// Deliveries that will never happen (refused publishes).
@@ -325,7 +324,6 @@ pub async fn run(subs_on: &[Target], pubs_on: &[Target], o: &Opts) -> Result<Met
 
     let sh = Arc::new(Shared {
         delivered: Counter::default(),
-        sent: Counter::default(),
         acked: Counter::default(),
         errors: Counter::default(),
         forgiven: Counter::default(),
@@ -363,7 +361,6 @@ pub async fn run(subs_on: &[Target], pubs_on: &[Target], o: &Opts) -> Result<Met
                 seq += 1;
                 let r = (seq as usize + i) % names.rooms.len();
                 let due = sh.per_room[r];
-                sh.sent.add(1);
                 sh.expected.add(due);
                 match publish_once(kind, &mut p, via, &names.rooms[r], seq, i).await {
                     Ok(true) => sh.acked.add(1),

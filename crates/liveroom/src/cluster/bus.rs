@@ -435,6 +435,14 @@ impl RedisBus {
         }
     }
 
+    /// The subscriber connection is gone: nothing is subscribed until the next one.
+    async fn lost_subscriber(&self, why: &str) {
+        tracing::warn!("{why}");
+        self.connected.store(false, Ordering::Relaxed);
+        self.subscribed.lock().unwrap().clear();
+        tokio::time::sleep(self.reconnect).await;
+    }
+
     /// Marks the subscriber up on `interests`; after the first time, events may have been
     /// missed meanwhile: local rosters need a correction and the topics a repair.
     async fn connected_again(&self, live: &Live, interests: &HashSet<String>) {
@@ -525,10 +533,8 @@ impl RedisBus {
                     },
                 }
             }
-            tracing::warn!("redis pub/sub connection lost; reconnecting");
-            self.connected.store(false, Ordering::Relaxed);
-            self.subscribed.lock().unwrap().clear();
-            tokio::time::sleep(self.reconnect).await;
+            self.lost_subscriber("redis pub/sub connection lost; reconnecting")
+                .await;
         }
     }
 
@@ -636,10 +642,8 @@ impl RedisBus {
                     }
                 }
             }
-            tracing::warn!("redis cluster subscriber connection lost; reconnecting");
-            self.connected.store(false, Ordering::Relaxed);
-            self.subscribed.lock().unwrap().clear();
-            tokio::time::sleep(self.reconnect).await;
+            self.lost_subscriber("redis cluster subscriber connection lost; reconnecting")
+                .await;
         }
     }
 
