@@ -30,6 +30,7 @@ struct Args {
 
 /// jemalloc gives freed memory back to the system after a few seconds, so a server's RSS comes
 /// back down after a burst (a flood, a reconnect storm) instead of staying at its peak.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

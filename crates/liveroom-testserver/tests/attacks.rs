@@ -753,6 +753,63 @@ async fn idle_sockets_and_bare_tcp() {
     report.assert_victim_unharmed();
 }
 
+/// RSS an idle connection may cost once it has spoken (BENCHMARKS.md: 4.0 KiB measured).
+const IDLE_KIB_BOUND: f64 = 5.0;
+
+/// Not an attack: the memory of many quiet clients. Each socket sends `hello` and then nothing,
+/// like a tab left open. A reader that kept its read buffer while waiting cost 8 KiB here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measures: run in release, one at a time (scripts/test.sh does)"]
+async fn idle_connections_cost_at_most_5_kib() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let server = Replica::start_with("idle memory", ReplicaOpts::new(None, 1000));
+    let addr: SocketAddr = server.addr.parse().expect("an address");
+    let hello = frame(0x1, br#"{"type":"hello","caps":["batch"]}"#);
+    let open = |i: usize| {
+        let hello = hello.clone();
+        async move {
+            let ip = [127, 0, 0, 10 + (i % 10) as u8];
+            let mut s = raw_ws(addr, ip, &format!("user=i{i}"))
+                .await
+                .expect("upgrades");
+            s.write_all(&hello).await.expect("hello");
+            s
+        }
+    };
+    // Warm up: what the first connections allocate once is not a per-connection cost.
+    for i in 0..50 {
+        drop(open(i).await);
+    }
+    let before = settled_rss(server.pid()).await;
+    const N: usize = 3000;
+    let mut idle = Vec::with_capacity(N);
+    for i in 0..N {
+        idle.push(open(i).await);
+    }
+    let after = settled_rss(server.pid()).await;
+    let per_conn = (after as f64 - before as f64) / N as f64;
+    println!("idle memory: {N} connections, {per_conn:.2} KiB each ({before} -> {after} KiB)");
+    assert!(
+        per_conn <= IDLE_KIB_BOUND,
+        "{per_conn:.2} KiB per idle connection (bound {IDLE_KIB_BOUND})"
+    );
+    drop(idle);
+}
+
+/// The server's RSS once it stops moving (two samples 300 ms apart within 64 KiB).
+async fn settled_rss(pid: u32) -> u64 {
+    let mut last = rss_kib(pid);
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = rss_kib(pid);
+        if now.abs_diff(last) <= 64 {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measures: run in release, one at a time (scripts/test.sh does)"]
 async fn reconnect_storm() {
