@@ -42,6 +42,10 @@ python3 scripts/check-module-cycles.py crates/liveroom/src --layers
 step "build"
 cargo build --workspace --quiet
 
+step "benchmark peer: Socket.IO 4 (npm), which the bench's tests and smoke run use"
+(cd crates/liveroom-bench/peers/socketio && npm ci --silent --no-audit --no-fund)
+export LIVEROOM_BENCH_REQUIRE_PEERS=1
+
 step "Rust tests (core, rooms, limits, cluster, demo server)"
 cargo test --workspace 2>&1 | tee target/rust-tests.log
 

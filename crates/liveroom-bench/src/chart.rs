@@ -1,5 +1,6 @@
 //! SVG line charts for the report: one per curve, a line per server, a log-scale x axis (the
-//! sizes grow tenfold) and a linear y axis from zero. Plain SVG text, no dependencies, so
+//! sizes grow tenfold) and a linear y axis from zero, or a log-scale one where the servers
+//! differ a hundredfold (memory per connection). Plain SVG text, no dependencies, so
 //! BENCHMARKS.md can embed the files as images.
 
 use std::fmt::Write;
@@ -16,6 +17,8 @@ pub struct Chart {
     pub x_label: String,
     pub y_label: String,
     pub series: Vec<Series>,
+    /// A log-scale y axis (decades) instead of a linear one from zero.
+    pub log_y: bool,
 }
 
 const W: f64 = 640.0;
@@ -61,13 +64,37 @@ impl Chart {
             xs.iter().copied().fold(f64::INFINITY, f64::min).log10(),
             xs.iter().copied().fold(f64::NEG_INFINITY, f64::max).log10(),
         );
-        let y1 = nice(ys.iter().copied().fold(0.0, f64::max));
+        let top = ys.iter().copied().fold(0.0, f64::max);
         let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
         let px = |x: f64| {
             let span = (x1 - x0).max(1e-9);
             LEFT + (x.log10() - x0) / span * pw
         };
-        let py = |y: f64| TOP + ph - y / y1.max(1e-9) * ph;
+        // Linear: 0..y1. Log: the decades around the values.
+        let (y1, d0, d1) = if self.log_y {
+            let low = ys
+                .iter()
+                .copied()
+                .filter(|y| *y > 0.0)
+                .fold(f64::INFINITY, f64::min);
+            let d0 = if low.is_finite() {
+                low.log10().floor()
+            } else {
+                0.0
+            };
+            let d1 = top.log10().ceil().max(d0 + 1.0);
+            (10f64.powf(d1), d0, d1)
+        } else {
+            (nice(top), 0.0, 0.0)
+        };
+        let log_y = self.log_y;
+        let py = move |y: f64| {
+            if log_y {
+                TOP + ph - (y.max(1e-12).log10() - d0) / (d1 - d0) * ph
+            } else {
+                TOP + ph - y / y1.max(1e-9) * ph
+            }
+        };
         let mut s = String::new();
         let _ = write!(
             s,
@@ -80,11 +107,22 @@ impl Chart {
             LEFT,
             esc(&self.title)
         );
-        // Round steps: a top of 1 or 5 × 10^n in fifths, of 2 × 10^n in quarters.
+        // Round steps: a top of 1 or 5 × 10^n in fifths, of 2 × 10^n in quarters; decades on
+        // a log axis.
         let lead = y1 / 10f64.powf(y1.log10().floor());
-        let steps = if (lead - 2.0).abs() < 1e-9 { 4 } else { 5 };
+        let steps = if log_y {
+            (d1 - d0) as usize
+        } else if (lead - 2.0).abs() < 1e-9 {
+            4
+        } else {
+            5
+        };
         for i in 0..=steps {
-            let y = y1 * i as f64 / steps as f64;
+            let y = if log_y {
+                10f64.powf(d0 + i as f64)
+            } else {
+                y1 * i as f64 / steps as f64
+            };
             let _ = write!(
                 s,
                 r##"<line x1="{LEFT}" x2="{}" y1="{py:.1}" y2="{py:.1}" stroke="#e5e7eb"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
@@ -201,6 +239,7 @@ mod tests {
                     points: vec![(10.0, Some(2.0e5)), (100.0, None), (1000.0, Some(1.6e6))],
                 },
             ],
+            log_y: false,
         };
         let svg = c.svg();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
@@ -215,5 +254,24 @@ mod tests {
         assert_eq!(nice(1.6e6), 2.0e6);
         assert_eq!(nice(0.42), 0.5);
         assert_eq!(short(35_000.0), "35 k");
+    }
+
+    #[test]
+    fn a_log_axis_spans_the_decades_around_the_values() {
+        let c = Chart {
+            title: "memory".into(),
+            x_label: "connections".into(),
+            y_label: "KiB".into(),
+            series: vec![Series {
+                name: "a".into(),
+                points: vec![(3.0, Some(4.2)), (7.0, Some(150.0))],
+            }],
+            log_y: true,
+        };
+        let svg = c.svg();
+        for tick in [">1<", ">10<", ">100<", ">1 k<"] {
+            assert!(svg.contains(tick), "tick {tick}");
+        }
+        assert!(!svg.contains(">10 k<"));
     }
 }

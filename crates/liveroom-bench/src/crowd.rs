@@ -125,8 +125,11 @@ fn apply_lr(view: &mut View, frame: &[u8], updates: Option<&Updates>) {
 }
 
 pub async fn run(t: Target, o: &Opts) -> Result<Metrics> {
-    if t.kind == Kind::Raw {
-        return Ok(Metrics::skipped("no presence in the raw server"));
+    if matches!(t.kind, Kind::Raw | Kind::SocketIo) {
+        return Ok(Metrics::skipped(format!(
+            "no presence in {}",
+            t.kind.name()
+        )));
     }
     let room = format!("crowd-{}", ws::run_tag());
     eprintln!(

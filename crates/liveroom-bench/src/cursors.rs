@@ -132,7 +132,7 @@ async fn mover(t: Target, i: usize, room: &str, mesh: bool) -> Result<Ws> {
             Ok(w)
         }
         Kind::Sockudo => crate::presence::join(t, &user, room, || {}).await,
-        Kind::Raw => anyhow::bail!("the raw server has no cursors"),
+        Kind::Raw | Kind::SocketIo => anyhow::bail!("{} has no cursors", t.kind.name()),
     }
 }
 
@@ -148,8 +148,8 @@ async fn observer(t: Target, i: usize, room: &str) -> Result<Ws> {
 }
 
 pub async fn run(t: Target, o: &Opts) -> Result<Metrics> {
-    if t.kind == Kind::Raw {
-        return Ok(Metrics::skipped("no cursors in the raw server"));
+    if matches!(t.kind, Kind::Raw | Kind::SocketIo) {
+        return Ok(Metrics::skipped(format!("no cursors in {}", t.kind.name())));
     }
     let mesh = o.mesh || t.kind == Kind::Sockudo;
     let room = Arc::new(format!("cur-{}", ws::run_tag()));

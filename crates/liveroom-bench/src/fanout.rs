@@ -18,7 +18,7 @@ use crate::http::HttpConn;
 use crate::procstat::Window;
 use crate::servers::{Kind, Target};
 use crate::stats::{now_us, Counter, Hist, Metrics};
-use crate::ws::{self, lr, pusher, Ws};
+use crate::ws::{self, lr, pusher, sio, Ws};
 
 /// How the liveroom publisher publishes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -53,7 +53,7 @@ pub struct Opts {
     #[arg(long, default_value_t = 1)]
     pub sources: usize,
     /// rooms the subscribers are spread over (round robin); each publication goes to one
-    /// room, in turn (liveroom only)
+    /// room, in turn
     #[arg(long, default_value_t = 1)]
     pub rooms: usize,
     /// other processes whose CPU is measured over the window: the Redis nodes of a cluster run
@@ -172,7 +172,12 @@ async fn subscriber(t: Target, i: usize, o: &Opts, names: &Names) -> Result<Ws> 
             };
             Ok(w)
         }
-        Kind::Raw => ws::connect(t.addr, "/?role=sub", src, false).await,
+        Kind::Raw => ws::connect(t.addr, &format!("/?role=sub&room={room}"), src, false).await,
+        Kind::SocketIo => {
+            let mut w = sio::connect(t.addr, src, false).await?;
+            sio::call(&mut w, 1, "join", &[json!(room)]).await?;
+            Ok(w)
+        }
         Kind::Sockudo => {
             let (mut w, _) = pusher::connect(t.addr, src, false).await?;
             ws::send_text(&mut w, pusher::subscribe_public(room)).await?;
@@ -196,6 +201,7 @@ async fn publisher(t: Target, i: usize, o: &Opts) -> Result<Publisher> {
         Kind::Raw => Publisher::Ws(Box::new(
             ws::connect(t.addr, "/?role=pub", src, false).await?,
         )),
+        Kind::SocketIo => Publisher::Ws(Box::new(sio::connect(t.addr, src, false).await?)),
         Kind::Sockudo => Publisher::Http(HttpConn::connect(t.addr).await?),
     })
 }
@@ -240,7 +246,7 @@ async fn publish_once(
         }
         (Kind::Raw, Publisher::Ws(w)) => {
             let payload = format!(
-                r#"P{{"topic":"board:{room}","event":"created","data":{{"id":"c{pub_id}-{seq}","title":"{title}"}}}}"#
+                r#"P{room}|{{"topic":"board:{room}","event":"created","data":{{"id":"c{pub_id}-{seq}","title":"{title}"}}}}"#
             );
             ws::send_text(w, payload).await?;
             loop {
@@ -249,6 +255,11 @@ async fn publish_once(
                     return Ok(true);
                 }
             }
+        }
+        (Kind::SocketIo, Publisher::Ws(w)) => {
+            let card = json!({"id": format!("c{pub_id}-{seq}"), "title": title});
+            sio::call(w, seq, "pub", &[json!(room), card]).await?;
+            Ok(true)
         }
         (Kind::Sockudo, Publisher::Http(h)) => {
             let data = json!({"id": format!("c{pub_id}-{seq}"), "title": title}).to_string();
@@ -276,8 +287,8 @@ async fn publish_once(
 pub async fn run(subs_on: &[Target], pubs_on: &[Target], o: &Opts) -> Result<Metrics> {
     let kind = pubs_on[0].kind;
     let rooms = o.rooms.max(1);
-    if rooms > 1 && (kind != Kind::Liveroom || o.via != Via::Action) {
-        anyhow::bail!("--rooms > 1 needs liveroom and --via action");
+    if rooms > 1 && kind == Kind::Liveroom && o.via != Via::Action {
+        anyhow::bail!("--rooms > 1 needs --via action");
     }
     let tag = ws::run_tag();
     let names = Arc::new(Names {

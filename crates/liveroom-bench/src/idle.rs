@@ -1,7 +1,8 @@
 //! `idle`: server RSS per idle connection. Opens N sockets in batches (the listen backlog is
 //! 4096) from several 127.0.0.x source addresses, lets them settle and compares the server's
 //! RSS with its RSS before. liveroom sockets send `hello` (and optionally join a room); Sockudo
-//! sockets wait for `connection_established`; raw sockets just upgrade.
+//! sockets wait for `connection_established`, Socket.IO sockets for their namespace's connect;
+//! raw sockets just upgrade.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use serde_json::json;
 use crate::procstat::{self, Window};
 use crate::servers::{Kind, Target};
 use crate::stats::{Counter, Metrics};
-use crate::ws::{self, lr, pusher, Ws};
+use crate::ws::{self, lr, pusher, sio, Ws};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Opts {
@@ -45,6 +46,7 @@ async fn open(t: Target, i: usize, o: &Opts, room: &str) -> Result<Ws> {
         }
         Kind::Raw => ws::connect(t.addr, "/?role=idle", src, true).await,
         Kind::Sockudo => Ok(pusher::connect(t.addr, src, true).await?.0),
+        Kind::SocketIo => sio::connect(t.addr, src, true).await,
     }
 }
 

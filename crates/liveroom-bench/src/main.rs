@@ -131,7 +131,8 @@ enum Cmd {
         #[command(flatten)]
         o: cluster::Opts,
     },
-    /// fan-out as the room grows, liveroom against the raw limit, with SVG charts
+    /// cost curves (room size, rooms, idle memory, RPC rate) against the raw limit and the
+    /// peers, with SVG charts
     Curves {
         #[command(flatten)]
         o: curves::Opts,
@@ -233,7 +234,17 @@ fn main() -> Result<()> {
             Cmd::Cluster { o } => cluster::run(&env.liveroom_bin, env.server_pin.as_deref(), &o)
                 .await?
                 .render("cluster"),
-            Cmd::Curves { o } => curves::run(&env, &o).await?,
+            Cmd::Curves { o } => {
+                let (report, broken) = curves::run(&env, &o).await?;
+                if !broken.is_empty() {
+                    eprintln!("points that broke:\n  {}", broken.join("\n  "));
+                }
+                format!(
+                    "- commit: {}\n- machine: {}\n\n{report}",
+                    suite::commit(),
+                    suite::machine(),
+                )
+            }
             Cmd::Shards { o, sizes } => {
                 cluster::shards(&env.liveroom_bin, env.server_pin.as_deref(), &o, &sizes)
                     .await?

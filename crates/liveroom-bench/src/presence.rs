@@ -109,7 +109,7 @@ pub(crate) fn dispatch(kind: Kind, frame: &[u8], mut f: impl FnMut(&str, &str)) 
                 }
             }
         }
-        Kind::Raw => {}
+        Kind::Raw | Kind::SocketIo => {}
     }
 }
 
@@ -128,7 +128,7 @@ pub(crate) async fn observer(t: Target, user: &str, room: &str) -> Result<Ws> {
             pusher::wait_subscribed(&mut w, &ch, |_| {}).await?;
             Ok(w)
         }
-        Kind::Raw => anyhow::bail!("the raw server has no presence"),
+        Kind::Raw | Kind::SocketIo => anyhow::bail!("{} has no presence", t.kind.name()),
     }
 }
 
@@ -156,13 +156,16 @@ pub(crate) async fn join(t: Target, user: &str, room: &str, sent: impl FnOnce())
             pusher::wait_subscribed(&mut w, &ch, |_| {}).await?;
             Ok(w)
         }
-        Kind::Raw => anyhow::bail!("the raw server has no presence"),
+        Kind::Raw | Kind::SocketIo => anyhow::bail!("{} has no presence", t.kind.name()),
     }
 }
 
 pub async fn run(t: Target, o: &Opts) -> Result<Metrics> {
-    if t.kind == Kind::Raw {
-        return Ok(Metrics::skipped("no presence in the raw server"));
+    if matches!(t.kind, Kind::Raw | Kind::SocketIo) {
+        return Ok(Metrics::skipped(format!(
+            "no presence in {}",
+            t.kind.name()
+        )));
     }
     let room = format!("pres-{}", ws::run_tag());
     let st = Arc::new(State::default());

@@ -4,7 +4,8 @@
 //! so a stalled server cannot slow the schedule down and hide queued calls; latency counts from
 //! the moment each call was written, and the writer's lag behind its schedule (tokio timers
 //! have 1 ms resolution) is reported separately.
-//! The raw server's equivalent is its echo (`E<payload>`); Sockudo has no RPC.
+//! The raw server's equivalent is its echo (`E<payload>`), Socket.IO's an event with an
+//! acknowledgement; Sockudo has no RPC.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use crate::ws::{self, lr, Ws};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Opts {
-    /// closed-loop concurrency (sockets with one call in flight each)
+    /// closed-loop concurrency (sockets with one call in flight each; 0 skips the phase)
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
     /// fixed-rate phase: calls per second (0 skips the phase)
@@ -42,6 +43,7 @@ async fn open(t: Target, i: usize) -> Result<Ws> {
     match t.kind {
         Kind::Liveroom => lr::connect(t.addr, Some(&format!("r{i}")), None, false).await,
         Kind::Raw => ws::connect(t.addr, "/?role=pub", None, false).await,
+        Kind::SocketIo => ws::sio::connect(t.addr, None, false).await,
         Kind::Sockudo => anyhow::bail!("Sockudo (Pusher protocol) has no RPC"),
     }
 }
@@ -49,6 +51,8 @@ async fn open(t: Target, i: usize) -> Result<Ws> {
 fn call_frame(kind: Kind, id: u64) -> String {
     match kind {
         Kind::Liveroom => format!(r#"{{"rpc":"test/echo","id":"{id}","args":["hello",{id}]}}"#),
+        // An event with an acknowledgement, answered by the peer's `echo` handler.
+        Kind::SocketIo => format!(r#"42{id}["echo",{{"id":"{id}","args":["hello",{id}]}}]"#),
         _ => format!(r#"E{{"id":"{id}","args":["hello",{id}]}}"#),
     }
 }
@@ -75,7 +79,9 @@ pub async fn run(t: Target, o: &Opts) -> Result<Metrics> {
         return Ok(Metrics::skipped("Pusher protocol has no RPC"));
     }
     let mut m = Metrics::default();
-    closed_loop(t, o, &mut m).await?;
+    if o.concurrency > 0 {
+        closed_loop(t, o, &mut m).await?;
+    }
     if o.rate > 0 {
         fixed_rate(t, o, &mut m).await?;
     }

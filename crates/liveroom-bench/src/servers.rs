@@ -19,6 +19,8 @@ pub enum Kind {
     Liveroom,
     Raw,
     Sockudo,
+    /// Socket.IO 4 on Node, with its rooms (`peers/socketio/server.js`)
+    SocketIo,
 }
 
 impl Kind {
@@ -27,6 +29,7 @@ impl Kind {
             Kind::Liveroom => "liveroom",
             Kind::Raw => "raw limit",
             Kind::Sockudo => "Sockudo",
+            Kind::SocketIo => "Socket.IO",
         }
     }
 }
@@ -124,6 +127,7 @@ pub async fn spawn_listening(
         Kind::Liveroom => "liveroom",
         Kind::Raw => "raw",
         Kind::Sockudo => "sockudo",
+        Kind::SocketIo => "socketio",
     })?;
     let log = dir.0.join("stderr.log");
     let mut cmd = command(bin, pin);
@@ -179,6 +183,53 @@ pub async fn spawn_raw(pin: Option<&str>) -> Result<ServerProc> {
         "127.0.0.1:0".into(),
     ];
     spawn_listening(Kind::Raw, &me, &args, pin, &[]).await
+}
+
+/// The Socket.IO peer's folder, `peers/socketio` in this crate; it is usable once its
+/// `npm ci` ran (`node_modules` is there) and `node` is on PATH.
+pub fn socketio_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/socketio")
+}
+
+/// Why the Socket.IO peer cannot run here, if it cannot.
+pub fn socketio_missing() -> Option<String> {
+    let dir = socketio_dir();
+    if !dir.join("node_modules/socket.io").exists() {
+        return Some(format!(
+            "Socket.IO peer not installed (npm ci in {})",
+            dir.display()
+        ));
+    }
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join("node").exists()));
+    (!on_path).then(|| "node not on PATH".to_string())
+}
+
+/// The installed socket.io package's version.
+pub fn socketio_version() -> Option<String> {
+    let pkg =
+        std::fs::read_to_string(socketio_dir().join("node_modules/socket.io/package.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&pkg).ok()?;
+    Some(v.get("version")?.as_str()?.to_string())
+}
+
+/// `node --version`.
+pub fn node_version() -> Option<String> {
+    let out = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The Socket.IO peer: `node peers/socketio/server.js --port 0` (it prints `LISTENING`).
+pub async fn spawn_socketio(pin: Option<&str>) -> Result<ServerProc> {
+    if let Some(why) = socketio_missing() {
+        bail!(why);
+    }
+    let script = socketio_dir().join("server.js");
+    let args = vec![script.display().to_string(), "--port".into(), "0".into()];
+    spawn_listening(Kind::SocketIo, Path::new("node"), &args, pin, &[]).await
 }
 
 /// Lifts the per-identity and per-address limits of a liveroom server: the benchmark measures
@@ -492,5 +543,64 @@ pub async fn supports_flag(bin: &Path, flag: &str) -> bool {
                 || String::from_utf8_lossy(&o.stderr).contains(flag)
         }
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Socket.IO peer: fan-out over rooms, acknowledged round trips, idle sockets. Skipped
+    /// where the peer is not installed, unless `LIVEROOM_BENCH_REQUIRE_PEERS` is set (the test
+    /// script sets it after `npm ci`).
+    #[tokio::test]
+    async fn socketio_peer_fans_out_per_room_and_acknowledges() {
+        if let Some(why) = socketio_missing() {
+            assert!(
+                std::env::var_os("LIVEROOM_BENCH_REQUIRE_PEERS").is_none(),
+                "the Socket.IO peer is required: {why}"
+            );
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let srv = spawn_socketio(None).await.expect("the peer starts");
+        let t = srv.target;
+        let o = crate::fanout::Opts {
+            subs: 12,
+            pubs: 2,
+            duration: 0.3,
+            warmup: 0.1,
+            window: 8,
+            via: crate::fanout::Via::Action,
+            sources: 2,
+            rooms: 3,
+            watch: Vec::new(),
+            watch_servers: Vec::new(),
+        };
+        let m = crate::fanout::run(&[t], &[t], &o)
+            .await
+            .expect("fan-out runs");
+        assert!(m.get("delivered_per_s").unwrap() > 0.0);
+        assert_eq!(m.get("lost"), Some(0.0));
+        assert_eq!(m.get("errors"), Some(0.0));
+        let o = crate::rpc::Opts {
+            concurrency: 2,
+            rate: 200,
+            rate_conns: 2,
+            duration: 0.3,
+            warmup: 0.1,
+        };
+        let m = crate::rpc::run(t, &o).await.expect("round trips run");
+        assert!(m.get("closed_per_s").unwrap() > 0.0);
+        assert_eq!(m.get("rate_missing"), Some(0.0));
+        let o = crate::idle::Opts {
+            conns: 20,
+            batch: 10,
+            sources: 2,
+            settle: 0.1,
+            subscribed: false,
+        };
+        let m = crate::idle::run(t, &o).await.expect("idle sockets open");
+        assert_eq!(m.get("closed_by_server"), Some(0.0));
     }
 }

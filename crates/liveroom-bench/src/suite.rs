@@ -26,7 +26,7 @@ pub enum Size {
 pub struct Opts {
     #[arg(long, value_enum, default_value_t = Size::Small)]
     pub size: Size,
-    /// only these scenarios (fanout, rpc, presence, cursors, idle, cluster)
+    /// only these scenarios (fanout, rpc, presence, cursors, idle, cluster, curves)
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// leave Sockudo out even if it is installed
@@ -70,6 +70,7 @@ impl Env {
                 Some(b) => servers::spawn_sockudo(b, pin).await,
                 None => anyhow::bail!("sockudo not installed"),
             },
+            Kind::SocketIo => servers::spawn_socketio(pin).await,
         }
     }
 }
@@ -140,7 +141,7 @@ fn presets(size: Size) -> Presets {
         ),
         Size::Full => (
             (1000, 4, 10.0, 2.0),
-            (32, 1000, 10.0),
+            (32, 5000, 10.0),
             (20, 100, 10.0, 1.0, 8.0),
             (1000, 5, 10.0),
             50,
@@ -216,6 +217,55 @@ fn presets(size: Size) -> Presets {
     }
 }
 
+/// The curves at a suite size: the full points at `full` (charts into docs/bench), a few small
+/// ones otherwise (charts into target/bench-charts, so a smoke run never overwrites the
+/// published charts).
+fn curve_presets(size: Size) -> crate::curves::Opts {
+    let scratch = PathBuf::from("target/bench-charts");
+    let (sizes, rooms, conns, rates, duration, out_dir) = match size {
+        Size::Smoke => (
+            vec![10, 100],
+            vec![1, 10],
+            vec![100, 500],
+            vec![200, 1000],
+            0.5,
+            scratch,
+        ),
+        Size::Small => (
+            vec![10, 100, 1000],
+            vec![1, 10, 100],
+            vec![1000, 5000],
+            vec![1000, 5000],
+            2.0,
+            scratch,
+        ),
+        Size::Full => (
+            vec![10, 100, 1000, 10_000],
+            vec![1, 10, 100, 1000],
+            vec![1000, 10_000, 19_000, 40_000],
+            vec![1000, 5000, 10_000],
+            4.0,
+            PathBuf::from("docs/bench"),
+        ),
+    };
+    crate::curves::Opts {
+        only: vec![
+            crate::curves::Curve::Size,
+            crate::curves::Curve::Rooms,
+            crate::curves::Curve::Idle,
+            crate::curves::Curve::Rpc,
+        ],
+        sizes,
+        rooms,
+        conns,
+        rates,
+        pubs: 4,
+        duration,
+        no_peers: false,
+        out_dir,
+    }
+}
+
 /// One scenario's results: (server, metrics) in column order.
 struct Section {
     title: String,
@@ -240,7 +290,7 @@ pub async fn run(env: &Env, o: &Opts) -> Result<(String, Vec<String>)> {
             .repeat
             .unwrap_or(if o.size == Size::Full { 3 } else { 1 })
             .max(1);
-        let kinds = [Kind::Liveroom, Kind::Raw, Kind::Sockudo];
+        let kinds = COLUMNS;
         let mut runs: Vec<Vec<Metrics>> = vec![Vec::new(); kinds.len()];
         // Interleaved, so that a noisy moment on the machine hits every server alike.
         for _ in 0..repeat {
@@ -269,7 +319,7 @@ pub async fn run(env: &Env, o: &Opts) -> Result<(String, Vec<String>)> {
     if want("rpc") {
         eprintln!("== rpc (at {:.0} s)", started.elapsed().as_secs_f64());
         let mut cols = Vec::new();
-        for k in [Kind::Liveroom, Kind::Raw] {
+        for k in [Kind::Liveroom, Kind::Raw, Kind::SocketIo] {
             let opts = p.rpc.clone();
             let m = against(&env, k, lim, |t| async move { rpc::run(t, &opts).await }).await;
             cols.push((k, m));
@@ -354,7 +404,7 @@ pub async fn run(env: &Env, o: &Opts) -> Result<(String, Vec<String>)> {
     if want("idle") {
         eprintln!("== idle (at {:.0} s)", started.elapsed().as_secs_f64());
         let mut cols = Vec::new();
-        for k in [Kind::Liveroom, Kind::Raw, Kind::Sockudo] {
+        for k in COLUMNS {
             let opts = p.idle.clone();
             let m = against(&env, k, lim, |t| async move { idle::run(t, &opts).await }).await;
             cols.push((k, m));
@@ -387,13 +437,30 @@ pub async fn run(env: &Env, o: &Opts) -> Result<(String, Vec<String>)> {
         });
     }
 
-    let report = render(&env, o.size, &sections, started.elapsed());
+    let mut curves = String::new();
+    let mut curves_broken = Vec::new();
+    if want("curves") {
+        eprintln!("== curves (at {:.0} s)", started.elapsed().as_secs_f64());
+        match crate::curves::run(&env, &curve_presets(o.size)).await {
+            Ok((report, broken)) => (curves, curves_broken) = (report, broken),
+            Err(e) => {
+                curves = format!("curves: **failed**: {e:#}\n");
+                curves_broken.push(format!("curves: {e:#}"));
+            }
+        }
+    }
+
+    let mut report = render(&env, o.size, &sections, started.elapsed());
+    if !curves.is_empty() {
+        report.push_str("\n## Curves\n\n");
+        report.push_str(&curves);
+    }
     if let Some(path) = &o.out {
         std::fs::write(path, &report)?;
     }
-    let broken = sections
-        .iter()
-        .flat_map(|s| {
+    let broken = curves_broken
+        .into_iter()
+        .chain(sections.iter().flat_map(|s| {
             s.cols.iter().filter(|(_, m)| m.failed).map(move |(k, m)| {
                 format!(
                     "{} / {}: {}",
@@ -402,7 +469,7 @@ pub async fn run(env: &Env, o: &Opts) -> Result<(String, Vec<String>)> {
                     m.skipped.as_deref().unwrap_or("")
                 )
             })
-        })
+        }))
         .collect();
     Ok((report, broken))
 }
@@ -439,7 +506,27 @@ fn median_run(mut runs: Vec<Metrics>, key: &str) -> Metrics {
     m
 }
 
-fn machine() -> String {
+/// The checked-out commit, and whether the working tree differs from it.
+pub fn commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(head) => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            format!("`{head}`{}", if dirty { " with local changes" } else { "" })
+        }
+        None => "unknown (not a git checkout)".into(),
+    }
+}
+
+pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -473,6 +560,9 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
+/// The report's columns, in order.
+const COLUMNS: [Kind; 4] = [Kind::Liveroom, Kind::Raw, Kind::Sockudo, Kind::SocketIo];
+
 fn render(env: &Env, size: Size, sections: &[Section], took: Duration) -> String {
     let mut s = String::new();
     s.push_str(&format!(
@@ -485,12 +575,16 @@ fn render(env: &Env, size: Size, sections: &[Section], took: Duration) -> String
         env.server_pin.as_deref().unwrap_or("any"),
         env.gen_pin.as_deref().unwrap_or("any")
     ));
+    s.push_str(&format!("- commit: {}\n", commit()));
     s.push_str(&format!(
-        "- servers: liveroom `{}`, raw limit `liveroom-bench raw-server`, Sockudo {}\n",
+        "- servers: liveroom `{}`, raw limit `liveroom-bench raw-server`, Sockudo {}, Socket.IO {}\n",
         env.liveroom_bin.display(),
         env.sockudo_bin
             .as_ref()
             .map(|p| format!("`{}`", p.display()))
+            .unwrap_or_else(|| "not installed (skipped)".into()),
+        servers::socketio_version()
+            .map(|v| format!("{v} on Node {}", servers::node_version().unwrap_or_default()))
             .unwrap_or_else(|| "not installed (skipped)".into())
     ));
     s.push_str(&format!("- suite took {:.0} s\n", took.as_secs_f64()));
@@ -501,22 +595,19 @@ fn render(env: &Env, size: Size, sections: &[Section], took: Duration) -> String
 
     for sec in sections {
         s.push_str(&format!("### {}\n\n", sec.title));
-        let lr = sec
-            .cols
-            .iter()
-            .find(|(k, _)| *k == Kind::Liveroom)
-            .map(|c| &c.1);
-        let raw = sec.cols.iter().find(|(k, _)| *k == Kind::Raw).map(|c| &c.1);
-        let sk = sec
-            .cols
-            .iter()
-            .find(|(k, _)| *k == Kind::Sockudo)
-            .map(|c| &c.1);
+        let col = |kind: Kind| sec.cols.iter().find(|(k, _)| *k == kind).map(|c| &c.1);
+        let others: Vec<Kind> = COLUMNS[1..].to_vec();
         let has = |m: Option<&Metrics>| m.is_some_and(|m| m.skipped.is_none());
-        s.push_str(
-            "| figure | liveroom | raw limit | Sockudo | liveroom / raw | liveroom / Sockudo |\n",
-        );
-        s.push_str("|---|---:|---:|---:|---:|---:|\n");
+        s.push_str("| figure |");
+        for k in COLUMNS {
+            s.push_str(&format!(" {} |", k.name()));
+        }
+        for k in &others {
+            s.push_str(&format!(" liveroom / {} |", k.name()));
+        }
+        s.push_str("\n|---|");
+        s.push_str(&"---:|".repeat(COLUMNS.len() + others.len()));
+        s.push('\n');
         // Row keys in order of first appearance over the columns.
         let mut keys: Vec<(String, String, &'static str)> = Vec::new();
         for (_, m) in &sec.cols {
@@ -537,26 +628,24 @@ fn render(env: &Env, size: Size, sections: &[Section], took: Duration) -> String
                 _ => String::new(),
             }
         };
+        let lr = col(Kind::Liveroom);
         for (key, label, unit) in &keys {
             let v = |m: Option<&Metrics>| m.and_then(|m| m.get(key));
             // Ratios of noise or of the generator's own CPU say nothing about the servers.
             let has = |m: Option<&Metrics>| has(m) && !key.contains("other_cpu");
-            s.push_str(&format!(
-                "| {label} | {} | {} | {} | {} | {} |\n",
-                cell(lr, key, unit),
-                cell(raw, key, unit),
-                cell(sk, key, unit),
-                if has(lr) && has(raw) {
-                    ratio(v(lr), v(raw))
+            s.push_str(&format!("| {label} |"));
+            for k in COLUMNS {
+                s.push_str(&format!(" {} |", cell(col(k), key, unit)));
+            }
+            for k in &others {
+                let r = if has(lr) && has(col(*k)) {
+                    ratio(v(lr), v(col(*k)))
                 } else {
                     String::new()
-                },
-                if has(lr) && has(sk) {
-                    ratio(v(lr), v(sk))
-                } else {
-                    String::new()
-                },
-            ));
+                };
+                s.push_str(&format!(" {r} |"));
+            }
+            s.push('\n');
         }
         for (k, m) in &sec.cols {
             if let Some(r) = &m.skipped {
@@ -585,36 +674,40 @@ fn find<'a>(sections: &'a [Section], prefix: &str, kind: Kind) -> Option<&'a Met
 fn targets(size: Size, sections: &[Section]) -> String {
     let mut rows: Vec<(String, String, Option<bool>)> = Vec::new();
     let get = |p: &str, k: Kind, key: &str| find(sections, p, k).and_then(|m| m.get(key));
-    let fan_lr = get("fanout", Kind::Liveroom, "delivered_per_s");
-    let fan_raw = get("fanout", Kind::Raw, "delivered_per_s");
-    let fan_sk = get("fanout", Kind::Sockudo, "delivered_per_s");
     let r = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
     };
-    let x = r(fan_lr, fan_raw);
+    let per_core = |k: Kind| get("fanout", k, "delivered_per_core_s");
+    let x = r(per_core(Kind::Liveroom), per_core(Kind::Raw));
     rows.push((
-        "fan-out ≥ 0.8× raw-limit delivered events/s".into(),
+        "fan-out ≥ 0.9× the raw limit in delivered events per server-core-second".into(),
         x.map(|v| format!("{v:.2}×")).unwrap_or("n/a".into()),
-        x.map(|v| v >= 0.8),
+        x.map(|v| v >= 0.9),
     ));
-    let x = r(fan_lr, fan_sk);
-    rows.push((
-        "fan-out ≥ 2× Sockudo delivered events/s".into(),
-        x.map(|v| format!("{v:.2}×")).unwrap_or("n/a".into()),
-        x.map(|v| v >= 2.0),
-    ));
+    for peer in [Kind::Sockudo, Kind::SocketIo] {
+        let x = r(per_core(Kind::Liveroom), per_core(peer));
+        rows.push((
+            format!("fan-out ≥ 10× {} per server-core-second", peer.name()),
+            x.map(|v| format!("{v:.1}×")).unwrap_or("n/a".into()),
+            x.map(|v| v >= 10.0),
+        ));
+    }
     let x = get("idle", Kind::Liveroom, "rss_per_conn_kib");
     rows.push((
-        "idle ≤ 8 KiB server RSS per connection".into(),
+        "idle ≤ 5 KiB server RSS per connection".into(),
         x.map(|v| format!("{v:.1} KiB")).unwrap_or("n/a".into()),
-        x.map(|v| v <= 8.0),
+        x.map(|v| v <= 5.0),
     ));
     let x = get("rpc", Kind::Liveroom, "rate_p99");
+    let rate = find(sections, "rpc", Kind::Liveroom).and_then(|m| m.get("rate_achieved"));
     rows.push((
-        "RPC p99 < 2 ms at 1,000 calls/s".into(),
-        x.map(|v| format!("{v:.2} ms")).unwrap_or("n/a".into()),
-        x.map(|v| v < 2.0),
+        "RPC p99 < 1 ms at 5,000 calls/s".into(),
+        match (x, rate) {
+            (Some(p), Some(r)) => format!("{p:.2} ms at {r:.0} calls/s"),
+            _ => "n/a".into(),
+        },
+        x.map(|v| v < 1.0),
     ));
     let cpu = get("cursors (stress)", Kind::Liveroom, "server_cpu");
     rows.push((

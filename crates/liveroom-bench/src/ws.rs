@@ -329,6 +329,88 @@ pub mod pusher {
     }
 }
 
+/// Socket.IO 4 over its WebSocket transport (Engine.IO 4): `0{..}` open, `40` connect, `2`/`3`
+/// ping/pong, `42<id>[name, args..]` events and `43<id>[..]` acknowledgements.
+pub mod sio {
+    use super::*;
+
+    /// Connects and joins the default namespace.
+    pub async fn connect(addr: SocketAddr, src: Option<IpAddr>, small: bool) -> Result<Ws> {
+        let path = "/socket.io/?EIO=4&transport=websocket";
+        let mut ws = super::connect(addr, path, src, small).await?;
+        let open = next_payload_timeout(&mut ws, Duration::from_secs(15)).await?;
+        if !open.starts_with(b"0{") {
+            bail!(
+                "unexpected Engine.IO open: {}",
+                String::from_utf8_lossy(&open)
+            );
+        }
+        send_text(&mut ws, "40".into()).await?;
+        loop {
+            let f = next_payload(&mut ws, Duration::from_secs(15)).await?;
+            if f.starts_with(b"40") {
+                return Ok(ws);
+            }
+            if f.starts_with(b"44") {
+                bail!("namespace refused: {}", String::from_utf8_lossy(&f));
+            }
+        }
+    }
+
+    /// The event `name` with `args`, asking for acknowledgement `id`.
+    pub fn emit(id: u64, name: &str, args: &[Value]) -> String {
+        let mut all = vec![Value::from(name)];
+        all.extend_from_slice(args);
+        format!("42{id}{}", Value::Array(all))
+    }
+
+    /// Whether `f` is the acknowledgement `id` (`43<id>[..]`).
+    pub fn is_ack(f: &[u8], id: u64) -> bool {
+        f.strip_prefix(b"43")
+            .and_then(|rest| rest.strip_prefix(id.to_string().as_bytes()))
+            .is_some_and(|rest| rest.first() == Some(&b'['))
+    }
+
+    /// The next Socket.IO payload, answering Engine.IO pings on the way.
+    pub async fn next_payload(ws: &mut Ws, d: Duration) -> Result<bytes::Bytes> {
+        loop {
+            let f = next_payload_timeout(ws, d).await?;
+            if &f[..] == b"2" {
+                send_text(ws, "3".into()).await?;
+                continue;
+            }
+            return Ok(f);
+        }
+    }
+
+    /// Emits `name(args)` and waits for its acknowledgement.
+    pub async fn call(ws: &mut Ws, id: u64, name: &str, args: &[Value]) -> Result<()> {
+        send_text(ws, emit(id, name, args)).await?;
+        loop {
+            let f = next_payload(ws, Duration::from_secs(30)).await?;
+            if is_ack(&f, id) {
+                return Ok(());
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use serde_json::json;
+
+        #[test]
+        fn frames_events_and_reads_acks() {
+            assert_eq!(
+                super::emit(7, "join", &[json!("r1")]),
+                r#"427["join","r1"]"#
+            );
+            assert!(super::is_ack(b"437[]", 7));
+            assert!(!super::is_ack(b"4371[]", 7));
+            assert!(!super::is_ack(b"42[\"created\"]", 7));
+        }
+    }
+}
+
 /// Runs `f(i)` for `i in 0..n` with at most `concurrency` in flight (connects in batches: the
 /// listen backlog is 4096), collecting the results in order. Fails on the first error.
 pub async fn connect_many<T, F, Fut>(n: usize, concurrency: usize, f: F) -> Result<Vec<T>>
