@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use crate::chart::{short, Chart, Series};
 use crate::servers::{self, Kind, Target};
 use crate::stats::Metrics;
-use crate::suite::{against, Env};
+use crate::suite::{against, median_run, Env};
 use crate::{fanout, idle, rpc};
 
 /// One of the curves.
@@ -59,6 +59,9 @@ pub struct Opts {
     /// measuring window per point, seconds
     #[arg(long, default_value_t = 4.0)]
     pub duration: f64,
+    /// runs per point and server (interleaved); the median is kept
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
     /// leave the peers (Sockudo, Socket.IO) out
     #[arg(long)]
     pub no_peers: bool,
@@ -97,27 +100,39 @@ fn open_files_limit() -> Option<usize> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-/// Runs `point(kind, x)` for every x and server, the servers alternating per x.
-/// Returns results[server][x].
-async fn measure<X, F, Fut>(
-    env: &Env,
-    name: &str,
-    kinds: &[Kind],
-    xs: &[X],
+/// How a curve's points are run: the servers, how often, and which figure picks the median.
+struct Plan<'a> {
+    name: &'a str,
+    kinds: &'a [Kind],
+    repeat: usize,
+    median_of: &'a str,
     limit: Duration,
-    point: F,
-) -> Vec<Vec<Metrics>>
+}
+
+/// Runs `point(kind, x)` for every x and server, `repeat` times, the servers alternating within
+/// each round; keeps the median run by `median_of`. Returns results[server][x].
+async fn measure<X, F, Fut>(env: &Env, plan: &Plan<'_>, xs: &[X], point: F) -> Vec<Vec<Metrics>>
 where
     X: Copy + std::fmt::Display,
     F: Fn(Target, X) -> Fut,
     Fut: Future<Output = Result<Metrics>>,
 {
-    let mut results: Vec<Vec<Metrics>> = vec![Vec::new(); kinds.len()];
+    let mut results: Vec<Vec<Metrics>> = vec![Vec::new(); plan.kinds.len()];
     for &x in xs {
-        for (i, kind) in kinds.iter().enumerate() {
-            eprintln!("== curves {name}: {x}, {}", kind.name());
-            let m = against(env, *kind, limit, |t| point(t, x)).await;
-            results[i].push(m);
+        let mut runs: Vec<Vec<Metrics>> = vec![Vec::new(); plan.kinds.len()];
+        for round in 0..plan.repeat.max(1) {
+            for (i, kind) in plan.kinds.iter().enumerate() {
+                eprintln!(
+                    "== curves {}: {x}, {} (run {})",
+                    plan.name,
+                    kind.name(),
+                    round + 1
+                );
+                runs[i].push(against(env, *kind, plan.limit, |t| point(t, x)).await);
+            }
+        }
+        for (i, r) in runs.into_iter().enumerate() {
+            results[i].push(median_run(r, plan.median_of));
         }
     }
     results
@@ -251,12 +266,24 @@ pub async fn run(env: &Env, o: &Opts) -> Result<(String, Vec<String>)> {
     for curve in &o.only {
         let mut notes = Vec::new();
         let kinds = servers(env, o, *curve, &mut notes);
+        let plan = |name, median_of| Plan {
+            name,
+            kinds: &kinds,
+            repeat: o.repeat,
+            median_of,
+            limit,
+        };
         let section = match curve {
             Curve::Size => {
-                let results = measure(env, "size", &kinds, &o.sizes, limit, |t, size| {
-                    let fo = fanout_opts(o, size, 1);
-                    async move { fanout::run(&[t], &[t], &fo).await }
-                })
+                let results = measure(
+                    env,
+                    &plan("size", "delivered_per_core_s"),
+                    &o.sizes,
+                    |t, size| {
+                        let fo = fanout_opts(o, size, 1);
+                        async move { fanout::run(&[t], &[t], &fo).await }
+                    },
+                )
                 .await;
                 let xs: Vec<f64> = o.sizes.iter().map(|s| *s as f64).collect();
                 format!(
@@ -275,10 +302,15 @@ pub async fn run(env: &Env, o: &Opts) -> Result<(String, Vec<String>)> {
                 )
             }
             Curve::Rooms => {
-                let results = measure(env, "rooms", &kinds, &o.rooms, limit, |t, rooms| {
-                    let fo = fanout_opts(o, rooms * 10, rooms);
-                    async move { fanout::run(&[t], &[t], &fo).await }
-                })
+                let results = measure(
+                    env,
+                    &plan("rooms", "delivered_per_core_s"),
+                    &o.rooms,
+                    |t, rooms| {
+                        let fo = fanout_opts(o, rooms * 10, rooms);
+                        async move { fanout::run(&[t], &[t], &fo).await }
+                    },
+                )
                 .await;
                 let xs: Vec<f64> = o.rooms.iter().map(|s| *s as f64).collect();
                 format!(
@@ -291,24 +323,29 @@ pub async fn run(env: &Env, o: &Opts) -> Result<(String, Vec<String>)> {
                 // One server process holds every connection: above its open-files limit a
                 // point cannot be measured on this machine.
                 let fds = open_files_limit();
-                let results = measure(env, "idle", &kinds, &o.conns, limit, |t, conns| {
-                    let io = idle::Opts {
-                        conns,
-                        batch: 256,
-                        sources: conns.div_ceil(20_000).max(1) * 4,
-                        settle: 3.0,
-                        subscribed: false,
-                    };
-                    async move {
-                        match fds {
-                            Some(max) if conns + 200 > max => Ok(Metrics::skipped(format!(
-                                "a process may hold {max} sockets here (RLIMIT_NOFILE, hard \
+                let results = measure(
+                    env,
+                    &plan("idle", "rss_per_conn_kib"),
+                    &o.conns,
+                    |t, conns| {
+                        let io = idle::Opts {
+                            conns,
+                            batch: 256,
+                            sources: conns.div_ceil(20_000).max(1) * 4,
+                            settle: 3.0,
+                            subscribed: false,
+                        };
+                        async move {
+                            match fds {
+                                Some(max) if conns + 200 > max => Ok(Metrics::skipped(format!(
+                                    "a process may hold {max} sockets here (RLIMIT_NOFILE, hard \
                                  limit), so {conns} cannot be opened"
-                            ))),
-                            _ => idle::run(t, &io).await,
+                                ))),
+                                _ => idle::run(t, &io).await,
+                            }
                         }
-                    }
-                })
+                    },
+                )
                 .await;
                 let xs: Vec<f64> = o.conns.iter().map(|s| *s as f64).collect();
                 let figures: [Figure; 1] = [(
@@ -332,7 +369,7 @@ pub async fn run(env: &Env, o: &Opts) -> Result<(String, Vec<String>)> {
                 )
             }
             Curve::Rpc => {
-                let results = measure(env, "rpc", &kinds, &o.rates, limit, |t, rate| {
+                let results = measure(env, &plan("rpc", "rate_p99"), &o.rates, |t, rate| {
                     let ro = rpc::Opts {
                         concurrency: 0,
                         rate,

@@ -235,13 +235,14 @@ fn main() -> Result<()> {
                 .await?
                 .render("cluster"),
             Cmd::Curves { o } => {
+                // Read before the run, which rewrites the charts in the tree.
+                let commit = suite::commit();
                 let (report, broken) = curves::run(&env, &o).await?;
                 if !broken.is_empty() {
                     eprintln!("points that broke:\n  {}", broken.join("\n  "));
                 }
                 format!(
-                    "- commit: {}\n- machine: {}\n\n{report}",
-                    suite::commit(),
+                    "- commit: {commit}\n- machine: {}\n\n{report}",
                     suite::machine(),
                 )
             }

@@ -261,6 +261,7 @@ fn curve_presets(size: Size) -> crate::curves::Opts {
         rates,
         pubs: 4,
         duration,
+        repeat: if size == Size::Full { 3 } else { 1 },
         no_peers: false,
         out_dir,
     }
@@ -281,6 +282,8 @@ pub async fn run(env: &Env, o: &Opts) -> Result<(String, Vec<String>)> {
         env.sockudo_bin = None;
     }
     let started = std::time::Instant::now();
+    // Read before the run: the full size rewrites the charts in the tree.
+    let commit = commit();
     let mut sections: Vec<Section> = Vec::new();
     let lim = p.limit;
 
@@ -450,7 +453,7 @@ pub async fn run(env: &Env, o: &Opts) -> Result<(String, Vec<String>)> {
         }
     }
 
-    let mut report = render(&env, o.size, &sections, started.elapsed());
+    let mut report = render(&env, o.size, &sections, started.elapsed(), &commit);
     if !curves.is_empty() {
         report.push_str("\n## Curves\n\n");
         report.push_str(&curves);
@@ -475,7 +478,7 @@ pub async fn run(env: &Env, o: &Opts) -> Result<(String, Vec<String>)> {
 }
 
 /// The run whose `key` is the median (skipped runs last); notes every run's value when several.
-fn median_run(mut runs: Vec<Metrics>, key: &str) -> Metrics {
+pub fn median_run(mut runs: Vec<Metrics>, key: &str) -> Metrics {
     if runs.len() == 1 {
         return runs.pop().unwrap_or_default();
     }
@@ -563,7 +566,7 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 /// The report's columns, in order.
 const COLUMNS: [Kind; 4] = [Kind::Liveroom, Kind::Raw, Kind::Sockudo, Kind::SocketIo];
 
-fn render(env: &Env, size: Size, sections: &[Section], took: Duration) -> String {
+fn render(env: &Env, size: Size, sections: &[Section], took: Duration, commit: &str) -> String {
     let mut s = String::new();
     s.push_str(&format!(
         "## liveroom benchmark — size `{}`\n\n",
@@ -575,7 +578,7 @@ fn render(env: &Env, size: Size, sections: &[Section], took: Duration) -> String
         env.server_pin.as_deref().unwrap_or("any"),
         env.gen_pin.as_deref().unwrap_or("any")
     ));
-    s.push_str(&format!("- commit: {}\n", commit()));
+    s.push_str(&format!("- commit: {commit}\n"));
     s.push_str(&format!(
         "- servers: liveroom `{}`, raw limit `liveroom-bench raw-server`, Sockudo {}, Socket.IO {}\n",
         env.liveroom_bin.display(),
