@@ -209,7 +209,68 @@ async fn events_sent_while_redis_is_down_end_in_a_reload_marker_everywhere() {
     );
 }
 
+/// The Redis buffer on its own: a replica that never had the topic serves a stream call from
+/// it, with exactly the events after the caller's seq, or a full load once the buffer (4 events
+/// here, trimmed in steps) no longer reaches back to that seq.
+async fn a_fresh_replica_replays_from_the_redis_buffer_or_reloads(redis: &dyn TestRedis) {
+    let url = redis.url();
+    let small = |name| {
+        let mut o = ReplicaOpts::new(Some(&url), 1000);
+        o.env = vec![("LIVEROOM_REPLAY_EVENTS", "4".to_string())];
+        Replica::start_with(name, o)
+    };
+    let (r1, r2, r3) = (small("r1"), small("r2"), small("r3"));
+    let (board, topic) = ("rb", "board:rb");
+    let mut bob = Peer::connect(&r1, "bob").await;
+    bob.join(board).await;
+    let mut ann = Peer::connect(&r2, "ann").await;
+    let first = ann
+        .client
+        .stream(&format!("{ROOM}/__data"), json!([board]))
+        .await
+        .unwrap();
+    let old_seq = first.raw["seq"].as_u64().expect("a seq");
+    for i in 0..40 {
+        bob.add_card(board, &format!("c{i}")).await;
+    }
+    assert!(
+        ann.pump_until(Instant::now() + WAIT, |p| p.count(topic, "created", None)
+            == 40)
+            .await
+    );
+    let seqs: Vec<u64> = ann
+        .events(topic, "created", None)
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    let carol = Peer::connect(&r3, "carol").await;
+    let path = format!("{ROOM}/__data");
+    // Two behind: replayed from Redis, with their seqs.
+    let replay = carol
+        .client
+        .stream_since(&path, json!([board]), seqs[37])
+        .await
+        .unwrap();
+    assert_eq!(replay.raw["replay"], true, "{}", replay.raw);
+    let events = replay.data.as_array().unwrap();
+    assert_eq!(titles_of(events), ["c38", "c39"]);
+    let got: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(got, [seqs[38], seqs[39]]);
+    // Forty behind: the buffer no longer reaches back, so the loader runs (the test server's
+    // cards live in each process, so r3's loader answers its own, empty, list).
+    let dave = Peer::connect(&r3, "dave").await;
+    let reload = dave
+        .client
+        .stream_since(&path, json!([board]), old_seq)
+        .await
+        .unwrap();
+    assert_ne!(reload.raw["replay"], true, "{}", reload.raw);
+    assert!(reload.data.is_array(), "{}", reload.raw);
+    assert_eq!(reload.raw["seq"], seqs[39]);
+}
+
 on_both!(
     seqs_are_cluster_wide_and_every_replica_delivers_them_in_order,
     a_client_resumes_or_replays_on_another_replica,
+    a_fresh_replica_replays_from_the_redis_buffer_or_reloads,
 );

@@ -3,14 +3,18 @@
 //! Per topic `T`, in its room's hash slot (see [`super::keys`]):
 //! - `__live-seq:{T}`: the newest seq, a string; created at the clock base (`seq_base`, Unix
 //!   ms × 1000) so a topic whose keys expired starts far above the seqs it handed out before;
-//! - `__live-buf:{T}`: a LIST of entries `<seq>|<unix ms>|<length>|<envelope>`, oldest first,
-//!   trimmed to the topic's count; both keys expire the replay age after the last publish.
+//! - `__live-buf:{T}`: a LIST of entries `<unix ms>|<length>|<body>`, oldest first, one per
+//!   event, the newest being the seq key's. The seqs are contiguous, so an entry's seq is its
+//!   position counted back from the newest; both keys expire the replay age after the last
+//!   publish.
 //!
 //! One script assigns the next seqs, appends to the buffer and publishes, so Redis itself orders
 //! a topic's events: every replica receives them on the topic's channel in seq order, its own
-//! included. The message is `#` and then the batch's entries, the same strings the buffer
-//! holds: the script builds each event's entry once (one concatenation), which keeps the cost
-//! of a sequenced event in Redis close to that of a plain `PUBLISH`.
+//! included. The message is `#<first seq>|` and then the batch's entries, the same strings the
+//! buffer holds. The publishing replica builds the entries; the script does no work per event
+//! beyond handing the arguments on, and each receiver closes every body with its
+//! `,"seq":<seq>}`. (Building each event's entry in Lua, with its seq, cost 31 µs per call of
+//! about 3.5 events under load; see BENCHMARKS.md, "The seq cost".)
 
 use super::keys;
 use crate::replay::{seq_base, Coverage, Replay};
@@ -22,34 +26,35 @@ use std::time::Duration;
 pub const SESSION_TTL_MS: i64 = 3_600_000;
 
 /// The publish script. KEYS: seq, buffer. ARGV: channel, publish command (`PUBLISH`, or
-/// `SPUBLISH` on a Redis Cluster), base, events kept, age ms, now ms, floor, then the envelope
-/// bodies (each without its closing brace). Returns the newest seq.
+/// `SPUBLISH` on a Redis Cluster), base, events kept, age ms, floor, then the events' entries
+/// (`<unix ms>|<length>|<body>`, each body an envelope without its closing brace). Returns the
+/// newest seq.
 ///
 /// The floor is the newest seq the publishing replica has delivered: after a failover whose new
 /// primary had not yet received the last writes (replication is asynchronous), the counter goes
-/// on from there instead of handing out seqs its subscribers already had.
+/// on from there instead of handing out seqs its subscribers already had. A counter that starts
+/// again (absent, or raised to the floor) empties the buffer, whose seqs would no longer join up
+/// with the new ones. The buffer may hold up to 32 entries over its count: trimming every call
+/// once it is full cost a `LTRIM` per publish.
 const PUBLISH: &str = r#"
 local n = redis.call('GET', KEYS[1])
-if n then n = tonumber(n) else n = tonumber(ARGV[3]) end
-local floor = tonumber(ARGV[7])
-if n < floor then n = floor end
-local keep, now = tonumber(ARGV[4]), ARGV[6]
-local entries = {}
-for i = 8, #ARGV do
-  n = n + 1
-  local s = string.format('%.0f', n)
-  local body = ARGV[i]
-  -- The envelope is the body, `,"seq":<s>` and the closing brace: 8 bytes and the digits.
-  entries[i - 7] = s .. '|' .. now .. '|' .. (#body + 8 + #s) .. '|' .. body .. ',"seq":' .. s .. '}'
-end
-redis.call('SET', KEYS[1], string.format('%.0f', n), 'PX', ARGV[5])
+local floor = tonumber(ARGV[6])
+if n then n = tonumber(n) else n = tonumber(ARGV[3]); redis.call('DEL', KEYS[2]) end
+if n < floor then n = floor; redis.call('DEL', KEYS[2]) end
+local first = string.format('%.0f', n + 1)
+n = n + #ARGV - 6
+local last = string.format('%.0f', n)
+redis.call('SET', KEYS[1], last, 'PX', ARGV[5])
+local keep = tonumber(ARGV[4])
 if keep > 0 then
-  redis.call('RPUSH', KEYS[2], unpack(entries))
-  redis.call('LTRIM', KEYS[2], -keep, -1)
+  local len = redis.call('RPUSH', KEYS[2], unpack(ARGV, 7))
+  if len > keep + 32 then redis.call('LTRIM', KEYS[2], -keep, -1) end
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
+else
+  redis.call('DEL', KEYS[2])
 end
-redis.call(ARGV[2], ARGV[1], '#' .. table.concat(entries))
-return string.format('%.0f', n)
+redis.call(ARGV[2], ARGV[1], '#' .. first .. '|' .. table.concat(ARGV, '', 7))
+return last
 "#;
 
 /// The head script: the newest seq, started at ARGV[1] (expiring after ARGV[2] ms) if none.
@@ -58,17 +63,19 @@ redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
 return redis.call('GET', KEYS[1])
 "#;
 
-/// The read script: the newest seq and the buffer's entries after seq ARGV[1], at one instant
-/// (just the first entry when the buffer starts after it). Seqs in the buffer are contiguous, so
-/// the entry after ARGV[1] is found by its index, and a client that missed a few events reads a
-/// few entries, not the whole buffer.
+/// The read script: the newest seq, the seq of the buffer's oldest entry and the entries after
+/// seq ARGV[1], at one instant (just the oldest when the buffer starts after it). The seqs are
+/// contiguous and the newest entry is the head's, so the entry after ARGV[1] is found by its
+/// index, and a client that missed a few events reads a few entries, not the whole buffer.
 const READ: &str = r#"
-local head = redis.call('GET', KEYS[1]) or '0'
-local first = redis.call('LINDEX', KEYS[2], 0)
-if not first then return {head, {}} end
-local from = tonumber(ARGV[1]) + 1 - tonumber(string.match(first, '^(%d+)|'))
-if from < 0 then return {head, {first}} end
-return {head, redis.call('LRANGE', KEYS[2], from, -1)}
+local head = redis.call('GET', KEYS[1])
+if not head then return {'0', '0', {}} end
+local len = redis.call('LLEN', KEYS[2])
+local first = tonumber(head) - len + 1
+local from = tonumber(ARGV[1]) + 1 - first
+if len == 0 then return {head, head, {}} end
+if from < 0 then return {head, string.format('%.0f', first), redis.call('LRANGE', KEYS[2], 0, 0)} end
+return {head, string.format('%.0f', first), redis.call('LRANGE', KEYS[2], from, -1)}
 "#;
 
 fn script(which: &'static OnceLock<redis::Script>, text: &str) -> &'static redis::Script {
@@ -117,10 +124,7 @@ pub fn publish(
     policy: &Replay,
     floor: u64,
 ) -> redis::Cmd {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default();
+    let now = unix_ms();
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(publish_script().get_hash())
         .arg(2)
@@ -131,12 +135,28 @@ pub fn publish(
         .arg(seq_base())
         .arg(policy.events)
         .arg(policy.age.as_millis().max(1) as u64)
-        .arg(now)
         .arg(floor);
+    let mut entry = Vec::new();
     for b in bodies {
-        cmd.arg(b.as_ref());
+        entry.clear();
+        write_entry(&mut entry, now, b);
+        cmd.arg(&entry[..]);
     }
     cmd
+}
+
+/// `<unix ms>|<length>|<body>`.
+fn write_entry(out: &mut Vec<u8>, ms: u64, body: &[u8]) {
+    use std::io::Write;
+    let _ = write!(out, "{ms}|{}|", body.len());
+    out.extend_from_slice(body);
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
 }
 
 /// Whether `e` says the scripts are not loaded (a Redis that restarted).
@@ -146,23 +166,33 @@ pub fn is_noscript(e: &redis::RedisError) -> bool {
 
 /// Parses a published message into its `(seq, envelope)` pairs; `None` if it is not one.
 pub fn parse(payload: &[u8]) -> Option<Vec<(u64, Bytes)>> {
-    let mut rest = payload.strip_prefix(b"#")?;
+    let (first, mut rest) = number(payload.strip_prefix(b"#")?)?;
     let mut out = Vec::new();
     while !rest.is_empty() {
-        let (seq, _, frame, after) = entry(rest)?;
-        out.push((seq, Bytes::copy_from_slice(frame)));
+        let (_, body, after) = entry(rest)?;
+        out.push((first + out.len() as u64, body));
         rest = after;
     }
-    Some(out)
+    out.iter()
+        .map(|(seq, body)| Some((*seq, envelope(body, *seq))))
+        .collect()
 }
 
-/// `<seq>|<unix ms>|<length>|<envelope>rest` -> (seq, ms, envelope, rest).
-fn entry(s: &[u8]) -> Option<(u64, u64, &[u8], &[u8])> {
-    let (seq, s) = number(s)?;
+/// `<unix ms>|<length>|<body>rest` -> (ms, body, rest).
+fn entry(s: &[u8]) -> Option<(u64, &[u8], &[u8])> {
     let (at, s) = number(s)?;
     let (len, s) = number(s)?;
     let len = usize::try_from(len).ok()?;
-    Some((seq, at, s.get(..len)?, &s[len..]))
+    Some((at, s.get(..len)?, &s[len..]))
+}
+
+/// The envelope: `body` (one without its closing brace), `,"seq":<seq>` and the brace.
+fn envelope(body: &[u8], seq: u64) -> Bytes {
+    use std::io::Write;
+    let mut out = Vec::with_capacity(body.len() + 28);
+    out.extend_from_slice(body);
+    let _ = write!(out, r#","seq":{seq}}}"#);
+    Bytes::from(out)
 }
 
 /// `<digits>|rest` -> (number, rest).
@@ -180,7 +210,7 @@ pub async fn read(
     age: Duration,
 ) -> Option<(Coverage, u64)> {
     let (seq, buf) = (keys::seq(topic), keys::buffer(topic));
-    let (head, entries): (String, Vec<Vec<u8>>) = redis
+    let (head, first, entries): (String, String, Vec<Vec<u8>>) = redis
         .run(|mut c| async move {
             let mut inv = read_script().key(seq);
             inv.key(buf).arg(after);
@@ -192,23 +222,22 @@ pub async fn read(
     if after == head {
         return Some((Coverage::Covered(Vec::new()), head));
     }
-    let oldest = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-        .saturating_sub(age.as_millis() as u64);
+    let first: u64 = first.parse().unwrap_or(0);
+    // The entries start at `first` when the buffer starts after `after`, else right after it.
+    let start = if after + 1 >= first { after + 1 } else { first };
+    let oldest = unix_ms().saturating_sub(age.as_millis() as u64);
     let mut events = Vec::with_capacity(entries.len());
-    for e in &entries {
-        let (seq, at, frame, _) = entry(e)?;
+    for (i, e) in entries.iter().enumerate() {
+        let (at, body, _) = entry(e)?;
         if at >= oldest {
-            events.push((seq, Bytes::copy_from_slice(frame)));
+            let seq = start + i as u64;
+            events.push((seq, envelope(body, seq)));
         }
     }
     let covered = after < head && events.first().is_some_and(|(first, _)| after + 1 >= *first);
     if !covered {
         return Some((Coverage::Truncated, head));
     }
-    events.retain(|(seq, _)| *seq > after);
     Some((Coverage::Covered(events), head))
 }
 
@@ -218,15 +247,25 @@ mod tests {
 
     #[test]
     fn parses_what_the_script_publishes() {
-        let msg = b"#17|5|3|{a}18|5|11|{\"b\":\"|1|\"}";
+        // Two entries from seq 17: each body gets its seq and closing brace back.
+        let msg = b"#17|5|2|{a5|10|{\"b\":\"|1|\"";
         assert_eq!(
             parse(msg),
             Some(vec![
-                (17, Bytes::from_static(b"{a}")),
-                (18, Bytes::from_static(b"{\"b\":\"|1|\"}"))
+                (17, Bytes::from_static(b"{a,\"seq\":17}")),
+                (18, Bytes::from_static(b"{\"b\":\"|1|\",\"seq\":18}"))
             ])
         );
         assert_eq!(parse(b"replica|{}"), None);
-        assert_eq!(parse(b"#1|5|99|{}"), None, "a length past the end");
+        assert_eq!(parse(b"#1|5|99|{"), None, "a length past the end");
+    }
+
+    #[test]
+    fn entries_are_written_as_they_are_parsed() {
+        let mut e = Vec::new();
+        write_entry(&mut e, 1234, br#"{"x":1"#);
+        assert_eq!(e, br#"1234|6|{"x":1"#);
+        let (at, body, rest) = entry(&e).unwrap();
+        assert_eq!((at, body, rest), (1234, &br#"{"x":1"#[..], &b""[..]));
     }
 }
