@@ -245,8 +245,11 @@ async fn publish_once(
             }
         }
         (Kind::Raw, Publisher::Ws(w)) => {
+            // The bytes of liveroom's envelope for the same card (its `by` and a seq of the
+            // same width), so "liveroom / raw" compares the servers' work, not payload sizes.
+            let seq_like = 1_765_000_000_000_000u64 + seq;
             let payload = format!(
-                r#"P{room}|{{"topic":"board:{room}","event":"created","data":{{"id":"c{pub_id}-{seq}","title":"{title}"}}}}"#
+                r#"P{room}|{{"topic":"board:{room}","event":"created","data":{{"id":"c{pub_id}-{seq}","title":"{title}","by":"p{pub_id}"}},"seq":{seq_like}}}"#
             );
             ws::send_text(w, payload).await?;
             loop {
@@ -257,12 +260,12 @@ async fn publish_once(
             }
         }
         (Kind::SocketIo, Publisher::Ws(w)) => {
-            let card = json!({"id": format!("c{pub_id}-{seq}"), "title": title});
+            let card = json!({"id": format!("c{pub_id}-{seq}"), "title": title, "by": format!("p{pub_id}")});
             sio::call(w, seq, "pub", &[json!(room), card]).await?;
             Ok(true)
         }
         (Kind::Sockudo, Publisher::Http(h)) => {
-            let data = json!({"id": format!("c{pub_id}-{seq}"), "title": title}).to_string();
+            let data = json!({"id": format!("c{pub_id}-{seq}"), "title": title, "by": format!("p{pub_id}")}).to_string();
             let (path, body) = pusher::signed_event(room, "created", &data);
             let (status, body) = h
                 .request("POST", &path, Some(("application/json", body.as_bytes())))
@@ -499,6 +502,27 @@ pub async fn run(subs_on: &[Target], pubs_on: &[Target], o: &Opts) -> Result<Met
         }
     }
     Ok(m)
+}
+
+/// A small fan-out over 3 rooms against `t` that must deliver everything (the servers' tests).
+#[cfg(test)]
+pub(crate) async fn assert_small_run_delivers(t: Target) {
+    let o = Opts {
+        subs: 12,
+        pubs: 2,
+        duration: 0.3,
+        warmup: 0.1,
+        window: 8,
+        via: Via::Action,
+        sources: 2,
+        rooms: 3,
+        watch: Vec::new(),
+        watch_servers: Vec::new(),
+    };
+    let m = run(&[t], &[t], &o).await.expect("fan-out runs");
+    assert!(m.get("delivered_per_s").unwrap() > 0.0);
+    assert_eq!(m.get("lost"), Some(0.0));
+    assert_eq!(m.get("errors"), Some(0.0));
 }
 
 #[cfg(test)]

@@ -293,22 +293,7 @@ mod tests {
     #[tokio::test]
     async fn fanout_against_raw_server_delivers_everything() {
         let t = start().await;
-        let o = crate::fanout::Opts {
-            subs: 10,
-            pubs: 2,
-            duration: 0.3,
-            warmup: 0.1,
-            window: 8,
-            via: crate::fanout::Via::Action,
-            sources: 2,
-            rooms: 3,
-            watch: Vec::new(),
-            watch_servers: Vec::new(),
-        };
-        let m = crate::fanout::run(&[t], &[t], &o).await.unwrap();
-        assert!(m.get("delivered_per_s").unwrap() > 0.0);
-        assert_eq!(m.get("lost"), Some(0.0));
-        assert_eq!(m.get("errors"), Some(0.0));
+        crate::fanout::assert_small_run_delivers(t).await;
     }
 
     #[tokio::test]
@@ -339,16 +324,7 @@ mod tests {
     #[tokio::test]
     async fn rpc_against_raw_server_answers_every_call() {
         let t = start().await;
-        let o = crate::rpc::Opts {
-            concurrency: 2,
-            rate: 200,
-            rate_conns: 2,
-            duration: 0.3,
-            warmup: 0.1,
-        };
-        let m = crate::rpc::run(t, &o).await.unwrap();
-        assert!(m.get("closed_per_s").unwrap() > 0.0);
-        assert_eq!(m.get("rate_missing"), Some(0.0));
+        crate::rpc::assert_small_run_answers(t).await;
     }
 
     #[tokio::test]

@@ -325,6 +325,22 @@ fn copy_cpu(m: &mut Metrics, window: &Metrics, key: &str, label: &str, which: &[
     }
 }
 
+/// A short closed-loop and fixed-rate run against `t` that must answer every call (the
+/// servers' tests).
+#[cfg(test)]
+pub(crate) async fn assert_small_run_answers(t: Target) {
+    let o = Opts {
+        concurrency: 2,
+        rate: 200,
+        rate_conns: 2,
+        duration: 0.3,
+        warmup: 0.1,
+    };
+    let m = run(t, &o).await.expect("round trips run");
+    assert!(m.get("closed_per_s").unwrap() > 0.0);
+    assert_eq!(m.get("rate_missing"), Some(0.0));
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -565,34 +565,8 @@ mod tests {
         }
         let srv = spawn_socketio(None).await.expect("the peer starts");
         let t = srv.target;
-        let o = crate::fanout::Opts {
-            subs: 12,
-            pubs: 2,
-            duration: 0.3,
-            warmup: 0.1,
-            window: 8,
-            via: crate::fanout::Via::Action,
-            sources: 2,
-            rooms: 3,
-            watch: Vec::new(),
-            watch_servers: Vec::new(),
-        };
-        let m = crate::fanout::run(&[t], &[t], &o)
-            .await
-            .expect("fan-out runs");
-        assert!(m.get("delivered_per_s").unwrap() > 0.0);
-        assert_eq!(m.get("lost"), Some(0.0));
-        assert_eq!(m.get("errors"), Some(0.0));
-        let o = crate::rpc::Opts {
-            concurrency: 2,
-            rate: 200,
-            rate_conns: 2,
-            duration: 0.3,
-            warmup: 0.1,
-        };
-        let m = crate::rpc::run(t, &o).await.expect("round trips run");
-        assert!(m.get("closed_per_s").unwrap() > 0.0);
-        assert_eq!(m.get("rate_missing"), Some(0.0));
+        crate::fanout::assert_small_run_delivers(t).await;
+        crate::rpc::assert_small_run_answers(t).await;
         let o = crate::idle::Opts {
             conns: 20,
             batch: 10,
