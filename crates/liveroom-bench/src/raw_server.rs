@@ -39,7 +39,7 @@ struct Hub {
 /// queued (a tokio channel allocates a block of 32 slots, 1 KiB, when it is made).
 #[derive(Default)]
 struct Queue {
-    /// The frames, and whether the connection is closing (an empty frame ends the writer).
+    /// The frames queued; an empty one ends the writer.
     frames: Mutex<Vec<Bytes>>,
     ready: Notify,
 }
